@@ -1,0 +1,361 @@
+"""The copy market: users, catalog and click world in one object, and its Gymnasium env.
+
+:class:`Market` is built once (embedding the catalog is the expensive part) and shared by every
+env made from the same :class:`MarketConfig`. :class:`CopyMarketEnv` is the single env
+registered as ``copyloop/CopyMarket-v0``; :mod:`copyloop.envs.vector` holds the natively batched
+version registered as its ``vector_entry_point``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import numpy.typing as npt
+from gymnasium import spaces
+
+from copyloop.envs.catalog import Catalog, CatalogConfig, build_catalog
+from copyloop.envs.embed import TextEncoder
+from copyloop.envs.users import PopulationConfig, UserPopulation
+from copyloop.envs.world import ClickWorld, SegmentTaste, WorldConfig
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    """Everything that defines a copy market; loadable from TOML.
+
+    Attributes:
+        catalog: campaigns and variants (see :class:`CatalogConfig`).
+        population: the user population (see :class:`PopulationConfig`).
+        world: the click world (see :class:`WorldConfig`).
+        session_length: impressions per session (1 = contextual bandit). Within a session one
+            user sees one campaign's slot repeatedly, so fatigue matters.
+        seed: seed of the population; the catalog and world carry their own seeds.
+
+    Example:
+        >>> cfg = MarketConfig.from_dict({"session_length": 5, "world": {"drift_period": 10000}})
+        >>> cfg.session_length, cfg.world.drift_period
+        (5, 10000)
+    """
+
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    population: PopulationConfig = field(default_factory=PopulationConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    session_length: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.session_length <= 1000:
+            raise ValueError(f"`session_length` must be in [1, 1000], got {self.session_length}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MarketConfig:
+        """Build from a nested dict (as read from TOML); unknown keys are an error."""
+        return _from_dict(cls, data, "market")
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> MarketConfig:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} does not exist")
+        with p.open("rb") as f:
+            data = tomllib.load(f)
+        return cls.from_dict(data.get("market", data))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["world"]["tastes"] = {k: asdict(v) for k, v in self.world.tastes}
+        d["population"].pop("segments")  # segments are code-level; n_users is configurable
+        return _drop_none(d)
+
+
+def _drop_none(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d
+
+
+def _from_dict(cls: Any, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise TypeError(f"[{where}] must be a table, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in [{where}]; known: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    defaults = cls()
+    for k, v in data.items():
+        current = getattr(defaults, k)
+        if is_dataclass(current):
+            kwargs[k] = _from_dict(type(current), v, f"{where}.{k}")
+        elif k == "tastes":
+            if not isinstance(v, dict):
+                raise TypeError(f"[{where}.tastes] must be a table of segment tables")
+            merged = dict(defaults.tastes)
+            for name, t in v.items():
+                merged[name] = SegmentTaste(**t)
+            kwargs[k] = tuple(merged.items())
+        else:
+            kwargs[k] = v
+    return cls(**kwargs)
+
+
+class Market:
+    """A built market: population, catalog and click world.
+
+    Args:
+        config: what to build.
+        encoder: text encoder for the catalog (default: packaged MiniLM, cached on disk).
+
+    Use :meth:`get` to share one build between envs with the same config.
+    """
+
+    _cache: dict[MarketConfig, Market] = {}
+
+    def __init__(self, config: MarketConfig | None = None, *, encoder: TextEncoder | None = None):
+        self.config = config or MarketConfig()
+        self.population = UserPopulation(self.config.population, seed=self.config.seed)
+        self.catalog: Catalog = build_catalog(self.config.catalog, encoder=encoder)
+        self.world = ClickWorld(self.catalog, self.population, self.config.world)
+
+    @classmethod
+    def get(cls, config: MarketConfig | None = None) -> Market:
+        """The market for ``config``, built on first use and then shared."""
+        cfg = config or MarketConfig()
+        if cfg not in cls._cache:
+            cls._cache[cfg] = cls(cfg)
+        return cls._cache[cfg]
+
+    def with_session_length(self, session_length: int) -> Market:
+        """The same market (shared catalog and world) with another session length."""
+        if session_length == self.config.session_length:
+            return self
+        other = object.__new__(Market)
+        other.config = replace(self.config, session_length=session_length)
+        other.population, other.catalog, other.world = self.population, self.catalog, self.world
+        return other
+
+    @property
+    def user_dim(self) -> int:
+        return self.population.feature_dim
+
+    @property
+    def max_candidates(self) -> int:
+        return self.catalog.max_candidates
+
+    @property
+    def candidate_dim(self) -> int:
+        return self.catalog.candidate_dim
+
+    def observation_space(self) -> spaces.Dict:
+        """The single-env observation space (a one-level Dict)."""
+        k, length = self.max_candidates, self.config.session_length
+        return spaces.Dict({
+            "user": spaces.Box(-np.inf, np.inf, (self.user_dim,), np.float32),
+            "candidates": spaces.Box(-np.inf, np.inf, (k, self.candidate_dim), np.float32),
+            "shown": spaces.Box(0.0, float(length), (k,), np.float32),
+            "action_mask": spaces.MultiBinary(k),
+        })
+
+
+@dataclass
+class SessionBlock:
+    """A block of sessions drawn at once (n sessions, K slots, L steps)."""
+
+    users: npt.NDArray[np.int64]  # (n,)
+    campaigns: npt.NDArray[np.int64]  # (n,)
+    first_ctr: npt.NDArray[np.float64]  # (n, K), first-impression CTR, 0 in unused slots
+    user_feats: npt.NDArray[np.float32]  # (n, du)
+    cand_feats: npt.NDArray[np.float32]  # (n, K, dv)
+    mask: npt.NDArray[np.int8]  # (n, K)
+    uniforms: npt.NDArray[np.float64]  # (n, L) click draws
+
+
+def draw_sessions(market: Market, n: int, rng: np.random.Generator, clock: float) -> SessionBlock:
+    """Draw ``n`` sessions (user, campaign, true CTRs, observations, click uniforms).
+
+    The drift clock of session ``j`` is ``clock + j · session_length`` impressions.
+    """
+    cat, world, length = market.catalog, market.world, market.config.session_length
+    users = market.population.sample_index(n, rng)
+    campaigns = rng.integers(0, cat.n_campaigns, size=n)
+    uniforms = rng.random((n, length))
+    t = clock + length * np.arange(n, dtype=np.float64) if world.config.drift_period else clock
+    slot_var = world._slot_var[campaigns]
+    return SessionBlock(
+        users=users,
+        campaigns=campaigns,
+        first_ctr=world.first_ctr(users, campaigns, t),
+        user_feats=market.population.all_features[users],
+        cand_feats=cat.candidate_feats[slot_var],
+        mask=world._slot_mask[campaigns].astype(np.int8),
+        uniforms=uniforms,
+    )
+
+
+class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
+    """A user session on a campaign's ad slot: choose which copy variant to show.
+
+    ## Description
+    Each episode is one session: a user drawn from the population visits pages on which one
+    campaign (a real product from the gembench corpus) has a slot; at each of the session's
+    impressions the agent picks one of the campaign's copy variants. Clicks come from the
+    ground-truth click world (text- and segment-dependent CTR, realistic 0.5–5 % base rates,
+    optional drift) and repeated exposure wears a variant out (fatigue). With
+    ``session_length=1`` this is a contextual bandit.
+
+    ## Action Space
+    ``Discrete(K)``: a candidate slot, ``K`` = most variants of any campaign. Campaigns with
+    fewer variants mask the rest (``obs["action_mask"]`` and :meth:`action_masks` for
+    sb3-contrib's MaskablePPO). A masked action shows nothing: reward 0 and
+    ``info["invalid_action"] = True``.
+
+    ## Observation Space
+    A one-level ``Dict``:
+
+    - ``user`` ``Box(du,)`` float32: segment one-hot, interests, price sensitivity, preferred tone,
+      device, hour (sin/cos), log purchase history.
+    - ``candidates`` ``Box(K, dv)`` float32: per slot, PCA components of the copy's MiniLM
+      embedding and its readable text features (tone, urgency, CTA, value, benefits, length);
+      zeros in unused slots. Text itself stays out of the observation.
+    - ``shown`` ``Box(K,)`` float32: times each slot was shown earlier in this session.
+    - ``action_mask`` ``MultiBinary(K)``: 1 for real candidates.
+
+    ## Rewards
+    1 for a click, 0 otherwise.
+
+    ## Episode End
+    The episode terminates when the session ends after ``session_length`` impressions (the
+    user leaves: a real end, not a time limit). It is never truncated by the env itself.
+
+    ## Info
+    ``true_ctr`` (K,): each candidate's true CTR at this decision (for regret; never give it to
+    an agent); ``event``: the logged event (user, campaign, slot, variant, click, impression
+    clock); ``invalid_action``.
+
+    ## Arguments
+    ``gym.make("copyloop/CopyMarket-v0", config=MarketConfig(...))`` or ``market=Market(...)``;
+    ``session_length`` overrides the config's.
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": ["ansi"], "render_fps": 4}
+    _BLOCK = 256
+
+    def __init__(
+        self,
+        config: MarketConfig | None = None,
+        *,
+        market: Market | None = None,
+        session_length: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if market is not None and config is not None and market.config != config:
+            raise ValueError("pass either `config` or `market`, not both with different configs")
+        base = market if market is not None else Market.get(config)
+        self.market = base.with_session_length(session_length) if session_length else base
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"`render_mode` must be one of {self.metadata['render_modes']} or None")
+        self.render_mode = render_mode
+        self.session_length = self.market.config.session_length
+        k = self.market.max_candidates
+        self.observation_space = self.market.observation_space()
+        self.action_space = spaces.Discrete(k)
+        w = self.market.world.config
+        self._same_pow = w.fatigue_same ** np.arange(self.session_length + 1, dtype=np.float64)
+        self._any_pow = w.fatigue_any ** np.arange(self.session_length + 1, dtype=np.float64)
+        self._block: SessionBlock | None = None
+        self._i = self._BLOCK
+        self._clock = 0
+        self._step = 0
+        self._shown = np.zeros(k, np.float32)
+        self._k = k
+
+    # ---- gym API -------------------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self._block, self._i, self._clock = None, self._BLOCK, 0
+        self._i += 1
+        if self._block is None or self._i >= self._BLOCK:
+            self._block = draw_sessions(self.market, self._BLOCK, self.np_random, self._clock)
+            self._i = 0
+        self._step = 0
+        self._shown = np.zeros(self._k, np.float32)
+        return self._obs(), {"true_ctr": self._block.first_ctr[self._i].copy()}
+
+    def step(
+        self, action: np.int64 | int
+    ) -> tuple[dict[str, npt.NDArray[Any]], float, bool, bool, dict[str, Any]]:
+        b = self._block
+        if b is None:
+            raise RuntimeError("call reset() before step()")
+        if self._step >= self.session_length:
+            raise RuntimeError("the session has ended (terminated=True); call reset()")
+        a = int(action)
+        if not 0 <= a < self._k:
+            raise ValueError(f"`action` must be a slot in [0, {self._k}), got {action!r}")
+        i, step = self._i, self._step
+        ctr = b.first_ctr[i] * self._same_pow[self._shown.astype(np.int64)] * self._any_pow[step]
+        invalid = not b.mask[i, a]
+        click = (not invalid) and bool(b.uniforms[i, step] < ctr[a])
+        if not invalid:
+            self._shown = self._shown.copy()
+            self._shown[a] += 1.0
+        self._step += 1
+        self._clock += 1
+        terminated = self._step >= self.session_length
+        info = {
+            "true_ctr": ctr,
+            "invalid_action": invalid,
+            "event": {
+                "impression": self._clock - 1,
+                "user": int(b.users[i]),
+                "campaign": int(b.campaigns[i]),
+                "slot": a,
+                "variant": int(self.market.catalog.slots[b.campaigns[i], a]),
+                "click": click,
+                "session_step": step,
+            },
+        }
+        return self._obs(), float(click), terminated, False, info
+
+    def _obs(self) -> dict[str, npt.NDArray[Any]]:
+        b, i = self._block, self._i
+        assert b is not None
+        return {
+            "user": b.user_feats[i],
+            "candidates": b.cand_feats[i],
+            "shown": self._shown,
+            "action_mask": b.mask[i],
+        }
+
+    def action_masks(self) -> npt.NDArray[np.bool_]:
+        """Valid actions of the current decision (for sb3-contrib's MaskablePPO)."""
+        if self._block is None:
+            raise RuntimeError("call reset() before action_masks()")
+        return self._block.mask[self._i].astype(bool)
+
+    def render(self) -> str | None:  # type: ignore[override]
+        if self.render_mode != "ansi" or self._block is None:
+            return None
+        b, i = self._block, self._i
+        cat = self.market.catalog
+        c = int(b.campaigns[i])
+        seg = self.market.population.segment_names[int(self.market.population.users.segment[b.users[i]])]
+        lines = [f"user {int(b.users[i])} ({seg}) · campaign {cat.campaign_ids[c]} · "
+                 f"step {self._step}/{self.session_length}"]
+        texts = cat.variants.texts
+        for k in range(self._k):
+            v = int(cat.slots[c, k])
+            if v >= 0:
+                lines.append(f"  [{k}] shown {int(self._shown[k])}× · {texts[v]}")
+        return "\n".join(lines)

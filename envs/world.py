@@ -1,0 +1,363 @@
+"""The click world: ground-truth CTR(user, copy text) for experiments.
+
+The world reads each variant's text the way a reader would: its MiniLM embedding (a segment-
+specific taste direction) and readable cues (tone, urgency, call to action, value words, benefits
+that match the user's interests, length). Preferences are segment dependent, so the best copy
+differs by segment; base rates are calibrated per segment to realistic display-ad CTRs
+(0.5–5 %); preferences can drift; repeated exposure within a session wears an ad out.
+
+The logit of a first impression is
+
+    logit = b[segment] + evening(hour)
+          + T[segment, device, variant]                (tone taste, urgency, CTA, length,
+                                                       embedding direction, product appeal)
+          + tone_match · [user's tone == copy tone]
+          + value_weight · (price_sensitivity − 0.4) · value_words(copy)
+          + benefit_weight · Σ_c interest[c] · benefit_words_c(copy)
+          + interest_weight · log(6 · interest[category of product])
+
+and CTR = sigmoid(logit) · fatigue_same^(times this variant was shown this session)
+                         · fatigue_any^(impressions earlier in the session).
+
+With drift, T moves between two preference tables, ``T(t) = (1 − m(t)) T_A + m(t) T_B`` with
+``m(t) = strength · (1 − cos(2πt / period)) / 2`` over the impression clock ``t``.
+
+Agents never see any of this: envs expose the true CTRs only in ``info`` for regret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import brentq
+from scipy.special import expit
+
+from copyloop.envs.catalog import Catalog
+from copyloop.envs.text import (
+    BENEFIT_SLICE,
+    CTA_COL,
+    LENGTH_COL,
+    TONE_SLICE,
+    URGENCY_COL,
+    VALUE_COL,
+    text_features,
+)
+from copyloop.envs.users import DEVICES, TONES, UserPopulation
+
+
+@dataclass(frozen=True)
+class SegmentTaste:
+    """How one segment reacts to copy.
+
+    Attributes:
+        target_ctr: mean CTR of the segment's first impressions under uniformly random copy
+            (the base rate the world is calibrated to).
+        urgency: logit per unit of urgency cues (negative = put off by pressure).
+        cta: logit for a call to action.
+        ideal_words: preferred copy length in words.
+    """
+
+    target_ctr: float
+    urgency: float
+    cta: float
+    ideal_words: float
+
+    def __post_init__(self) -> None:
+        if not 0.001 <= self.target_ctr <= 0.2:
+            raise ValueError(f"`target_ctr` must be in [0.001, 0.2], got {self.target_ctr}")
+        if not 1 <= self.ideal_words <= 60:
+            raise ValueError(f"`ideal_words` must be in [1, 60], got {self.ideal_words}")
+
+
+DEFAULT_TASTES: dict[str, SegmentTaste] = {
+    "bargain_hunter": SegmentTaste(0.035, 0.55, 0.30, 8.0),
+    "premium_shopper": SegmentTaste(0.010, -0.60, -0.05, 13.0),
+    "busy_parent": SegmentTaste(0.025, 0.10, 0.40, 7.0),
+    "tech_enthusiast": SegmentTaste(0.020, 0.00, 0.10, 16.0),
+    "wellness_seeker": SegmentTaste(0.015, -0.25, 0.20, 11.0),
+}
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Parameters of the click world (defaults give 0.5–5 % CTRs).
+
+    Attributes:
+        seed: seed of the world's hidden parameters (taste directions, product appeal).
+        tastes: per-segment taste, keyed by segment name; segments not named here get a taste
+            drawn from ``seed``.
+        tone_weight: scale of each segment's tone preferences (taken from its tone mix).
+        tone_match: logit bonus when the copy's tone is the user's own preferred tone.
+        length_penalty: logit lost per squared word away from the segment's ideal length.
+        mobile_length_mult: the length penalty is this much stronger on mobile.
+        value_weight: logit per unit of value cues, scaled by (price sensitivity − 0.4).
+        benefit_weight: logit for benefit cues that match the user's interests.
+        interest_weight: logit per log-unit of the user's interest in the product's category.
+        embedding_weight: standard deviation of the embedding-direction term.
+        product_sd: standard deviation of the product's own appeal.
+        evening_boost: logit added for users active 19:00–23:00.
+        drift_period: impressions per drift cycle; None = no drift.
+        drift_strength: how far preferences move (0 = none, 1 = all the way to table B).
+        fatigue_same: CTR multiplier per earlier impression of the same variant in the session.
+        fatigue_any: CTR multiplier per earlier impression of any variant in the session.
+    """
+
+    seed: int = 0
+    tastes: tuple[tuple[str, SegmentTaste], ...] = tuple(DEFAULT_TASTES.items())
+    tone_weight: float = 0.6
+    tone_match: float = 0.35
+    length_penalty: float = 0.006
+    mobile_length_mult: float = 1.6
+    value_weight: float = 1.4
+    benefit_weight: float = 1.1
+    interest_weight: float = 0.45
+    embedding_weight: float = 0.35
+    product_sd: float = 0.3
+    evening_boost: float = 0.15
+    drift_period: int | None = None
+    drift_strength: float = 1.0
+    fatigue_same: float = 0.55
+    fatigue_any: float = 0.97
+
+    def __post_init__(self) -> None:
+        if self.drift_period is not None and self.drift_period < 2:
+            raise ValueError(f"`drift_period` must be >= 2 impressions or None, got {self.drift_period}")
+        if not 0.0 <= self.drift_strength <= 1.0:
+            raise ValueError(f"`drift_strength` must be in [0, 1], got {self.drift_strength}")
+        for name in ("fatigue_same", "fatigue_any"):
+            v = getattr(self, name)
+            if not 0.0 < v <= 1.0:
+                raise ValueError(f"`{name}` must be in (0, 1] (a CTR multiplier), got {v}")
+        for name in ("length_penalty", "mobile_length_mult", "embedding_weight", "product_sd"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class VariantTerms:
+    """Per-variant parts of the logit (so new texts can be scored like catalog variants).
+
+    Attributes (V variants, S segments, D devices):
+        table_a: segment×device×variant term, (S·D, V).
+        table_b: the same under the drifted preferences, (S·D, V).
+        tone: tone index of each variant, (V,).
+        value: value cues, (V,).
+        benefit: benefit cues per category, (V, 6).
+        category: product category of each variant's campaign, (V,).
+    """
+
+    table_a: npt.NDArray[np.float64]
+    table_b: npt.NDArray[np.float64]
+    tone: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]
+    benefit: npt.NDArray[np.float64]
+    category: npt.NDArray[np.int64]
+
+
+@dataclass
+class ClickWorld:
+    """Ground-truth click model over a catalog and a user population.
+
+    Example:
+        >>> world = ClickWorld(catalog, population, WorldConfig(seed=0))  # doctest: +SKIP
+        >>> ctr = world.first_ctr(np.array([0, 1]), np.array([3, 3]))   # doctest: +SKIP
+        >>> ctr.shape  # (2 users, K candidate slots), 0 in unused slots  # doctest: +SKIP
+        (2, 8)
+    """
+
+    catalog: Catalog
+    population: UserPopulation
+    config: WorldConfig = field(default_factory=WorldConfig)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, 7919])
+        pop = self.population
+        s_names = pop.segment_names
+        tastes = dict(cfg.tastes)
+        self.tastes = [
+            tastes[n] if n in tastes else SegmentTaste(
+                float(np.clip(rng.lognormal(np.log(0.02), 0.4), 0.005, 0.05)),
+                float(rng.normal(0.0, 0.4)), float(rng.normal(0.2, 0.15)),
+                float(rng.uniform(6, 16)))
+            for n in s_names
+        ]
+        emb_dim = self.catalog.embeddings.shape[1]
+        shared = rng.normal(size=emb_dim)
+
+        def directions() -> npt.NDArray[np.float64]:
+            d = shared[None, :] + 1.2 * rng.normal(size=(len(s_names), emb_dim))
+            return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+        self._dir_a = directions()
+        self._dir_b = directions()
+        tone_mix = np.array([np.asarray(s.tone_probs, float) for s in pop.config.segments])
+        tone_mix = tone_mix / tone_mix.sum(1, keepdims=True)
+        pref = np.log(np.clip(tone_mix * len(TONES), 0.05, None))
+        self._tone_a = cfg.tone_weight * pref
+        # Drifted tone taste: each segment's preferences rotate to another segment's.
+        self._tone_b = cfg.tone_weight * np.roll(pref, 1, axis=0)
+        self._appeal = rng.normal(0.0, cfg.product_sd, size=self.catalog.n_campaigns)
+        self._emb_scale = cfg.embedding_weight * np.sqrt(emb_dim)
+
+        cat = self.catalog
+        self.terms = self.variant_terms(cat.embeddings, cat.text_feats, cat.variant_campaign)
+        # Per-user parts.
+        u = pop.users
+        self._sd = (u.segment * len(DEVICES) + u.device).astype(np.int64)
+        self._pref_tone = u.preferred_tone.astype(np.int64)
+        self._price = cfg.value_weight * (u.price_sensitivity - 0.4)
+        self._benefit_w = cfg.benefit_weight * u.interests
+        self._interest = cfg.interest_weight * np.log(np.clip(6.0 * u.interests, 1e-3, None))
+        evening = (u.hour >= 19.0) & (u.hour < 23.0)
+        self._offset = self._calibrate(evening)
+        self._user_base = self._offset[u.segment] + cfg.evening_boost * evening
+        # Padded slot tables: an extra all-zero "variant" V stands in for unused slots.
+        self._slot_var = np.where(cat.slots >= 0, cat.slots, cat.n_variants)
+        self._slot_mask = cat.slots >= 0
+
+    # ---- per-variant terms ---------------------------------------------------------------------
+    def variant_terms(
+        self,
+        embeddings: npt.NDArray[np.float32],
+        text_feats: npt.NDArray[np.float32],
+        campaign: npt.NDArray[np.int64],
+    ) -> VariantTerms:
+        """The per-variant logit terms for any texts (embeddings ``(V, e)``, features ``(V, F)``)
+        shown in the given campaigns ``(V,)``."""
+        cfg = self.config
+        n_seg = len(self.tastes)
+        tone = np.argmax(text_feats[:, TONE_SLICE], axis=1).astype(np.int64)
+        urg = np.array([t.urgency for t in self.tastes])[:, None] * text_feats[None, :, URGENCY_COL]
+        cta = np.array([t.cta for t in self.tastes])[:, None] * text_feats[None, :, CTA_COL]
+        words = 20.0 * text_feats[:, LENGTH_COL]
+        ideal = np.array([t.ideal_words for t in self.tastes])[:, None]
+        length = cfg.length_penalty * (words[None, :] - ideal) ** 2  # (S, V)
+        appeal = self._appeal[campaign][None, :]
+
+        def table(dirs: npt.NDArray[np.float64], tone_pref: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+            emb = self._emb_scale * (dirs @ embeddings.T.astype(np.float64))  # (S, V)
+            seg = tone_pref[:, tone] + urg + cta + emb + appeal  # (S, V)
+            dev_mult = np.array([cfg.mobile_length_mult if d == "mobile" else 1.0 for d in DEVICES])
+            out = seg[:, None, :] - dev_mult[None, :, None] * length[:, None, :]  # (S, D, V)
+            out = out.reshape(n_seg * len(DEVICES), -1)
+            return np.hstack([out, np.zeros((out.shape[0], 1))])  # padding variant
+
+        products = self.catalog.products
+        category = np.array([products[c].category for c in campaign], np.int64)
+        pad = np.zeros(1)
+        return VariantTerms(
+            table_a=table(self._dir_a, self._tone_a),
+            table_b=table(self._dir_b, self._tone_b),
+            tone=np.append(tone, 0),
+            value=np.append(text_feats[:, VALUE_COL].astype(np.float64), pad),
+            benefit=np.vstack([text_feats[:, BENEFIT_SLICE].astype(np.float64), np.zeros((1, 6))]),
+            category=np.append(category, 0),
+        )
+
+    def drift_mix(self, t: float | npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Weight of the drifted preferences at impression clock ``t`` (0 without drift)."""
+        cfg = self.config
+        t_arr = np.asarray(t, float)
+        if cfg.drift_period is None:
+            return np.zeros_like(t_arr)
+        return cfg.drift_strength * 0.5 * (1.0 - np.cos(2.0 * np.pi * t_arr / cfg.drift_period))
+
+    def _logits(
+        self,
+        users: npt.NDArray[np.int64],
+        variants: npt.NDArray[np.int64],
+        terms: VariantTerms,
+        t: float | npt.NDArray[np.float64] = 0.0,
+        base: npt.NDArray[np.float64] | None = None,
+    ) -> npt.NDArray[np.float64]:
+        """First-impression logits for users ``(B,)`` and variant indices ``(B, K)``."""
+        sd = self._sd[users][:, None]
+        tab = terms.table_a[sd, variants]
+        if self.config.drift_period is not None:
+            m = np.asarray(self.drift_mix(t), float)
+            m = m[:, None] if m.ndim else m
+            tab = (1.0 - m) * tab + m * terms.table_b[sd, variants]
+        user_base = self._user_base[users] if base is None else base[users]
+        logit = tab + user_base[:, None]
+        logit += self.config.tone_match * (terms.tone[variants] == self._pref_tone[users][:, None])
+        logit += self._price[users][:, None] * terms.value[variants]
+        logit += np.einsum("bc,bkc->bk", self._benefit_w[users], terms.benefit[variants])
+        logit += np.take_along_axis(self._interest[users], terms.category[variants], axis=1)
+        return logit
+
+    def _calibrate(self, evening: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+        """Per-segment offsets so each segment's mean first-impression CTR hits its target."""
+        rng = np.random.default_rng([self.config.seed, 104729])
+        users = self.population.users
+        offsets = np.zeros(len(self.tastes))
+        slot_var = np.where(self.catalog.slots >= 0, self.catalog.slots, self.catalog.n_variants)
+        mask = self.catalog.slots >= 0
+        for s, taste in enumerate(self.tastes):
+            members = np.flatnonzero(users.segment == s)
+            if members.size == 0:
+                continue
+            pick = rng.choice(members, size=min(4000, 4 * members.size))
+            camp = rng.integers(0, self.catalog.n_campaigns, size=pick.size)
+            base = self.config.evening_boost * evening
+            raw = self._logits(pick, slot_var[camp], self.terms, 0.0, base=base)
+            w = mask[camp]
+
+            def gap(off: float, raw: npt.NDArray[np.float64] = raw,
+                    w: npt.NDArray[np.bool_] = w, target: float = taste.target_ctr) -> float:
+                return float((expit(raw + off) * w).sum() / w.sum()) - target
+
+            offsets[s] = brentq(gap, -20.0, 10.0, xtol=1e-6)
+        return offsets
+
+    # ---- public CTRs ---------------------------------------------------------------------------
+    def first_ctr(
+        self,
+        users: npt.NDArray[np.int64],
+        campaigns: npt.NDArray[np.int64],
+        t: float | npt.NDArray[np.float64] = 0.0,
+    ) -> npt.NDArray[np.float64]:
+        """CTR of a first impression of each candidate slot, ``(B, K)``; 0 in unused slots."""
+        users = np.asarray(users, np.int64)
+        campaigns = np.asarray(campaigns, np.int64)
+        logit = self._logits(users, self._slot_var[campaigns], self.terms, t)
+        return expit(logit) * self._slot_mask[campaigns]
+
+    def fatigue(
+        self, shown: npt.NDArray[np.integer], step: npt.NDArray[np.integer] | int
+    ) -> npt.NDArray[np.float64]:
+        """CTR multiplier given times each slot was shown ``(B, K)`` and the session step."""
+        step_arr = np.asarray(step)
+        return self.config.fatigue_same ** shown * (
+            self.config.fatigue_any ** (step_arr[:, None] if step_arr.ndim else step_arr)
+        )
+
+    def ctr_of_texts(
+        self,
+        texts: Sequence[str],
+        campaign: int,
+        users: npt.NDArray[np.int64],
+        *,
+        embeddings: npt.NDArray[np.float32] | None = None,
+        t: float = 0.0,
+    ) -> npt.NDArray[np.float64]:
+        """True first-impression CTR of arbitrary copy for ``users`` in ``campaign``,
+        shape ``(len(users), len(texts))`` — how generated copy is judged."""
+        from copyloop.envs.embed import TextEncoder
+
+        if not 0 <= campaign < self.catalog.n_campaigns:
+            raise ValueError(f"`campaign` must be in [0, {self.catalog.n_campaigns}), got {campaign}")
+        emb = TextEncoder().encode(list(texts)) if embeddings is None else embeddings
+        terms = self.variant_terms(emb, text_features(list(texts)),
+                                   np.full(len(texts), campaign, np.int64))
+        users = np.asarray(users, np.int64)
+        idx = np.broadcast_to(np.arange(len(texts)), (users.size, len(texts)))
+        return np.asarray(expit(self._logits(users, np.ascontiguousarray(idx), terms, t)))
+
+    @property
+    def segment_offsets(self) -> npt.NDArray[np.float64]:
+        """Calibrated per-segment logit offsets."""
+        return self._offset.copy()

@@ -1,0 +1,1 @@
+"""Experiment scripts and their TOML configs (nothing imports from here)."""
