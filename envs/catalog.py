@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from copyloop.contract import VariantsTable
 from copyloop.envs.corpus import Product, load_products
-from copyloop.envs.embed import TextEncoder
+from copyloop.envs.embed import TextEncoder, default_encoder
 from copyloop.envs.text import text_features, tone_of
 from copyloop.envs.users import CATEGORIES, TONES
 
@@ -197,7 +197,7 @@ def build_catalog(
             })
             variant_campaign.append(c)
     texts = [str(r["text"]) for r in rows]
-    enc = encoder or TextEncoder()
+    enc = encoder or default_encoder()
     emb = enc.encode(texts, progress=len(texts) > 2000)
     for r, e in zip(rows, emb, strict=True):
         r["embedding"] = e

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from functools import lru_cache
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,12 @@ def minilm_path() -> Path:
 
 def text_hash(model: str, text: str) -> str:
     return hashlib.sha1(f"{model}\x00{text}".encode()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def default_encoder() -> TextEncoder:
+    """One shared packaged-MiniLM encoder per process (the model loads once)."""
+    return TextEncoder()
 
 
 class TextEncoder:
@@ -97,6 +104,9 @@ class TextEncoder:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
 
             path = Path(self.model_path) if self.model_path is not None else minilm_path()
             if not path.is_dir():

@@ -107,14 +107,14 @@ class WorldConfig:
 
     seed: int = 0
     tastes: tuple[tuple[str, SegmentTaste], ...] = tuple(DEFAULT_TASTES.items())
-    tone_weight: float = 0.6
+    tone_weight: float = 0.4
     tone_match: float = 0.35
-    length_penalty: float = 0.006
+    length_penalty: float = 0.002
     mobile_length_mult: float = 1.6
     value_weight: float = 1.4
     benefit_weight: float = 1.1
     interest_weight: float = 0.45
-    embedding_weight: float = 0.35
+    embedding_weight: float = 0.25
     product_sd: float = 0.3
     evening_boost: float = 0.15
     drift_period: int | None = None
@@ -346,11 +346,11 @@ class ClickWorld:
     ) -> npt.NDArray[np.float64]:
         """True first-impression CTR of arbitrary copy for ``users`` in ``campaign``,
         shape ``(len(users), len(texts))`` — how generated copy is judged."""
-        from copyloop.envs.embed import TextEncoder
+        from copyloop.envs.embed import default_encoder
 
         if not 0 <= campaign < self.catalog.n_campaigns:
             raise ValueError(f"`campaign` must be in [0, {self.catalog.n_campaigns}), got {campaign}")
-        emb = TextEncoder().encode(list(texts)) if embeddings is None else embeddings
+        emb = default_encoder().encode(list(texts)) if embeddings is None else embeddings
         terms = self.variant_terms(emb, text_features(list(texts)),
                                    np.full(len(texts), campaign, np.int64))
         users = np.asarray(users, np.int64)
