@@ -77,7 +77,7 @@ class Policy(ABC):
         """Draw one slot per row from :meth:`action_probs`."""
         probs = self.action_probs(obs)
         cum = np.cumsum(probs, axis=1)
-        u = self._rng.random(probs.shape[0])[:, None] * cum[:, -1:]
+        u = self._rng.random((probs.shape[0], 1)) * cum[:, -1:]
         actions = np.minimum((cum <= u).sum(axis=1), probs.shape[1] - 1)
         # The first slot whose cumulative probability exceeds u: never a zero-probability slot.
         return Decision(actions.astype(np.int64), probs)

@@ -123,9 +123,7 @@ def _fail(
     fix: str,
     offset: int = 0,
 ) -> LogValidationError:
-    return LogValidationError(
-        f"`{column}` {rule}; {_rows_phrase(bad, values, offset)} — {fix}"
-    )
+    return LogValidationError(f"`{column}` {rule}; {_rows_phrase(bad, values, offset)} — {fix}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,19 +139,37 @@ def _to_context(col: pa.ChunkedArray, n: int, row_offset: int) -> pa.Array:
         d = t.list_size
         if arr.null_count:
             bad = np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
-            raise _fail("context", "must not be null", bad, None,
-                        "give every decision the feature vector the policy saw", row_offset)
+            raise _fail(
+                "context",
+                "must not be null",
+                bad,
+                None,
+                "give every decision the feature vector the policy saw",
+                row_offset,
+            )
         flat = arr.flatten()
     elif pa.types.is_list(t) or pa.types.is_large_list(t):
         if arr.null_count:
             bad = np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
-            raise _fail("context", "must not be null", bad, None,
-                        "give every decision the feature vector the policy saw", row_offset)
+            raise _fail(
+                "context",
+                "must not be null",
+                bad,
+                None,
+                "give every decision the feature vector the policy saw",
+                row_offset,
+            )
         lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
         d = int(lengths[0]) if n else 0
         if np.any(lengths != d):
-            raise _fail("context", f"must have the same length in every row (row 0 has {d})",
-                        lengths != d, lengths, "pad or fix the feature vectors", row_offset)
+            raise _fail(
+                "context",
+                f"must have the same length in every row (row 0 has {d})",
+                lengths != d,
+                lengths,
+                "pad or fix the feature vectors",
+                row_offset,
+            )
         flat = arr.flatten()
     else:
         raise LogValidationError(
@@ -167,9 +183,15 @@ def _to_context(col: pa.ChunkedArray, n: int, row_offset: int) -> pa.Array:
         )
     values = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32)
     if values.size and not np.all(np.isfinite(values)):
-        rows_bad = ~np.isfinite(values.reshape(n, d)).all(axis=1)
-        raise _fail("context", "must be finite", rows_bad, None,
-                    "impute or drop NaN/inf features before logging", row_offset)
+        rows_bad = np.asarray(~np.isfinite(values.reshape(n, d)).all(axis=1), bool)
+        raise _fail(
+            "context",
+            "must be finite",
+            rows_bad,
+            None,
+            "impute or drop NaN/inf features before logging",
+            row_offset,
+        )
     return pa.FixedSizeListArray.from_arrays(pa.array(values, pa.float32()), d)
 
 
@@ -222,7 +244,9 @@ def validate_log_table(
     Raises:
         LogValidationError: naming the column, the first offending rows and the fix.
     """
-    missing = [c for c in LOG_COLUMNS if c not in table.column_names and c not in OPTIONAL_LOG_COLUMNS]
+    missing = [
+        c for c in LOG_COLUMNS if c not in table.column_names and c not in OPTIONAL_LOG_COLUMNS
+    ]
     if missing:
         have = ", ".join(table.column_names) or "(none)"
         raise LogValidationError(
@@ -249,22 +273,29 @@ def validate_log_table(
             cols[f.name] = pa.nulls(n, f.type)
         if not f.nullable and cols[f.name].null_count:
             bad = np.asarray(cols[f.name].is_null().to_numpy(zero_copy_only=False))
-            raise _fail(f.name, "must not be null", bad, None,
-                        "fill it in or drop those rows", row_offset)
+            raise _fail(
+                f.name, "must not be null", bad, None, "fill it in or drop those rows", row_offset
+            )
 
     # propensity in (0, 1], finite
     prop = cols["propensity"].to_numpy()
     bad = ~((prop > 0.0) & (prop <= 1.0))  # NaN fails both comparisons
     if bad.any():
-        raise _fail("propensity", "must be in (0, 1]", bad, prop,
-                    "check the logging policy; a decision it could not make has no propensity",
-                    row_offset)
+        raise _fail(
+            "propensity",
+            "must be in (0, 1]",
+            bad,
+            prop,
+            "check the logging policy; a decision it could not make has no propensity",
+            row_offset,
+        )
 
     aidx = cols["action_index"].to_numpy()
     bad = aidx < 0
     if bad.any():
-        raise _fail("action_index", "must be >= 0", bad, aidx, "index into the candidates",
-                    row_offset)
+        raise _fail(
+            "action_index", "must be >= 0", bad, aidx, "index into the candidates", row_offset
+        )
 
     action = cols["action"]
     cand = cols["candidates"]
@@ -273,8 +304,14 @@ def validate_log_table(
         lengths = pc.list_value_length(cand).fill_null(0).to_numpy(zero_copy_only=False)
         bad = has_cand & (aidx >= lengths)
         if bad.any():
-            raise _fail("action_index", "must be smaller than the number of candidates", bad,
-                        aidx, "action_index counts from 0 within `candidates`", row_offset)
+            raise _fail(
+                "action_index",
+                "must be smaller than the number of candidates",
+                bad,
+                aidx,
+                "action_index counts from 0 within `candidates`",
+                row_offset,
+            )
         idx = np.where(has_cand, aidx, 0).astype(np.int64)
         # Rows without candidates read a one-element dummy list so the gather stays vectorised.
         filler = pa.array([[""]], pa.list_(pa.string())).take(pa.array(np.zeros(n, np.int64)))
@@ -283,9 +320,14 @@ def validate_log_table(
         bad = has_cand & ~same
         if bad.any():
             acts = action.to_pylist()
-            raise _fail("action", "must be among the candidates, at `action_index`", bad, acts,
-                        "log the variant actually shown and its index in `candidates`",
-                        row_offset)
+            raise _fail(
+                "action",
+                "must be among the candidates, at `action_index`",
+                bad,
+                acts,
+                "log the variant actually shown and its index in `candidates`",
+                row_offset,
+            )
     n_cand: npt.NDArray[np.int64] | None = None
     if variants is not None and (~has_cand).any():
         n_cand = _check_against_variants(cols, has_cand, variants, row_offset)
@@ -298,46 +340,86 @@ def validate_log_table(
             clen = pc.list_value_length(cand).fill_null(0).to_numpy(zero_copy_only=False)
             bad = has_probs & has_cand & (plen != clen)
             if bad.any():
-                raise _fail("action_probs", "must have one entry per candidate", bad, plen,
-                            "give the probability of every candidate, in candidate order",
-                            row_offset)
+                raise _fail(
+                    "action_probs",
+                    "must have one entry per candidate",
+                    bad,
+                    plen,
+                    "give the probability of every candidate, in candidate order",
+                    row_offset,
+                )
         if n_cand is not None:
             bad = has_probs & ~has_cand & (plen != n_cand)
             if bad.any():
-                raise _fail("action_probs",
-                            "must have one entry per variant of the campaign (candidates is null)",
-                            bad, plen, "give the probability of every variant", row_offset)
+                raise _fail(
+                    "action_probs",
+                    "must have one entry per variant of the campaign (candidates is null)",
+                    bad,
+                    plen,
+                    "give the probability of every variant",
+                    row_offset,
+                )
         bad = has_probs & (aidx >= plen)
         if bad.any():
-            raise _fail("action_probs", "must cover `action_index`", bad, plen,
-                        "give the probability of every candidate", row_offset)
+            raise _fail(
+                "action_probs",
+                "must cover `action_index`",
+                bad,
+                plen,
+                "give the probability of every candidate",
+                row_offset,
+            )
         flat = probs.flatten().to_numpy(zero_copy_only=False)
         if flat.size and not (np.all(np.isfinite(flat)) and np.all(flat >= 0)):
             row_of = np.repeat(np.arange(n), plen)
             badrow = np.zeros(n, bool)
             badrow[row_of[~(np.isfinite(flat) & (flat >= 0))]] = True
-            raise _fail("action_probs", "must be finite and >= 0", badrow, None,
-                        "store probabilities, not scores", row_offset)
+            raise _fail(
+                "action_probs",
+                "must be finite and >= 0",
+                badrow,
+                None,
+                "store probabilities, not scores",
+                row_offset,
+            )
         starts = np.concatenate([[0], np.cumsum(plen)[:-1]]).astype(np.int64)
         sums = np.add.reduceat(flat, starts) if flat.size else np.zeros(n)
         sums = np.where(plen > 0, sums, 0.0)
         bad = has_probs & (np.abs(sums - 1.0) > _PROB_TOL)
         if bad.any():
-            raise _fail("action_probs", f"must sum to 1 (±{_PROB_TOL:g})", bad, sums,
-                        "normalise the distribution before logging", row_offset)
+            raise _fail(
+                "action_probs",
+                f"must sum to 1 (±{_PROB_TOL:g})",
+                bad,
+                sums,
+                "normalise the distribution before logging",
+                row_offset,
+            )
         chosen_p = flat[np.minimum(starts + aidx, max(flat.size - 1, 0))] if flat.size else prop
         bad = has_probs & ~np.isclose(chosen_p, prop, rtol=1e-6, atol=1e-12)
         if bad.any():
-            raise _fail("propensity", "must equal action_probs[action_index]", bad, prop,
-                        "log the probability the policy gave the action it chose", row_offset)
+            raise _fail(
+                "propensity",
+                "must equal action_probs[action_index]",
+                bad,
+                prop,
+                "log the probability the policy gave the action it chose",
+                row_offset,
+            )
 
     reward = cols["reward"]
     if reward.null_count < n:
         r = reward.to_numpy(zero_copy_only=False)
         bad = np.isinf(r)
         if bad.any():
-            raise _fail("reward", "must be finite (null = not observed)", bad, r,
-                        "store clicks as 0/1 and missing rewards as null", row_offset)
+            raise _fail(
+                "reward",
+                "must be finite (null = not observed)",
+                bad,
+                r,
+                "store clicks as 0/1 and missing rewards as null",
+                row_offset,
+            )
     pos = cols["position"]
     if pos.null_count < n:
         p = pos.fill_null(0).to_numpy(zero_copy_only=False)
@@ -351,8 +433,14 @@ def validate_log_table(
             counts = pc.value_counts(ev)
             dup_vals = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
             bad = np.asarray(pc.is_in(ev, value_set=dup_vals).to_numpy(zero_copy_only=False))
-            raise _fail("event_id", "must be unique", bad, ev.to_pylist(),
-                        "give each decision its own id", row_offset)
+            raise _fail(
+                "event_id",
+                "must be unique",
+                bad,
+                ev.to_pylist(),
+                "give each decision its own id",
+                row_offset,
+            )
 
     return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
 
@@ -374,26 +462,40 @@ def _check_against_variants(
     check = ~has_cand
     bad = check & (pos < 0)
     if bad.any():
-        raise _fail("campaign_id", "must be a campaign of the variants table when "
-                    "`candidates` is null", bad, camp.to_pylist(),
-                    "log the candidates explicitly or pass the matching variants table",
-                    row_offset)
+        raise _fail(
+            "campaign_id",
+            "must be a campaign of the variants table when `candidates` is null",
+            bad,
+            camp.to_pylist(),
+            "log the candidates explicitly or pass the matching variants table",
+            row_offset,
+        )
     n_cand = np.where(pos >= 0, counts[np.maximum(pos, 0)], 0).astype(np.int64)
     aidx = cols["action_index"].to_numpy()
     bad = check & (aidx >= n_cand)
     if bad.any():
-        raise _fail("action_index", "must be smaller than the campaign's variant count", bad,
-                    aidx, "index into the campaign's variants in variants-table order",
-                    row_offset)
+        raise _fail(
+            "action_index",
+            "must be smaller than the campaign's variant count",
+            bad,
+            aidx,
+            "index into the campaign's variants in variants-table order",
+            row_offset,
+        )
     vid = variants.table.column("variant_id").combine_chunks()
     gather = np.where(check, starts[np.maximum(pos, 0)] + aidx, 0).astype(np.int64)
     expect = vid.take(pa.array(gather))
     same = pc.equal(expect, cols["action"]).to_numpy(zero_copy_only=False)
     bad = check & ~same
     if bad.any():
-        raise _fail("action", "must be among the candidates (the campaign's variants), at "
-                    "`action_index`", bad, cols["action"].to_pylist(),
-                    "check the variants table matches the log", row_offset)
+        raise _fail(
+            "action",
+            "must be among the candidates (the campaign's variants), at `action_index`",
+            bad,
+            cols["action"].to_pylist(),
+            "check the variants table matches the log",
+            row_offset,
+        )
     return n_cand
 
 
@@ -525,8 +627,9 @@ class DecisionLog:
     row_offset: int = field(default=0, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        canonical = validate_log_table(self.table, variants=self.variants,
-                                       row_offset=self.row_offset)
+        canonical = validate_log_table(
+            self.table, variants=self.variants, row_offset=self.row_offset
+        )
         object.__setattr__(self, "table", canonical)
 
     # ---- construction ---------------------------------------------------------------------
@@ -561,16 +664,20 @@ class DecisionLog:
             "event_id": pa.array(event_id, pa.string()),
             "ts": _ts_array(ts, n),
             "campaign_id": pa.array(campaign_id, pa.string()),
-            "user_id": pa.array(user_id, pa.string()) if user_id is not None else pa.nulls(n, pa.string()),
+            "user_id": pa.array(user_id, pa.string())
+            if user_id is not None
+            else pa.nulls(n, pa.string()),
             "context": pa.FixedSizeListArray.from_arrays(pa.array(ctx.reshape(-1)), d),
             "candidates": _list_array(candidates, pa.string(), n),
             "action": pa.array(action, pa.string()),
             "action_index": pa.array(np.asarray(action_index), pa.int32()),
             "propensity": pa.array(np.asarray(propensity, dtype=np.float64)),
             "action_probs": _list_array(action_probs, pa.float64(), n),
-            "position": pa.nulls(n, pa.int32()) if position is None
+            "position": pa.nulls(n, pa.int32())
+            if position is None
             else pa.array(np.asarray(position), pa.int32()),
-            "reward": pa.nulls(n, pa.float64()) if reward is None
+            "reward": pa.nulls(n, pa.float64())
+            if reward is None
             else pa.array(np.asarray(reward, dtype=np.float64), from_pandas=True),
             "policy_id": _const_or_array(policy_id, n),
             "model_version": _const_or_array(model_version, n),
@@ -585,7 +692,9 @@ class DecisionLog:
         return cls(pa.table(cols), variants=variants)
 
     @classmethod
-    def read(cls, path: str | os.PathLike[str], *, variants: VariantsTable | None = None) -> DecisionLog:
+    def read(
+        cls, path: str | os.PathLike[str], *, variants: VariantsTable | None = None
+    ) -> DecisionLog:
         """Read a whole log from Parquet (validated). See :meth:`iter_batches` for big files."""
         p = _existing(path, "log")
         table = pq.read_table(p)
@@ -630,7 +739,9 @@ class DecisionLog:
             yield DecisionLog(table, variants=variants, row_offset=offset)
             offset += batch.num_rows
 
-    def write(self, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None) -> Path:
+    def write(
+        self, path: str | os.PathLike[str], *, metadata: Mapping[str, str] | None = None
+    ) -> Path:
         """Write the log to Parquet atomically (schema version in the file metadata)."""
         with DecisionLogWriter(path, self.context_dim, metadata=metadata) as w:
             w.write(self)
@@ -766,7 +877,8 @@ VARIANT_COLUMNS: tuple[str, ...] = tuple(variants_schema(None).names)
 
 @dataclass(frozen=True)
 class VariantsTable:
-    """The copy variants a log's actions refer to: id, campaign, text, attributes, embedding, origin.
+    """The copy variants a log's actions refer to (id, campaign, text, attributes, embedding,
+    origin).
 
     Rows of one campaign are contiguous and in the campaign's candidate order; a log row with
     null ``candidates`` indexes into that order.
@@ -794,9 +906,11 @@ class VariantsTable:
                     "variant_id": r.get("variant_id"),
                     "campaign_id": r.get("campaign_id"),
                     "text": r.get("text"),
-                    "attributes": attrs if attrs is None or isinstance(attrs, str)
+                    "attributes": attrs
+                    if attrs is None or isinstance(attrs, str)
                     else json.dumps(attrs, sort_keys=True),
-                    "embedding": None if r.get("embedding") is None
+                    "embedding": None
+                    if r.get("embedding") is None
                     else np.asarray(r["embedding"], np.float32).tolist(),
                     "origin": r.get("origin", "unknown"),
                 }
@@ -813,7 +927,8 @@ class VariantsTable:
     def write(self, path: str | os.PathLike[str]) -> Path:
         with atomic_path(path) as tmp:
             pq.write_table(
-                self.table.replace_schema_metadata(_metadata("VariantsTable")), tmp,
+                self.table.replace_schema_metadata(_metadata("VariantsTable")),
+                tmp,
                 compression="zstd",
             )
         return Path(path)
@@ -877,7 +992,8 @@ def validate_variants_table(table: pa.Table) -> pa.Table:
     extra = [c for c in table.column_names if c not in VARIANT_COLUMNS]
     if extra:
         raise LogValidationError(
-            f"variants table has unknown column(s) {extra} — its columns are {list(VARIANT_COLUMNS)}; "
+            f"variants table has unknown column(s) {extra} — its columns are "
+            f"{list(VARIANT_COLUMNS)}; "
             "put extra fields in `attributes` (a JSON object)"
         )
     n = table.num_rows
@@ -887,16 +1003,26 @@ def validate_variants_table(table: pa.Table) -> pa.Table:
         emb = table.column("embedding").combine_chunks()
         if emb.null_count:
             bad = np.asarray(emb.is_null().to_numpy(zero_copy_only=False))
-            raise _fail("embedding", "must be given for all variants or none", bad, None,
-                        "embed every variant (copyloop's catalog does this)")
+            raise _fail(
+                "embedding",
+                "must be given for all variants or none",
+                bad,
+                None,
+                "embed every variant (copyloop's catalog does this)",
+            )
         lengths = pc.list_value_length(emb).to_numpy(zero_copy_only=False)
         emb_dim = int(lengths[0])
         if np.any(lengths != emb_dim):
-            raise _fail("embedding", f"must have one length (row 0 has {emb_dim})",
-                        lengths != emb_dim, lengths, "embed all variants with one encoder")
+            raise _fail(
+                "embedding",
+                f"must have one length (row 0 has {emb_dim})",
+                lengths != emb_dim,
+                lengths,
+                "embed all variants with one encoder",
+            )
         flat = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), np.float32)
         if not np.all(np.isfinite(flat)):
-            bad = ~np.isfinite(flat.reshape(n, emb_dim)).all(axis=1)
+            bad = np.asarray(~np.isfinite(flat.reshape(n, emb_dim)).all(axis=1), bool)
             raise _fail("embedding", "must be finite", bad, None, "re-embed those variants")
         cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), emb_dim)
     schema = variants_schema(emb_dim)
@@ -917,8 +1043,9 @@ def validate_variants_table(table: pa.Table) -> pa.Table:
         counts = pc.value_counts(vid)
         dup = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
         bad = np.asarray(pc.is_in(vid, value_set=dup).to_numpy(zero_copy_only=False))
-        raise _fail("variant_id", "must be unique", bad, vid.to_pylist(),
-                    "give each variant its own id")
+        raise _fail(
+            "variant_id", "must be unique", bad, vid.to_pylist(), "give each variant its own id"
+        )
     camp = cols["campaign_id"].to_numpy(zero_copy_only=False)
     if n:
         change = np.ones(n, bool)
@@ -927,12 +1054,17 @@ def validate_variants_table(table: pa.Table) -> pa.Table:
         if len(set(firsts.tolist())) != len(firsts):
             seen: set[str] = set()
             bad = np.zeros(n, bool)
-            for i in np.flatnonzero(change):
+            for i in np.flatnonzero(change).tolist():
                 if camp[i] in seen:
                     bad[i] = True
                 seen.add(camp[i])
-            raise _fail("campaign_id", "rows of one campaign must be contiguous", bad, camp,
-                        "sort the table by campaign, keeping each campaign's candidate order")
+            raise _fail(
+                "campaign_id",
+                "rows of one campaign must be contiguous",
+                bad,
+                camp,
+                "sort the table by campaign, keeping each campaign's candidate order",
+            )
     attrs = cols["attributes"].to_pylist()
     bad = np.zeros(n, bool)
     for i, a in enumerate(attrs):

@@ -32,8 +32,10 @@ from copyloop.contract import (
     VariantsTable,
 )
 
-_NUMBER = re.compile(r"^\s*[-+]?((\d+(\.\d*)?)|(\.\d+))([eE][-+]?\d+)?\s*$|^\s*[-+]?(nan|inf|infinity)\s*$",
-                     re.IGNORECASE)
+_NUMBER = re.compile(
+    r"^\s*[-+]?((\d+(\.\d*)?)|(\.\d+))([eE][-+]?\d+)?\s*$|^\s*[-+]?(nan|inf|infinity)\s*$",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ class ColumnMapping:
     def __post_init__(self) -> None:
         if self.categorical_encoding not in ("onehot", "hash"):
             raise ValueError(
-                f"`categorical_encoding` must be 'onehot' or 'hash', got {self.categorical_encoding!r}"
+                "`categorical_encoding` must be 'onehot' or 'hash', got "
+                f"{self.categorical_encoding!r}"
             )
         if self.hash_dim < 1:
             raise ValueError(f"`hash_dim` must be >= 1, got {self.hash_dim}")
@@ -96,10 +99,21 @@ class ColumnMapping:
 
     @property
     def source_columns(self) -> list[str]:
-        cols = [self.action_col, self.reward_col, self.propensity_col, *self.context_cols,
-                *self.categorical_cols]
-        for c in (self.campaign_col, self.candidates_col, self.position_col, self.timestamp_col,
-                  self.user_col, self.event_id_col):
+        cols = [
+            self.action_col,
+            self.reward_col,
+            self.propensity_col,
+            *self.context_cols,
+            *self.categorical_cols,
+        ]
+        for c in (
+            self.campaign_col,
+            self.candidates_col,
+            self.position_col,
+            self.timestamp_col,
+            self.user_col,
+            self.event_id_col,
+        ):
             if c is not None:
                 cols.append(c)
         return cols
@@ -151,10 +165,16 @@ def _source_columns(path: Path) -> list[str]:
     return next(csv.reader([header], delimiter=delim)) if header else []
 
 
-def _numeric(col: pa.ChunkedArray | pa.Array, name: str, role: str, offset: int) -> npt.NDArray[np.float64]:
+def _numeric(
+    col: pa.ChunkedArray | pa.Array, name: str, role: str, offset: int
+) -> npt.NDArray[np.float64]:
     """Cast a source column to float64 (nulls -> NaN), naming rows that are not numbers."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type):
+    if (
+        pa.types.is_floating(arr.type)
+        or pa.types.is_integer(arr.type)
+        or pa.types.is_boolean(arr.type)
+    ):
         return np.asarray(arr.cast(pa.float64()).to_numpy(zero_copy_only=False), np.float64)
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         ok = pc.match_substring_regex(arr, _NUMBER.pattern, ignore_case=True).fill_null(True)
@@ -169,27 +189,38 @@ def _numeric(col: pa.ChunkedArray | pa.Array, name: str, role: str, offset: int)
                 f"column `{name}` ({role}) must be numeric; rows {rows}{more} have {shown} — "
                 "fix or drop those rows in the source"
             )
-        return np.asarray(pc.cast(pc.utf8_trim_whitespace(arr), pa.float64())
-                          .to_numpy(zero_copy_only=False), np.float64)
+        return np.asarray(
+            pc.cast(pc.utf8_trim_whitespace(arr), pa.float64()).to_numpy(zero_copy_only=False),
+            np.float64,
+        )
     raise LogValidationError(
         f"column `{name}` ({role}) must be numeric, got type {arr.type} — convert it in the source"
     )
 
 
-def _rows_error(name: str, role: str, rule: str, bad: npt.NDArray[np.bool_], values: Any,
-                offset: int, fix: str) -> LogValidationError:
+def _rows_error(
+    name: str, role: str, rule: str, bad: npt.NDArray[np.bool_], values: Any, offset: int, fix: str
+) -> LogValidationError:
     idx = np.flatnonzero(bad)
     rows = ", ".join(str(int(i) + offset) for i in idx[:5])
-    shown = ", ".join(repr(values[int(i)].item() if hasattr(values[int(i)], "item")
-                           else values[int(i)]) for i in idx[:5])
+    shown = ", ".join(
+        repr(values[int(i)].item() if hasattr(values[int(i)], "item") else values[int(i)])
+        for i in idx[:5]
+    )
     more = f" (and {idx.size - 5} more)" if idx.size > 5 else ""
-    return LogValidationError(f"column `{name}` ({role}) {rule}; rows {rows}{more} have {shown} — {fix}")
+    return LogValidationError(
+        f"column `{name}` ({role}) {rule}; rows {rows}{more} have {shown} — {fix}"
+    )
 
 
 def _stable_hash(values: Sequence[str], buckets: int) -> npt.NDArray[np.int64]:
     return np.array(
-        [int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little") % buckets
-         for v in values], np.int64)
+        [
+            int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little") % buckets
+            for v in values
+        ],
+        np.int64,
+    )
 
 
 def import_log(
@@ -220,7 +251,9 @@ def import_log(
     if not src.is_file():
         raise FileNotFoundError(f"log file {src} does not exist — check the path")
     out_p = Path(out)
-    var_p = Path(variants_out) if variants_out is not None else out_p.with_suffix(".variants.parquet")
+    var_p = (
+        Path(variants_out) if variants_out is not None else out_p.with_suffix(".variants.parquet")
+    )
     have = _source_columns(src)
     missing = [c for c in mapping.source_columns if c not in have]
     if missing:
@@ -230,22 +263,30 @@ def import_log(
         )
 
     # Pass 1: vocabularies (one-hot categories; each campaign's action set).
-    vocab: dict[str, set[str]] = {c: set() for c in mapping.categorical_cols
-                                  if mapping.categorical_encoding == "onehot"}
+    vocab: dict[str, set[str]] = {
+        c: set() for c in mapping.categorical_cols if mapping.categorical_encoding == "onehot"
+    }
     actions_by_campaign: dict[str, set[str]] = {}
     first_pass = [c for c in vocab]
     if mapping.candidates_col is None:
-        first_pass += [mapping.action_col] + ([mapping.campaign_col] if mapping.campaign_col else [])
+        first_pass += [mapping.action_col] + (
+            [mapping.campaign_col] if mapping.campaign_col else []
+        )
     if first_pass:
         for t in _source_batches(src, sorted(set(first_pass)), batch_size):
             for c in vocab:
                 vocab[c].update(str(v) for v in pc.unique(t.column(c)).to_pylist() if v is not None)
             if mapping.candidates_col is None:
                 acts = t.column(mapping.action_col).cast(pa.string())
-                camps = (t.column(mapping.campaign_col).cast(pa.string()) if mapping.campaign_col
-                         else pa.chunked_array([pa.array([mapping.default_campaign] * t.num_rows)]))
+                camps = (
+                    t.column(mapping.campaign_col).cast(pa.string())
+                    if mapping.campaign_col
+                    else pa.chunked_array([pa.array([mapping.default_campaign] * t.num_rows)])
+                )
                 pairs = pa.table({"c": camps, "a": acts}).group_by(["c", "a"]).aggregate([])
-                for c, a in zip(pairs.column("c").to_pylist(), pairs.column("a").to_pylist(), strict=True):
+                for c, a in zip(
+                    pairs.column("c").to_pylist(), pairs.column("a").to_pylist(), strict=True
+                ):
                     if c is not None and a is not None:
                         actions_by_campaign.setdefault(c, set()).add(a)
     vocab_sorted = {c: sorted(v) for c, v in vocab.items()}
@@ -261,8 +302,11 @@ def import_log(
     camp_index = {c: {a: i for i, a in enumerate(acts)} for c, acts in camp_sets.items()}
     seen_variants: dict[str, list[str]] = {c: list(a) for c, a in camp_sets.items()}
 
-    meta = {"context_names": json.dumps(context_names), "source": src.name,
-            "ts_source": mapping.timestamp_col or "import-time"}
+    meta = {
+        "context_names": json.dumps(context_names),
+        "source": src.name,
+        "ts_source": mapping.timestamp_col or "import-time",
+    }
     now = np.datetime64(datetime.now(UTC).replace(tzinfo=None), "us")
     rows = 0
     missing_rewards = 0
@@ -276,8 +320,15 @@ def import_log(
                 ctx[:, j] = _numeric(t.column(c), c, "context", off)
                 bad = ~np.isfinite(ctx[:, j])
                 if bad.any():
-                    raise _rows_error(c, "context", "must be finite numbers", bad, ctx[:, j], off,
-                                      "impute or drop missing features before importing")
+                    raise _rows_error(
+                        c,
+                        "context",
+                        "must be finite numbers",
+                        bad,
+                        ctx[:, j],
+                        off,
+                        "impute or drop missing features before importing",
+                    )
                 j += 1
             for c in mapping.categorical_cols:
                 vals = t.column(c).cast(pa.string()).fill_null("<null>")
@@ -287,36 +338,69 @@ def import_log(
                 if mapping.categorical_encoding == "onehot":
                     lookup = {v: i for i, v in enumerate(vocab_sorted[c])}
                     # "<null>" is not in the vocabulary: missing categories encode as all zeros
-                    pos = np.array([lookup.get(v, -1) for v in uniq], np.int64)[codes]
-                    ok = pos >= 0
-                    ctx[np.flatnonzero(ok), j + pos[ok]] = 1.0
+                    hot = np.array([lookup.get(v, -1) for v in uniq], np.int64)[codes]
+                    ok = hot >= 0
+                    ctx[np.flatnonzero(ok), j + hot[ok]] = 1.0
                     j += len(vocab_sorted[c])
                 else:
                     bucket = _stable_hash(uniq, mapping.hash_dim)[codes]
                     ctx[np.arange(n), j + bucket] = 1.0
                     j += mapping.hash_dim
-            prop = _numeric(t.column(mapping.propensity_col), mapping.propensity_col, "propensity", off)
+            prop = _numeric(
+                t.column(mapping.propensity_col), mapping.propensity_col, "propensity", off
+            )
             bad = ~((prop > 0) & (prop <= 1))
             if bad.any():
-                raise _rows_error(mapping.propensity_col, "propensity", "must be in (0, 1]", bad,
-                                  prop, off, "check the logging policy; NaN/0 propensities "
-                                  "cannot be used for off-policy evaluation")
+                raise _rows_error(
+                    mapping.propensity_col,
+                    "propensity",
+                    "must be in (0, 1]",
+                    bad,
+                    prop,
+                    off,
+                    "check the logging policy; NaN/0 propensities "
+                    "cannot be used for off-policy evaluation",
+                )
             reward = _numeric(t.column(mapping.reward_col), mapping.reward_col, "reward", off)
             if np.isinf(reward).any():
-                raise _rows_error(mapping.reward_col, "reward", "must be finite", np.isinf(reward),
-                                  reward, off, "store clicks as 0/1, leave unobserved cells empty")
+                raise _rows_error(
+                    mapping.reward_col,
+                    "reward",
+                    "must be finite",
+                    np.isinf(reward),
+                    reward,
+                    off,
+                    "store clicks as 0/1, leave unobserved cells empty",
+                )
             missing_rewards += int(np.isnan(reward).sum())
             action = t.column(mapping.action_col).cast(pa.string()).combine_chunks()
             if action.null_count:
                 bad = np.asarray(action.is_null().to_numpy(zero_copy_only=False))
-                raise _rows_error(mapping.action_col, "action", "must not be empty", bad,
-                                  action.to_pylist(), off, "drop rows without an action")
-            campaign = (t.column(mapping.campaign_col).cast(pa.string()).combine_chunks()
-                        if mapping.campaign_col else pa.array([mapping.default_campaign] * n))
+                raise _rows_error(
+                    mapping.action_col,
+                    "action",
+                    "must not be empty",
+                    bad,
+                    action.to_pylist(),
+                    off,
+                    "drop rows without an action",
+                )
+            campaign = (
+                t.column(mapping.campaign_col).cast(pa.string()).combine_chunks()
+                if mapping.campaign_col
+                else pa.array([mapping.default_campaign] * n)
+            )
             if campaign.null_count:
                 bad = np.asarray(campaign.is_null().to_numpy(zero_copy_only=False))
-                raise _rows_error(mapping.campaign_col or "", "campaign", "must not be empty", bad,
-                                  campaign.to_pylist(), off, "fill in the campaign")
+                raise _rows_error(
+                    mapping.campaign_col or "",
+                    "campaign",
+                    "must not be empty",
+                    bad,
+                    campaign.to_pylist(),
+                    off,
+                    "fill in the campaign",
+                )
             acts = action.to_pylist()
             camps = campaign.to_pylist()
             candidates: list[list[str]] | None = None
@@ -325,10 +409,16 @@ def import_log(
                 if pa.types.is_string(cand_col.type) or pa.types.is_large_string(cand_col.type):
                     candidates = [s.split(mapping.sep) if s else [] for s in cand_col.to_pylist()]
                 else:
-                    candidates = [list(map(str, x)) if x is not None else []
-                                  for x in cand_col.to_pylist()]
-                aidx = np.array([cs.index(a) if a in cs else -1
-                                 for a, cs in zip(acts, candidates, strict=True)], np.int64)
+                    candidates = [
+                        list(map(str, x)) if x is not None else [] for x in cand_col.to_pylist()
+                    ]
+                aidx = np.array(
+                    [
+                        cs.index(a) if a in cs else -1
+                        for a, cs in zip(acts, candidates, strict=True)
+                    ],
+                    np.int64,
+                )
                 for cmp, cs in zip(camps, candidates, strict=True):
                     known = seen_variants.setdefault(cmp, [])
                     if len(known) < 10_000:
@@ -336,35 +426,63 @@ def import_log(
                             if v not in known:
                                 known.append(v)
             else:
-                aidx = np.array([camp_index[c][a] for a, c in zip(acts, camps, strict=True)], np.int64)
+                aidx = np.array(
+                    [camp_index[c][a] for a, c in zip(acts, camps, strict=True)], np.int64
+                )
             if (aidx < 0).any():
-                raise _rows_error(mapping.action_col, "action", f"must be among the candidates in "
-                                  f"`{mapping.candidates_col}`", aidx < 0, acts, off,
-                                  "log the candidate set the policy chose from, including the action")
+                raise _rows_error(
+                    mapping.action_col,
+                    "action",
+                    f"must be among the candidates in `{mapping.candidates_col}`",
+                    aidx < 0,
+                    acts,
+                    off,
+                    "log the candidate set the policy chose from, including the action",
+                )
             if mapping.event_id_col:
                 ev = t.column(mapping.event_id_col).cast(pa.string())
             else:
                 ev = pc.binary_join_element_wise(
-                    pa.array([src.stem] * n), pa.array(np.arange(off, off + n)).cast(pa.string()), "-")
+                    pa.array([src.stem] * n),
+                    pa.array(np.arange(off, off + n)).cast(pa.string()),
+                    "-",
+                )
             if mapping.timestamp_col:
-                ts = _parse_ts(t.column(mapping.timestamp_col).combine_chunks(),
-                               mapping.timestamp_col, off)
+                ts = _parse_ts(
+                    t.column(mapping.timestamp_col).combine_chunks(), mapping.timestamp_col, off
+                )
             else:
                 ts = pa.array(np.full(n, now), pa.timestamp("us", tz="UTC"))
-            pos = None
+            pos: npt.NDArray[np.int32] | None = None
             if mapping.position_col:
                 p = _numeric(t.column(mapping.position_col), mapping.position_col, "position", off)
                 bad = ~np.isfinite(p) | (p < 0) | (p != np.round(p))
                 if bad.any():
-                    raise _rows_error(mapping.position_col, "position", "must be integers >= 0",
-                                      bad, p, off, "count slot positions from 0")
+                    raise _rows_error(
+                        mapping.position_col,
+                        "position",
+                        "must be integers >= 0",
+                        bad,
+                        p,
+                        off,
+                        "count slot positions from 0",
+                    )
                 pos = p.astype(np.int32)
             user = t.column(mapping.user_col).cast(pa.string()) if mapping.user_col else None
             try:
                 log = DecisionLog.from_arrays(
-                    event_id=ev, ts=ts, campaign_id=campaign, user_id=user, context=ctx,
-                    candidates=candidates, action=action, action_index=aidx, propensity=prop,
-                    position=pos, reward=reward, policy_id=mapping.policy_id,
+                    event_id=ev,
+                    ts=ts,
+                    campaign_id=campaign,
+                    user_id=user,
+                    context=ctx,
+                    candidates=candidates,
+                    action=action,
+                    action_index=aidx,
+                    propensity=prop,
+                    position=pos,
+                    reward=reward,
+                    policy_id=mapping.policy_id,
                     model_version="0",
                 )
             except LogValidationError as e:
@@ -375,15 +493,28 @@ def import_log(
                 progress(rows)
         if rows == 0:
             raise LogValidationError(f"{src.name} has no data rows — nothing to import")
-        records = [{"variant_id": f"{c}/{v}", "campaign_id": c, "text": v,
-                    "attributes": {"action": v}, "origin": f"import:{src.name}"}
-                   for c, vs in seen_variants.items() for v in vs]
+        records = [
+            {
+                "variant_id": f"{c}/{v}",
+                "campaign_id": c,
+                "text": v,
+                "attributes": {"action": v},
+                "origin": f"import:{src.name}",
+            }
+            for c, vs in seen_variants.items()
+            for v in vs
+        ]
         variants = VariantsTable.from_records(records)
         variants.write(var_p)
-    return ImportReport(rows=rows, out=out_p, variants_out=var_p, context_names=context_names,
-                        campaigns=len(seen_variants),
-                        actions=sum(len(v) for v in seen_variants.values()),
-                        missing_rewards=missing_rewards)
+    return ImportReport(
+        rows=rows,
+        out=out_p,
+        variants_out=var_p,
+        context_names=context_names,
+        campaigns=len(seen_variants),
+        actions=sum(len(v) for v in seen_variants.values()),
+        missing_rewards=missing_rewards,
+    )
 
 
 def _parse_ts(arr: pa.Array, name: str, offset: int) -> pa.Array:
@@ -396,7 +527,7 @@ def _parse_ts(arr: pa.Array, name: str, offset: int) -> pa.Array:
     if pc.all(pc.match_substring_regex(s, _NUMBER.pattern).fill_null(False)).as_py():
         return _parse_ts(pc.cast(s, pa.float64()), name, offset)
     vals = s.to_pylist()
-    out = []
+    out: list[datetime | None] = []
     bad = np.zeros(len(vals), bool)
     for i, v in enumerate(vals):
         try:
@@ -409,8 +540,15 @@ def _parse_ts(arr: pa.Array, name: str, offset: int) -> pa.Array:
         else:
             out.append(dt if dt.tzinfo else dt.replace(tzinfo=UTC))
     if bad.any():
-        raise _rows_error(name, "timestamp", "must be ISO 8601 or epoch seconds", bad, vals, offset,
-                          "write times like 2026-01-31T12:00:00Z")
+        raise _rows_error(
+            name,
+            "timestamp",
+            "must be ISO 8601 or epoch seconds",
+            bad,
+            vals,
+            offset,
+            "write times like 2026-01-31T12:00:00Z",
+        )
     return pa.array(out, pa.timestamp("us", tz="UTC"))
 
 
@@ -429,14 +567,28 @@ def to_obp(log: DecisionLog, variants: VariantsTable) -> dict[str, Any]:
     r = log.reward
     if np.isnan(r).any():
         bad = np.isnan(r)
-        raise _rows_error("reward", "reward", "must be observed for obp", bad, r, 0,
-                          "drop rows whose reward is null before exporting")
+        raise _rows_error(
+            "reward",
+            "reward",
+            "must be observed for obp",
+            bad,
+            r,
+            0,
+            "drop rows whose reward is null before exporting",
+        )
     vid = {v: i for i, v in enumerate(variants.variant_ids)}
     acts = log.column("action")
     missing = np.array([a not in vid for a in acts])
     if missing.any():
-        raise _rows_error("action", "action", "must be a variant of the variants table", missing,
-                          acts, 0, "pass the variants table the log was written with")
+        raise _rows_error(
+            "action",
+            "action",
+            "must be a variant of the variants table",
+            missing,
+            acts,
+            0,
+            "pass the variants table the log was written with",
+        )
     pos = log.position
     out: dict[str, Any] = {
         "n_rounds": log.n_rows,
@@ -446,28 +598,35 @@ def to_obp(log: DecisionLog, variants: VariantsTable) -> dict[str, Any]:
         "reward": r,
         "pscore": log.propensity,
         "context": log.context.astype(np.float64),
-        "action_context": (variants.embeddings.astype(np.float64)
-                           if variants.embeddings is not None else None),
+        "action_context": (
+            variants.embeddings.astype(np.float64) if variants.embeddings is not None else None
+        ),
     }
     return out
 
 
 def from_obp(
-    feedback: dict[str, Any], *, campaign_id: str = "obp", policy_id: str = "obp",
+    feedback: dict[str, Any],
+    *,
+    campaign_id: str = "obp",
+    policy_id: str = "obp",
 ) -> tuple[DecisionLog, VariantsTable]:
     """Import obp's ``bandit_feedback`` dict (``action``, ``reward``, ``pscore``, ``context``,
     optional ``position``, ``action_context`` and ``pi_b``) as a log plus variants table."""
     need = ["n_actions", "action", "reward", "pscore", "context"]
     missing = [k for k in need if k not in feedback]
     if missing:
-        raise LogValidationError(f"bandit_feedback lacks key(s) {missing}; it has {sorted(feedback)}")
+        raise LogValidationError(
+            f"bandit_feedback lacks key(s) {missing}; it has {sorted(feedback)}"
+        )
     n_actions = int(feedback["n_actions"])
     action = np.asarray(feedback["action"], np.int64)
     n = action.size
     bad = (action < 0) | (action >= n_actions)
     if bad.any():
-        raise _rows_error("action", "action", f"must be in [0, {n_actions})", bad, action, 0,
-                          "check n_actions")
+        raise _rows_error(
+            "action", "action", f"must be in [0, {n_actions})", bad, action, 0, "check n_actions"
+        )
     ctx = np.asarray(feedback["context"], np.float32)
     if ctx.ndim == 1:
         ctx = ctx[:, None]
@@ -480,9 +639,16 @@ def from_obp(
         probs = pi_b[np.arange(n), :, p_idx] if pi_b.ndim == 3 else pi_b
     ids = [f"a{k}" for k in range(n_actions)]
     ac = feedback.get("action_context")
-    records = [{"variant_id": ids[k], "campaign_id": campaign_id, "text": f"action {k}",
-                "embedding": None if ac is None else np.asarray(ac)[k],
-                "origin": "obp"} for k in range(n_actions)]
+    records = [
+        {
+            "variant_id": ids[k],
+            "campaign_id": campaign_id,
+            "text": f"action {k}",
+            "embedding": None if ac is None else np.asarray(ac)[k],
+            "origin": "obp",
+        }
+        for k in range(n_actions)
+    ]
     variants = VariantsTable.from_records(records)
     log = DecisionLog.from_arrays(
         event_id=[f"obp-{i}" for i in range(n)],
@@ -498,4 +664,3 @@ def from_obp(
         variants=variants,
     )
     return log, variants
-

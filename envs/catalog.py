@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-
-from copyloop.contract import VariantsTable
 from copyloop.envs.corpus import Product, load_products
 from copyloop.envs.embed import TextEncoder, default_encoder
 from copyloop.envs.text import text_features, tone_of
 from copyloop.envs.users import CATEGORIES, TONES
+
+from copyloop.contract import VariantsTable
 
 CATEGORY_NOUN: dict[str, str] = {
     "lawn_garden_parts": "a part that fits your mower",
@@ -59,19 +59,26 @@ Template = Callable[[Product], str]
 
 STYLES: dict[str, Template] = {
     "original": lambda p: p.title,
-    "description": lambda p: f"{short_title(p.title)}. {first_sentence(p.description)}"
-    if p.description else f"{short_title(p.title)} by {p.brand or 'our makers'}.",
+    "description": lambda p: (
+        f"{short_title(p.title)}. {first_sentence(p.description)}"
+        if p.description
+        else f"{short_title(p.title)} by {p.brand or 'our makers'}."
+    ),
     "urgent": lambda p: f"{short_title(p.title)}: limited stock, order today!",
-    "value": lambda p: f"Save on the {short_title(p.title)}{' from ' + p.brand if p.brand else ''}. "
-    "Great value.",
-    "premium": lambda p: f"{p.brand + ' ' if p.brand else ''}{short_title(p.title)}: crafted "
-    "quality, timeless and refined.",
+    "value": lambda p: (
+        f"Save on the {short_title(p.title)}{' from ' + p.brand if p.brand else ''}. Great value."
+    ),
+    "premium": lambda p: (
+        f"{p.brand + ' ' if p.brand else ''}{short_title(p.title)}: crafted "
+        "quality, timeless and refined."
+    ),
     "friendly": lambda p: f"You'll love the {short_title(p.title)}. Made for your everyday.",
     "playful": lambda p: f"Wow, the {short_title(p.title)} just dropped. Ready to treat yourself?",
     "benefit": lambda p: f"{short_title(p.title)}: {BENEFIT_PHRASE[p.category_name]}.",
     "cta": lambda p: f"Shop the {short_title(p.title)}{' from ' + p.brand if p.brand else ''}.",
-    "question": lambda p: f"Looking for {CATEGORY_NOUN[p.category_name]}? "
-    f"Meet the {short_title(p.title)}.",
+    "question": lambda p: (
+        f"Looking for {CATEGORY_NOUN[p.category_name]}? Meet the {short_title(p.title)}."
+    ),
 }
 """Copy styles of the catalog, each a function of the real product."""
 
@@ -186,15 +193,22 @@ def build_catalog(
         n_cand[c] = k
         for style in styles:
             text = STYLES[style](p)
-            rows.append({
-                "variant_id": f"p{p.product_id}-{style}",
-                "campaign_id": f"p{p.product_id}",
-                "text": text,
-                "attributes": {"style": style, "tone": TONES[tone_of(text)],
-                               "category": p.category_name, "brand": p.brand},
-                "origin": "corpus:gembench/CA_Prod" if style == "original"
-                else f"template:{style}",
-            })
+            rows.append(
+                {
+                    "variant_id": f"p{p.product_id}-{style}",
+                    "campaign_id": f"p{p.product_id}",
+                    "text": text,
+                    "attributes": {
+                        "style": style,
+                        "tone": TONES[tone_of(text)],
+                        "category": p.category_name,
+                        "brand": p.brand,
+                    },
+                    "origin": "corpus:gembench/CA_Prod"
+                    if style == "original"
+                    else f"template:{style}",
+                }
+            )
             variant_campaign.append(c)
     texts = [str(r["text"]) for r in rows]
     enc = encoder or default_encoder()
@@ -212,8 +226,15 @@ def build_catalog(
         slots[c, :k] = np.arange(start, start + k)
         start += k
     return Catalog(
-        config=cfg, products=tuple(chosen), variants=variants, variant_campaign=vc,
-        embeddings=emb, text_feats=tf, candidate_feats=cand, slots=slots, n_candidates=n_cand,
+        config=cfg,
+        products=tuple(chosen),
+        variants=variants,
+        variant_campaign=vc,
+        embeddings=emb,
+        text_feats=tf,
+        candidate_feats=cand,
+        slots=slots,
+        n_candidates=n_cand,
         campaign_ids=[f"p{p.product_id}" for p in chosen],
     )
 
@@ -249,4 +270,3 @@ def _candidate_features(
     out = np.vstack([feats, np.zeros((1, feats.shape[1]), np.float32)])
     out.setflags(write=False)
     return out
-

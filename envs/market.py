@@ -11,17 +11,16 @@ from __future__ import annotations
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import numpy.typing as npt
-from gymnasium import spaces
-
 from copyloop.envs.catalog import Catalog, CatalogConfig, build_catalog
 from copyloop.envs.embed import TextEncoder
 from copyloop.envs.users import PopulationConfig, UserPopulation
 from copyloop.envs.world import ClickWorld, SegmentTaste, WorldConfig
+from gymnasium import spaces
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ class Market:
     Use :meth:`get` to share one build between envs with the same config.
     """
 
-    _cache: dict[MarketConfig, Market] = {}
+    _cache: ClassVar[dict[MarketConfig, Market]] = {}
 
     def __init__(self, config: MarketConfig | None = None, *, encoder: TextEncoder | None = None):
         self.config = config or MarketConfig()
@@ -154,12 +153,14 @@ class Market:
     def observation_space(self) -> spaces.Dict:
         """The single-env observation space (a one-level Dict)."""
         k, length = self.max_candidates, self.config.session_length
-        return spaces.Dict({
-            "user": spaces.Box(-np.inf, np.inf, (self.user_dim,), np.float32),
-            "candidates": spaces.Box(-np.inf, np.inf, (k, self.candidate_dim), np.float32),
-            "shown": spaces.Box(0.0, float(length), (k,), np.float32),
-            "action_mask": spaces.MultiBinary(k),
-        })
+        return spaces.Dict(
+            {
+                "user": spaces.Box(-np.inf, np.inf, (self.user_dim,), np.float32),
+                "candidates": spaces.Box(-np.inf, np.inf, (k, self.candidate_dim), np.float32),
+                "shown": spaces.Box(0.0, float(length), (k,), np.float32),
+                "action_mask": spaces.MultiBinary(k),
+            }
+        )
 
 
 @dataclass
@@ -245,7 +246,7 @@ class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
     * v0: initial version.
     """
 
-    metadata: dict[str, Any] = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata: dict[str, Any] = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012
     _BLOCK = 256
 
     def __init__(
@@ -261,11 +262,13 @@ class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
         base = market if market is not None else Market.get(config)
         self.market = base.with_session_length(session_length) if session_length else base
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"`render_mode` must be one of {self.metadata['render_modes']} or None")
+            raise ValueError(
+                f"`render_mode` must be one of {self.metadata['render_modes']} or None"
+            )
         self.render_mode = render_mode
         self.session_length = self.market.config.session_length
         k = self.market.max_candidates
-        self.observation_space = self.market.observation_space()
+        self.observation_space = self.market.observation_space()  # type: ignore[assignment]
         self.action_space = spaces.Discrete(k)
         w = self.market.world.config
         self._same_pow = w.fatigue_same ** np.arange(self.session_length + 1, dtype=np.float64)
@@ -344,15 +347,19 @@ class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
             raise RuntimeError("call reset() before action_masks()")
         return self._block.mask[self._i].astype(bool)
 
-    def render(self) -> str | None:  # type: ignore[override]
+    def render(self) -> str | None:
         if self.render_mode != "ansi" or self._block is None:
             return None
         b, i = self._block, self._i
         cat = self.market.catalog
         c = int(b.campaigns[i])
-        seg = self.market.population.segment_names[int(self.market.population.users.segment[b.users[i]])]
-        lines = [f"user {int(b.users[i])} ({seg}) · campaign {cat.campaign_ids[c]} · "
-                 f"step {self._step}/{self.session_length}"]
+        seg = self.market.population.segment_names[
+            int(self.market.population.users.segment[b.users[i]])
+        ]
+        lines = [
+            f"user {int(b.users[i])} ({seg}) · campaign {cat.campaign_ids[c]} · "
+            f"step {self._step}/{self.session_length}"
+        ]
         texts = cat.variants.texts
         for k in range(self._k):
             v = int(cat.slots[c, k])

@@ -1,4 +1,7 @@
-"""Calibration report of the click world: is it a world in which copy, context and generation matter?"""
+"""Calibration report of the click world.
+
+Is it a world in which copy, context and generation matter?
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-
 from copyloop.envs.catalog import BENEFIT_PHRASE, short_title
 from copyloop.envs.embed import default_encoder
 from copyloop.envs.market import Market
@@ -51,8 +53,9 @@ class WorldReport:
         return asdict(self)
 
 
-def world_report(market: Market, *, users_per_segment: int = 300, campaigns: int | None = 60,
-                 seed: int = 0) -> WorldReport:
+def world_report(
+    market: Market, *, users_per_segment: int = 300, campaigns: int | None = 60, seed: int = 0
+) -> WorldReport:
     """Measure base CTR by segment, CTR spread across variants, how often the best variant
     differs by segment, and how often crafted copy beats every catalog variant.
 
@@ -69,8 +72,9 @@ def world_report(market: Market, *, users_per_segment: int = 300, campaigns: int
     seg_users = []
     for s in range(pop.n_segments):
         members = np.flatnonzero(pop.users.segment == s)
-        seg_users.append(rng.choice(members, size=min(users_per_segment, members.size),
-                                    replace=False))
+        seg_users.append(
+            rng.choice(members, size=min(users_per_segment, members.size), replace=False)
+        )
     # seg_ctr[s, c, k]: mean first-impression CTR of slot k of campaign c for segment s
     k = cat.max_candidates
     seg_ctr = np.zeros((pop.n_segments, n_c, k))
@@ -82,10 +86,16 @@ def world_report(market: Market, *, users_per_segment: int = 300, campaigns: int
     shares = np.bincount(pop.users.segment, minlength=pop.n_segments) / len(pop.users)
     for s, name in enumerate(pop.segment_names):
         vals = seg_ctr[s][mask]
-        rows.append(SegmentRow(
-            segment=name, share=float(shares[s]), base_ctr=float(vals.mean()),
-            oracle_ctr=float(np.where(mask, seg_ctr[s], -1).max(1).mean()),
-            ctr_p05=float(np.percentile(vals, 5)), ctr_p95=float(np.percentile(vals, 95))))
+        rows.append(
+            SegmentRow(
+                segment=name,
+                share=float(shares[s]),
+                base_ctr=float(vals.mean()),
+                oracle_ctr=float(np.where(mask, seg_ctr[s], -1).max(1).mean()),
+                ctr_p05=float(np.percentile(vals, 5)),
+                ctr_p95=float(np.percentile(vals, 95)),
+            )
+        )
     masked = np.where(mask[None], seg_ctr, np.nan)
     best_over_worst = np.nanmax(masked, 2) / np.nanmin(masked, 2)
     best = np.nanargmax(masked, axis=2)  # (S, n_c)
@@ -98,21 +108,37 @@ def world_report(market: Market, *, users_per_segment: int = 300, campaigns: int
     crafted_texts = []
     for c in camps:
         p = cat.products[c]
-        crafted_texts.append([t.format(short=short_title(p.title),
-                                       benefit=BENEFIT_PHRASE[p.category_name],
-                                       brand=f"{p.brand} " if p.brand else "") for t in CRAFTED])
+        crafted_texts.append(
+            [
+                t.format(
+                    short=short_title(p.title),
+                    benefit=BENEFIT_PHRASE[p.category_name],
+                    brand=f"{p.brand} " if p.brand else "",
+                )
+                for t in CRAFTED
+            ]
+        )
     emb = default_encoder().encode([t for ts in crafted_texts for t in ts])
     emb = emb.reshape(n_c, len(CRAFTED), -1)
     for j, c in enumerate(camps):
         for s, members in enumerate(seg_users):
-            crafted = world.ctr_of_texts(crafted_texts[j], int(c), members,
-                                         embeddings=emb[j]).mean(0).max()
+            crafted = (
+                world.ctr_of_texts(crafted_texts[j], int(c), members, embeddings=emb[j])
+                .mean(0)
+                .max()
+            )
             corpus = np.nanmax(masked[s, j])
             wins.append(crafted > corpus)
             lifts.append(crafted / corpus - 1.0)
     overall = float(np.sum([r.share * r.base_ctr for r in rows]))
     return WorldReport(
-        segments=rows, mean_ctr=overall, mean_best_over_worst=float(np.mean(best_over_worst)),
-        campaigns_best_differs=float(differs), pairwise_best_disagreement=float(disagree),
-        crafted_beats_corpus=float(np.mean(wins)), crafted_lift=float(np.median(lifts)),
-        campaigns=n_c, users_per_segment=users_per_segment)
+        segments=rows,
+        mean_ctr=overall,
+        mean_best_over_worst=float(np.mean(best_over_worst)),
+        campaigns_best_differs=float(differs),
+        pairwise_best_disagreement=float(disagree),
+        crafted_beats_corpus=float(np.mean(wins)),
+        crafted_lift=float(np.median(lifts)),
+        campaigns=n_c,
+        users_per_segment=users_per_segment,
+    )

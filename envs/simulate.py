@@ -12,11 +12,11 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from copyloop.agents.base import Decision, Policy
-from copyloop.contract import DecisionLog, DecisionLogWriter
 from copyloop.envs.market import Market
 from copyloop.envs.vector import CopyMarketVectorEnv
+
+from copyloop.contract import DecisionLog, DecisionLogWriter
 
 EPOCH = np.datetime64("2026-01-01T00:00:00", "us")
 IMPRESSION_INTERVAL_US = 100_000
@@ -52,7 +52,9 @@ def events_to_log(
     vid = cat.variants.table.column("variant_id").combine_chunks()
     camp_ids = pa.array(cat.campaign_ids)
     users = pa.array(np.asarray(info["user"])[sl]).cast(pa.string())
-    ev = pc.binary_join_element_wise(pa.array([run_id] * n), pa.array(impression).cast(pa.string()), "-")
+    ev = pc.binary_join_element_wise(
+        pa.array([run_id] * n), pa.array(impression).cast(pa.string()), "-"
+    )
     return DecisionLog.from_arrays(
         event_id=ev,
         ts=EPOCH + impression.astype("timedelta64[us]") * IMPRESSION_INTERVAL_US,
@@ -130,12 +132,23 @@ def simulate(
     done = 0
     writer: DecisionLogWriter | None = None
     out_p = Path(out) if out is not None else None
-    var_p = (Path(variants_out) if variants_out is not None
-             else out_p.with_suffix(".variants.parquet") if out_p is not None else None)
+    var_p = (
+        Path(variants_out)
+        if variants_out is not None
+        else out_p.with_suffix(".variants.parquet")
+        if out_p is not None
+        else None
+    )
     if out_p is not None:
-        writer = DecisionLogWriter(out_p, market.user_dim, metadata={
-            "context_names": _json(market.population.feature_names),
-            "policy": repr(policy), "seed": str(seed)})
+        writer = DecisionLogWriter(
+            out_p,
+            market.user_dim,
+            metadata={
+                "context_names": _json(market.population.feature_names),
+                "policy": repr(policy),
+                "seed": str(seed),
+            },
+        )
         writer.__enter__()
     try:
         while done < rounds:
@@ -149,8 +162,18 @@ def simulate(
             exp_clicks += float(ctr[np.arange(take), a].sum())
             best += float(ctr.max(axis=1).sum())
             if writer is not None:
-                writer.write(events_to_log(market, obs, decision, info, rewards, run_id=run,
-                                           policy_id=policy.policy_id, rows=rows))
+                writer.write(
+                    events_to_log(
+                        market,
+                        obs,
+                        decision,
+                        info,
+                        rewards,
+                        run_id=run,
+                        policy_id=policy.policy_id,
+                        rows=rows,
+                    )
+                )
             if learn:
                 policy.update({k: v[rows] for k, v in obs.items()}, a, rewards[rows])
             obs = nxt
@@ -165,8 +188,14 @@ def simulate(
         raise
     if writer is not None:
         writer.__exit__(None, None, None)
-    return SimulationSummary(rounds=done, clicks=clicks, expected_clicks=exp_clicks,
-                             best_expected_clicks=best, out=out_p, variants_out=var_p)
+    return SimulationSummary(
+        rounds=done,
+        clicks=clicks,
+        expected_clicks=exp_clicks,
+        best_expected_clicks=best,
+        out=out_p,
+        variants_out=var_p,
+    )
 
 
 def _json(x: Any) -> str:

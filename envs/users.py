@@ -60,8 +60,11 @@ class SegmentSpec:
             raise ValueError("`name` must be a non-empty segment name")
         if not self.weight > 0:
             raise ValueError(f"segment {self.name!r}: `weight` must be > 0, got {self.weight}")
-        for attr, n in (("interests", len(CATEGORIES)), ("tone_probs", len(TONES)),
-                        ("device_probs", len(DEVICES))):
+        for attr, n in (
+            ("interests", len(CATEGORIES)),
+            ("tone_probs", len(TONES)),
+            ("device_probs", len(DEVICES)),
+        ):
             v = np.asarray(getattr(self, attr), float)
             if v.shape != (n,) or np.any(v < 0) or not np.isfinite(v).all() or v.sum() <= 0:
                 raise ValueError(
@@ -81,16 +84,56 @@ class SegmentSpec:
 
 
 DEFAULT_SEGMENTS: tuple[SegmentSpec, ...] = (
-    SegmentSpec("bargain_hunter", 0.30, (1.5, 2.0, 1.5, 1.5, 2.0, 2.0), (6.0, 2.0),
-                (0.15, 0.45, 0.20, 0.02, 0.18), (0.70, 0.20, 0.10), 20.0, 14.0),
-    SegmentSpec("premium_shopper", 0.15, (0.6, 1.5, 3.0, 1.0, 1.5, 3.0), (1.5, 6.0),
-                (0.25, 0.02, 0.13, 0.55, 0.05), (0.35, 0.45, 0.20), 13.0, 9.0),
-    SegmentSpec("busy_parent", 0.20, (1.0, 2.5, 2.5, 3.0, 1.0, 1.0), (3.0, 3.0),
-                (0.35, 0.15, 0.35, 0.05, 0.10), (0.75, 0.15, 0.10), 21.5, 11.0),
-    SegmentSpec("tech_enthusiast", 0.15, (2.0, 0.6, 0.8, 1.0, 5.0, 0.5), (3.0, 4.0),
-                (0.60, 0.10, 0.10, 0.10, 0.10), (0.40, 0.50, 0.10), 23.0, 7.0),
-    SegmentSpec("wellness_seeker", 0.20, (0.8, 1.5, 1.2, 5.0, 0.8, 2.0), (2.5, 3.5),
-                (0.25, 0.05, 0.45, 0.10, 0.15), (0.60, 0.25, 0.15), 7.5, 8.0),
+    SegmentSpec(
+        "bargain_hunter",
+        0.30,
+        (1.5, 2.0, 1.5, 1.5, 2.0, 2.0),
+        (6.0, 2.0),
+        (0.15, 0.45, 0.20, 0.02, 0.18),
+        (0.70, 0.20, 0.10),
+        20.0,
+        14.0,
+    ),
+    SegmentSpec(
+        "premium_shopper",
+        0.15,
+        (0.6, 1.5, 3.0, 1.0, 1.5, 3.0),
+        (1.5, 6.0),
+        (0.25, 0.02, 0.13, 0.55, 0.05),
+        (0.35, 0.45, 0.20),
+        13.0,
+        9.0,
+    ),
+    SegmentSpec(
+        "busy_parent",
+        0.20,
+        (1.0, 2.5, 2.5, 3.0, 1.0, 1.0),
+        (3.0, 3.0),
+        (0.35, 0.15, 0.35, 0.05, 0.10),
+        (0.75, 0.15, 0.10),
+        21.5,
+        11.0,
+    ),
+    SegmentSpec(
+        "tech_enthusiast",
+        0.15,
+        (2.0, 0.6, 0.8, 1.0, 5.0, 0.5),
+        (3.0, 4.0),
+        (0.60, 0.10, 0.10, 0.10, 0.10),
+        (0.40, 0.50, 0.10),
+        23.0,
+        7.0,
+    ),
+    SegmentSpec(
+        "wellness_seeker",
+        0.20,
+        (0.8, 1.5, 1.2, 5.0, 0.8, 2.0),
+        (2.5, 3.5),
+        (0.25, 0.05, 0.45, 0.10, 0.15),
+        (0.60, 0.25, 0.15),
+        7.5,
+        8.0,
+    ),
 )
 
 
@@ -189,11 +232,19 @@ class UserPopulation:
             df = pd.DataFrame(table)
         segs = segments or DEFAULT_SEGMENTS
         seg_names = [s.name for s in segs]
-        required = ["segment", *[f"interest_{c}" for c in CATEGORIES], "price_sensitivity",
-                    "preferred_tone", "device", "hour"]
+        required = [
+            "segment",
+            *[f"interest_{c}" for c in CATEGORIES],
+            "price_sensitivity",
+            "preferred_tone",
+            "device",
+            "hour",
+        ]
         missing = [c for c in required if c not in df.columns]
         if missing:
-            raise ValueError(f"user table is missing column(s) {missing}; it has {list(df.columns)}")
+            raise ValueError(
+                f"user table is missing column(s) {missing}; it has {list(df.columns)}"
+            )
         if len(df) == 0:
             raise ValueError("user table is empty — give at least one profile")
 
@@ -209,7 +260,11 @@ class UserPopulation:
             return np.array([lookup[v] for v in vals], np.int64)
 
         interests = df[[f"interest_{c}" for c in CATEGORIES]].to_numpy(float)
-        if np.any(interests < 0) or np.any(interests.sum(1) <= 0) or not np.isfinite(interests).all():
+        if (
+            np.any(interests < 0)
+            or np.any(interests.sum(1) <= 0)
+            or not np.isfinite(interests).all()
+        ):
             raise ValueError("user table: interest_* columns must be finite, >= 0, positive sum")
         interests = interests / interests.sum(1, keepdims=True)
         price = df["price_sensitivity"].to_numpy(float)
@@ -219,8 +274,11 @@ class UserPopulation:
         if np.any((hour < 0) | (hour >= 24)) or not np.isfinite(hour).all():
             raise ValueError("user table column `hour` must be in [0, 24)")
         hist_cols = [f"history_{c}" for c in CATEGORIES]
-        history = (df[hist_cols].to_numpy(float) if all(c in df.columns for c in hist_cols)
-                   else np.zeros((len(df), len(CATEGORIES))))
+        history = (
+            df[hist_cols].to_numpy(float)
+            if all(c in df.columns for c in hist_cols)
+            else np.zeros((len(df), len(CATEGORIES)))
+        )
         users = UserBatch(
             user_index=np.arange(len(df), dtype=np.int64),
             segment=codes("segment", seg_names),

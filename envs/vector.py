@@ -13,13 +13,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import numpy.typing as npt
+from copyloop.envs.market import CopyMarketEnv, Market, MarketConfig, SessionBlock, draw_sessions
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from copyloop.envs.market import CopyMarketEnv, Market, MarketConfig, SessionBlock, draw_sessions
 
-
-class CopyMarketVectorEnv(VectorEnv[dict[str, npt.NDArray[Any]], npt.NDArray[np.int64], npt.NDArray[Any]]):
+class CopyMarketVectorEnv(
+    VectorEnv[dict[str, npt.NDArray[Any]], npt.NDArray[np.int64], npt.NDArray[Any]]
+):
     """``num_envs`` copy-market sessions stepped together with numpy (no Python loop per env).
 
     Same dynamics, spaces and info as :class:`~copyloop.envs.market.CopyMarketEnv`, batched on
@@ -34,7 +35,10 @@ class CopyMarketVectorEnv(VectorEnv[dict[str, npt.NDArray[Any]], npt.NDArray[np.
         (1024, 8, 32)
     """
 
-    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    metadata: dict[str, Any] = {  # noqa: RUF012
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+        "render_modes": [],
+    }
 
     def __init__(
         self,
@@ -83,8 +87,13 @@ class CopyMarketVectorEnv(VectorEnv[dict[str, npt.NDArray[Any]], npt.NDArray[np.
 
     def step(
         self, actions: npt.ArrayLike
-    ) -> tuple[dict[str, npt.NDArray[Any]], npt.NDArray[np.float64], npt.NDArray[np.bool_],
-               npt.NDArray[np.bool_], dict[str, Any]]:
+    ) -> tuple[
+        dict[str, npt.NDArray[Any]],
+        npt.NDArray[np.float64],
+        npt.NDArray[np.bool_],
+        npt.NDArray[np.bool_],
+        dict[str, Any],
+    ]:
         s = self._s
         if s is None:
             raise RuntimeError("call reset() before step()")
@@ -95,7 +104,9 @@ class CopyMarketVectorEnv(VectorEnv[dict[str, npt.NDArray[Any]], npt.NDArray[np.
                 f"{a.dtype} {a.shape}"
             )
         if a.size and (a.min() < 0 or a.max() >= self._k):
-            raise ValueError(f"`actions` must be slots in [0, {self._k}), got min {a.min()} max {a.max()}")
+            raise ValueError(
+                f"`actions` must be slots in [0, {self._k}), got min {a.min()} max {a.max()}"
+            )
         rows, step = self._rows, self._step
         L = self.session_length
         if L == 1:  # contextual bandit: no fatigue within the session
@@ -140,8 +151,13 @@ class CopyMarketVectorEnv(VectorEnv[dict[str, npt.NDArray[Any]], npt.NDArray[np.
             self._s = nxt
         self._shown, self._step = shown, new_step
         assert self._s is not None
-        return (self._obs(self._s, shown), clicks.astype(np.float64), done,
-                np.zeros(self.num_envs, bool), info)
+        return (
+            self._obs(self._s, shown),
+            clicks.astype(np.float64),
+            done,
+            np.zeros(self.num_envs, bool),
+            info,
+        )
 
     def _obs(self, s: SessionBlock, shown: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[Any]]:
         return {
@@ -181,31 +197,43 @@ class SingleVectorEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
     """The batched kernel seen as one env (``num_envs=1``), so Gymnasium's and SB3's env checkers
     can exercise the vector code path. Not needed for normal use."""
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
-    def __init__(self, config: MarketConfig | None = None, *, market: Market | None = None,
-                 session_length: int | None = None) -> None:
+    def __init__(
+        self,
+        config: MarketConfig | None = None,
+        *,
+        market: Market | None = None,
+        session_length: int | None = None,
+    ) -> None:
         self.vec = CopyMarketVectorEnv(1, config, market=market, session_length=session_length)
         self.observation_space = self.vec.single_observation_space
         self.action_space = self.vec.single_action_space
         self._ended = False
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
-              ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
         super().reset(seed=seed)
         obs, info = self.vec.reset(seed=seed)
         self._ended = False
         return {k: v[0] for k, v in obs.items()}, {"true_ctr": info["true_ctr"][0]}
 
-    def step(self, action: np.int64 | int
-             ) -> tuple[dict[str, npt.NDArray[Any]], float, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: np.int64 | int
+    ) -> tuple[dict[str, npt.NDArray[Any]], float, bool, bool, dict[str, Any]]:
         if self._ended:
             raise RuntimeError("the session has ended; call reset()")
         obs, r, term, trunc, info = self.vec.step(np.array([int(action)]))
         self._ended = bool(term[0])
         last = info["final_obs"] if self._ended else obs
-        return ({k: v[0] for k, v in last.items()}, float(r[0]), self._ended, bool(trunc[0]),
-                {"true_ctr": info["true_ctr"][0], "invalid_action": bool(info["invalid_action"][0])})
+        return (
+            {k: v[0] for k, v in last.items()},
+            float(r[0]),
+            self._ended,
+            bool(trunc[0]),
+            {"true_ctr": info["true_ctr"][0], "invalid_action": bool(info["invalid_action"][0])},
+        )
 
     def action_masks(self) -> npt.NDArray[np.bool_]:
         return self.vec.action_masks()[0]

@@ -32,9 +32,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import brentq
-from scipy.special import expit
-
 from copyloop.envs.catalog import Catalog
 from copyloop.envs.text import (
     BENEFIT_SLICE,
@@ -46,6 +43,8 @@ from copyloop.envs.text import (
     text_features,
 )
 from copyloop.envs.users import DEVICES, TONES, UserPopulation
+from scipy.optimize import brentq
+from scipy.special import expit
 
 
 @dataclass(frozen=True)
@@ -124,7 +123,9 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         if self.drift_period is not None and self.drift_period < 2:
-            raise ValueError(f"`drift_period` must be >= 2 impressions or None, got {self.drift_period}")
+            raise ValueError(
+                f"`drift_period` must be >= 2 impressions or None, got {self.drift_period}"
+            )
         if not 0.0 <= self.drift_strength <= 1.0:
             raise ValueError(f"`drift_strength` must be in [0, 1], got {self.drift_strength}")
         for name in ("fatigue_same", "fatigue_any"):
@@ -179,14 +180,18 @@ class ClickWorld:
         s_names = pop.segment_names
         tastes = dict(cfg.tastes)
         self.tastes = [
-            tastes[n] if n in tastes else SegmentTaste(
+            tastes[n]
+            if n in tastes
+            else SegmentTaste(
                 float(np.clip(rng.lognormal(np.log(0.02), 0.4), 0.005, 0.05)),
-                float(rng.normal(0.0, 0.4)), float(rng.normal(0.2, 0.15)),
-                float(rng.uniform(6, 16)))
+                float(rng.normal(0.0, 0.4)),
+                float(rng.normal(0.2, 0.15)),
+                float(rng.uniform(6, 16)),
+            )
             for n in s_names
         ]
         emb_dim = self.catalog.embeddings.shape[1]
-        shared = rng.normal(size=emb_dim)
+        shared = np.asarray(rng.normal(size=emb_dim), np.float64)
 
         def directions() -> npt.NDArray[np.float64]:
             d = shared[None, :] + 1.2 * rng.normal(size=(len(s_names), emb_dim))
@@ -238,7 +243,9 @@ class ClickWorld:
         length = cfg.length_penalty * (words[None, :] - ideal) ** 2  # (S, V)
         appeal = self._appeal[campaign][None, :]
 
-        def table(dirs: npt.NDArray[np.float64], tone_pref: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        def table(
+            dirs: npt.NDArray[np.float64], tone_pref: npt.NDArray[np.float64]
+        ) -> npt.NDArray[np.float64]:
             emb = self._emb_scale * (dirs @ embeddings.T.astype(np.float64))  # (S, V)
             seg = tone_pref[:, tone] + urg + cta + emb + appeal  # (S, V)
             dev_mult = np.array([cfg.mobile_length_mult if d == "mobile" else 1.0 for d in DEVICES])
@@ -279,7 +286,8 @@ class ClickWorld:
         tab = terms.table_a[sd, variants]
         if self.config.drift_period is not None:
             m = np.asarray(self.drift_mix(t), float)
-            m = m[:, None] if m.ndim else m
+            if m.ndim:
+                m = m[:, None]
             tab = (1.0 - m) * tab + m * terms.table_b[sd, variants]
         user_base = self._user_base[users] if base is None else base[users]
         logit = tab + user_base[:, None]
@@ -302,12 +310,16 @@ class ClickWorld:
                 continue
             pick = rng.choice(members, size=min(4000, 4 * members.size))
             camp = rng.integers(0, self.catalog.n_campaigns, size=pick.size)
-            base = self.config.evening_boost * evening
+            base = np.asarray(self.config.evening_boost * evening, np.float64)
             raw = self._logits(pick, slot_var[camp], self.terms, 0.0, base=base)
             w = mask[camp]
 
-            def gap(off: float, raw: npt.NDArray[np.float64] = raw,
-                    w: npt.NDArray[np.bool_] = w, target: float = taste.target_ctr) -> float:
+            def gap(
+                off: float,
+                raw: npt.NDArray[np.float64] = raw,
+                w: npt.NDArray[np.bool_] = w,
+                target: float = taste.target_ctr,
+            ) -> float:
                 return float((expit(raw + off) * w).sum() / w.sum()) - target
 
             offsets[s] = brentq(gap, -20.0, 10.0, xtol=1e-6)
@@ -331,7 +343,7 @@ class ClickWorld:
     ) -> npt.NDArray[np.float64]:
         """CTR multiplier given times each slot was shown ``(B, K)`` and the session step."""
         step_arr = np.asarray(step)
-        return self.config.fatigue_same ** shown * (
+        return self.config.fatigue_same**shown * (
             self.config.fatigue_any ** (step_arr[:, None] if step_arr.ndim else step_arr)
         )
 
@@ -349,10 +361,13 @@ class ClickWorld:
         from copyloop.envs.embed import default_encoder
 
         if not 0 <= campaign < self.catalog.n_campaigns:
-            raise ValueError(f"`campaign` must be in [0, {self.catalog.n_campaigns}), got {campaign}")
+            raise ValueError(
+                f"`campaign` must be in [0, {self.catalog.n_campaigns}), got {campaign}"
+            )
         emb = default_encoder().encode(list(texts)) if embeddings is None else embeddings
-        terms = self.variant_terms(emb, text_features(list(texts)),
-                                   np.full(len(texts), campaign, np.int64))
+        terms = self.variant_terms(
+            emb, text_features(list(texts)), np.full(len(texts), campaign, np.int64)
+        )
         users = np.asarray(users, np.int64)
         idx = np.broadcast_to(np.arange(len(texts)), (users.size, len(texts)))
         return np.asarray(expit(self._logits(users, np.ascontiguousarray(idx), terms, t)))
