@@ -362,7 +362,13 @@ def table_rows(report: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]
     for m in report["measurements"].values():
         spread = 100.0 * (m["max"] - m["min"]) / m["median"]
         meas.append(
-            [m["name"], f"{m['median']:,.0f}", m["unit"], f"±{spread / 2:.0f}%", str(m["steps_per_run"])]
+            [
+                m["name"],
+                f"{m['median']:,.0f}",
+                m["unit"],
+                f"±{spread / 2:.0f}%",
+                str(m["steps_per_run"]),
+            ]
         )
     for length in report["config"]["session_lengths"]:
         r = report["ratios"][f"batched_over_sync_L{length}"]
@@ -460,6 +466,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
+    if not console.is_terminal:  # piped or logged: do not wrap the tables at 80 columns
+        console = Console(width=120)
     report = run_all(args, console)
     print_tables(report, console)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -403,7 +403,12 @@ def import_log(
                 )
             acts = action.to_pylist()
             camps = campaign.to_pylist()
+            # Variant ids must be unique across campaigns: with a campaign column they are
+            # "<campaign>/<action>"; the log's `action` is that id.
+            if mapping.campaign_col:
+                action = pc.binary_join_element_wise(campaign, action, "/")
             candidates: list[list[str]] | None = None
+            cands_logged: list[list[str]] | None = None
             if mapping.candidates_col is not None:
                 cand_col = t.column(mapping.candidates_col).combine_chunks()
                 if pa.types.is_string(cand_col.type) or pa.types.is_large_string(cand_col.type):
@@ -411,6 +416,10 @@ def import_log(
                 else:
                     candidates = [
                         list(map(str, x)) if x is not None else [] for x in cand_col.to_pylist()
+                    ]
+                if mapping.campaign_col:
+                    cands_logged = [
+                        [f"{c}/{v}" for v in cs] for c, cs in zip(camps, candidates, strict=True)
                     ]
                 aidx = np.array(
                     [
@@ -476,7 +485,7 @@ def import_log(
                     campaign_id=campaign,
                     user_id=user,
                     context=ctx,
-                    candidates=candidates,
+                    candidates=cands_logged if mapping.campaign_col else candidates,
                     action=action,
                     action_index=aidx,
                     propensity=prop,
@@ -495,7 +504,7 @@ def import_log(
             raise LogValidationError(f"{src.name} has no data rows — nothing to import")
         records = [
             {
-                "variant_id": f"{c}/{v}",
+                "variant_id": f"{c}/{v}" if mapping.campaign_col else v,
                 "campaign_id": c,
                 "text": v,
                 "attributes": {"action": v},
