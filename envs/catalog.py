@@ -55,6 +55,9 @@ def first_sentence(text: str, max_chars: int = 110) -> str:
     return s
 
 
+CANDIDATE_BOUND = 10.0
+"""Bound of every candidate feature (the observation Box is [-10, 10])."""
+
 Template = Callable[[Product], str]
 
 STYLES: dict[str, Template] = {
@@ -264,8 +267,9 @@ def _candidate_features(
         comp = centred @ vt[:k].T / np.maximum(s[:k] / np.sqrt(max(len(emb) - 1, 1)), 1e-8)
         if k < pca_dim:
             comp = np.pad(comp, ((0, 0), (0, pca_dim - k)))
-        parts.append(comp.astype(np.float32))
-    parts.append(tf)
+        # standardised components, clipped so observations stay inside the declared Box
+        parts.append(np.clip(comp, -CANDIDATE_BOUND, CANDIDATE_BOUND).astype(np.float32))
+    parts.append(np.clip(tf, 0.0, CANDIDATE_BOUND))
     feats = np.concatenate(parts, axis=1).astype(np.float32)
     out = np.vstack([feats, np.zeros((1, feats.shape[1]), np.float32)])
     out.setflags(write=False)

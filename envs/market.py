@@ -16,11 +16,14 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import numpy.typing as npt
-from copyloop.envs.catalog import Catalog, CatalogConfig, build_catalog
+from copyloop.envs.catalog import CANDIDATE_BOUND, Catalog, CatalogConfig, build_catalog
 from copyloop.envs.embed import TextEncoder
 from copyloop.envs.users import PopulationConfig, UserPopulation
 from copyloop.envs.world import ClickWorld, SegmentTaste, WorldConfig
 from gymnasium import spaces
+
+USER_FEATURE_MAX = 20.0
+"""Upper bound of user features (log1p purchase counts stay far below it)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,11 @@ class Market:
         self.population = UserPopulation(self.config.population, seed=self.config.seed)
         self.catalog: Catalog = build_catalog(self.config.catalog, encoder=encoder)
         self.world = ClickWorld(self.catalog, self.population, self.config.world)
+        cat = self.catalog
+        pad = np.where(cat.slots >= 0, cat.slots, cat.n_variants)  # zero row for unused slots
+        # Per-campaign observation tables, so a batch of sessions gathers whole rows.
+        self.slot_features = cat.candidate_feats[pad].reshape(cat.n_campaigns, -1)
+        self.slot_mask = (cat.slots >= 0).astype(np.int8)
 
     @classmethod
     def get(cls, config: MarketConfig | None = None) -> Market:
@@ -136,6 +144,7 @@ class Market:
         other = object.__new__(Market)
         other.config = replace(self.config, session_length=session_length)
         other.population, other.catalog, other.world = self.population, self.catalog, self.world
+        other.slot_features, other.slot_mask = self.slot_features, self.slot_mask
         return other
 
     @property
@@ -155,8 +164,12 @@ class Market:
         k, length = self.max_candidates, self.config.session_length
         return spaces.Dict(
             {
-                "user": spaces.Box(-np.inf, np.inf, (self.user_dim,), np.float32),
-                "candidates": spaces.Box(-np.inf, np.inf, (k, self.candidate_dim), np.float32),
+                # user features: one-hots, shares, sin/cos (in [-1, 1]) and log1p counts
+                "user": spaces.Box(-1.0, USER_FEATURE_MAX, (self.user_dim,), np.float32),
+                # K candidate slots × dv features, flattened row-major (SB3 wants 1-D Boxes)
+                "candidates": spaces.Box(
+                    -CANDIDATE_BOUND, CANDIDATE_BOUND, (k * self.candidate_dim,), np.float32
+                ),
                 "shown": spaces.Box(0.0, float(length), (k,), np.float32),
                 "action_mask": spaces.MultiBinary(k),
             }
@@ -171,7 +184,7 @@ class SessionBlock:
     campaigns: npt.NDArray[np.int64]  # (n,)
     first_ctr: npt.NDArray[np.float64]  # (n, K), first-impression CTR, 0 in unused slots
     user_feats: npt.NDArray[np.float32]  # (n, du)
-    cand_feats: npt.NDArray[np.float32]  # (n, K, dv)
+    cand_feats: npt.NDArray[np.float32]  # (n, K·dv): K slots of dv features, row-major
     mask: npt.NDArray[np.int8]  # (n, K)
     uniforms: npt.NDArray[np.float64]  # (n, L) click draws
 
@@ -186,14 +199,13 @@ def draw_sessions(market: Market, n: int, rng: np.random.Generator, clock: float
     campaigns = rng.integers(0, cat.n_campaigns, size=n)
     uniforms = rng.random((n, length))
     t = clock + length * np.arange(n, dtype=np.float64) if world.config.drift_period else clock
-    slot_var = world._slot_var[campaigns]
     return SessionBlock(
         users=users,
         campaigns=campaigns,
         first_ctr=world.first_ctr(users, campaigns, t),
         user_feats=market.population.all_features[users],
-        cand_feats=cat.candidate_feats[slot_var],
-        mask=world._slot_mask[campaigns].astype(np.int8),
+        cand_feats=market.slot_features[campaigns],
+        mask=market.slot_mask[campaigns],
         uniforms=uniforms,
     )
 
@@ -311,7 +323,6 @@ class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
         invalid = not b.mask[i, a]
         click = (not invalid) and bool(b.uniforms[i, step] < ctr[a])
         if not invalid:
-            self._shown = self._shown.copy()
             self._shown[a] += 1.0
         self._step += 1
         self._clock += 1
@@ -334,11 +345,12 @@ class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
     def _obs(self) -> dict[str, npt.NDArray[Any]]:
         b, i = self._block, self._i
         assert b is not None
+        # Fresh arrays on every call: callers may keep (and modify) what they are given.
         return {
-            "user": b.user_feats[i],
-            "candidates": b.cand_feats[i],
-            "shown": self._shown,
-            "action_mask": b.mask[i],
+            "user": b.user_feats[i].copy(),
+            "candidates": b.cand_feats[i].copy(),
+            "shown": self._shown.copy(),
+            "action_mask": b.mask[i].copy(),
         }
 
     def action_masks(self) -> npt.NDArray[np.bool_]:

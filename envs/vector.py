@@ -3,7 +3,9 @@
 Registered as the ``vector_entry_point`` of ``copyloop/CopyMarket-v0``, so
 ``gym.make_vec("copyloop/CopyMarket-v0", num_envs=1024)`` returns it. Sessions that end are
 reset within the same step (``AutoresetMode.SAME_STEP``): the returned observation is the new
-session's first, and ``info["final_obs"]`` holds the ended session's last.
+session's first, and ``info["final_obs"]`` holds the ended session's last (its ``user``,
+``candidates`` and ``action_mask`` are the arrays returned at the previous step: they did not
+change within the session).
 """
 
 from __future__ import annotations
@@ -152,19 +154,23 @@ class CopyMarketVectorEnv(
         self._shown, self._step = shown, new_step
         assert self._s is not None
         return (
-            self._obs(self._s, shown),
+            self._obs(self._s, shown, copy=not done.any()),
             clicks.astype(np.float64),
             done,
             np.zeros(self.num_envs, bool),
             info,
         )
 
-    def _obs(self, s: SessionBlock, shown: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[Any]]:
+    def _obs(
+        self, s: SessionBlock, shown: npt.NDArray[np.int64], *, copy: bool = False
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Observation arrays. A block drawn or merged in this step is new memory; a block that
+        carries on (no session ended) is copied, so no two steps share observation memory."""
         return {
-            "user": s.user_feats,
-            "candidates": s.cand_feats,
+            "user": s.user_feats.copy() if copy else s.user_feats,
+            "candidates": s.cand_feats.copy() if copy else s.cand_feats,
             "shown": shown.astype(np.float32),
-            "action_mask": s.mask,
+            "action_mask": s.mask.copy() if copy else s.mask,
         }
 
     def action_masks(self) -> npt.NDArray[np.bool_]:
@@ -228,7 +234,7 @@ class SingleVectorEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
         self._ended = bool(term[0])
         last = info["final_obs"] if self._ended else obs
         return (
-            {k: v[0] for k, v in last.items()},
+            {k: v[0].copy() for k, v in last.items()},
             float(r[0]),
             self._ended,
             bool(trunc[0]),

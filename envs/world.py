@@ -138,16 +138,20 @@ class WorldConfig:
 
 
 @dataclass
-class VariantTerms:
-    """Per-variant parts of the logit (so new texts can be scored like catalog variants).
+class SlotTerms:
+    """The copy-dependent parts of the logit, laid out as R rows of K candidate slots.
 
-    Attributes (V variants, S segments, D devices):
-        table_a: segment×device×variant term, (S·D, V).
-        table_b: the same under the drifted preferences, (S·D, V).
-        tone: tone index of each variant, (V,).
-        value: value cues, (V,).
-        benefit: benefit cues per category, (V, 6).
-        category: product category of each variant's campaign, (V,).
+    For the catalog a row is a campaign and its slots are the campaign's variants; for
+    :meth:`ClickWorld.ctr_of_texts` one row holds the texts being judged. Gathering whole rows
+    (not single variants) keeps the batched env fast. Unused slots have a logit of −inf (CTR 0).
+
+    Attributes (S segments, D devices):
+        table_a: segment×device term per slot, (S·D, R, K).
+        table_b: the same under the drifted preferences, (S·D, R, K).
+        tone: tone index per slot, (R, K).
+        value: value cues per slot, (R, K).
+        benefit: benefit cues per category per slot, (R, K, 6).
+        category: product category of each row's campaign, (R,).
     """
 
     table_a: npt.NDArray[np.float64]
@@ -209,7 +213,13 @@ class ClickWorld:
         self._emb_scale = cfg.embedding_weight * np.sqrt(emb_dim)
 
         cat = self.catalog
-        self.terms = self.variant_terms(cat.embeddings, cat.text_feats, cat.variant_campaign)
+        self.terms = self.slot_terms(
+            cat.embeddings,
+            cat.text_feats,
+            cat.variant_campaign,
+            cat.slots,
+            np.arange(cat.n_campaigns),
+        )
         # Per-user parts.
         u = pop.users
         self._sd = (u.segment * len(DEVICES) + u.device).astype(np.int64)
@@ -220,19 +230,20 @@ class ClickWorld:
         evening = (u.hour >= 19.0) & (u.hour < 23.0)
         self._offset = self._calibrate(evening)
         self._user_base = self._offset[u.segment] + cfg.evening_boost * evening
-        # Padded slot tables: an extra all-zero "variant" V stands in for unused slots.
-        self._slot_var = np.where(cat.slots >= 0, cat.slots, cat.n_variants)
         self._slot_mask = cat.slots >= 0
 
     # ---- per-variant terms ---------------------------------------------------------------------
-    def variant_terms(
+    def slot_terms(
         self,
         embeddings: npt.NDArray[np.float32],
         text_feats: npt.NDArray[np.float32],
         campaign: npt.NDArray[np.int64],
-    ) -> VariantTerms:
-        """The per-variant logit terms for any texts (embeddings ``(V, e)``, features ``(V, F)``)
-        shown in the given campaigns ``(V,)``."""
+        slots: npt.NDArray[np.int64],
+        row_campaign: npt.NDArray[np.int64],
+    ) -> SlotTerms:
+        """Logit terms of any texts (embeddings ``(V, e)``, features ``(V, F)``, shown in
+        campaigns ``(V,)``), laid out in rows of slots ``(R, K)`` (variant index, −1 = unused)
+        whose campaigns are ``row_campaign`` ``(R,)``."""
         cfg = self.config
         n_seg = len(self.tastes)
         tone = np.argmax(text_feats[:, TONE_SLICE], axis=1).astype(np.int64)
@@ -242,27 +253,27 @@ class ClickWorld:
         ideal = np.array([t.ideal_words for t in self.tastes])[:, None]
         length = cfg.length_penalty * (words[None, :] - ideal) ** 2  # (S, V)
         appeal = self._appeal[campaign][None, :]
+        used = slots >= 0
+        idx = np.where(used, slots, 0)
+        dev_mult = np.array([cfg.mobile_length_mult if d == "mobile" else 1.0 for d in DEVICES])
 
         def table(
             dirs: npt.NDArray[np.float64], tone_pref: npt.NDArray[np.float64]
         ) -> npt.NDArray[np.float64]:
             emb = self._emb_scale * (dirs @ embeddings.T.astype(np.float64))  # (S, V)
             seg = tone_pref[:, tone] + urg + cta + emb + appeal  # (S, V)
-            dev_mult = np.array([cfg.mobile_length_mult if d == "mobile" else 1.0 for d in DEVICES])
             out = seg[:, None, :] - dev_mult[None, :, None] * length[:, None, :]  # (S, D, V)
-            out = out.reshape(n_seg * len(DEVICES), -1)
-            return np.hstack([out, np.zeros((out.shape[0], 1))])  # padding variant
+            out = out.reshape(n_seg * len(DEVICES), -1)[:, idx]  # (S·D, R, K)
+            return np.where(used[None], out, -np.inf)
 
         products = self.catalog.products
-        category = np.array([products[c].category for c in campaign], np.int64)
-        pad = np.zeros(1)
-        return VariantTerms(
+        return SlotTerms(
             table_a=table(self._dir_a, self._tone_a),
             table_b=table(self._dir_b, self._tone_b),
-            tone=np.append(tone, 0),
-            value=np.append(text_feats[:, VALUE_COL].astype(np.float64), pad),
-            benefit=np.vstack([text_feats[:, BENEFIT_SLICE].astype(np.float64), np.zeros((1, 6))]),
-            category=np.append(category, 0),
+            tone=np.where(used, tone[idx], 0),
+            value=np.where(used, text_feats[idx, VALUE_COL].astype(np.float64), 0.0),
+            benefit=np.where(used[..., None], text_feats[idx][..., BENEFIT_SLICE], 0.0),
+            category=np.array([products[c].category for c in row_campaign], np.int64),
         )
 
     def drift_mix(self, t: float | npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -276,25 +287,25 @@ class ClickWorld:
     def _logits(
         self,
         users: npt.NDArray[np.int64],
-        variants: npt.NDArray[np.int64],
-        terms: VariantTerms,
+        rows: npt.NDArray[np.int64],
+        terms: SlotTerms,
         t: float | npt.NDArray[np.float64] = 0.0,
         base: npt.NDArray[np.float64] | None = None,
     ) -> npt.NDArray[np.float64]:
-        """First-impression logits for users ``(B,)`` and variant indices ``(B, K)``."""
-        sd = self._sd[users][:, None]
-        tab = terms.table_a[sd, variants]
+        """First-impression logits ``(B, K)`` for users ``(B,)`` seeing slot rows ``(B,)``."""
+        sd = self._sd[users]
+        tab = terms.table_a[sd, rows]
         if self.config.drift_period is not None:
             m = np.asarray(self.drift_mix(t), float)
             if m.ndim:
                 m = m[:, None]
-            tab = (1.0 - m) * tab + m * terms.table_b[sd, variants]
+            tab = (1.0 - m) * tab + m * terms.table_b[sd, rows]
         user_base = self._user_base[users] if base is None else base[users]
-        logit = tab + user_base[:, None]
-        logit += self.config.tone_match * (terms.tone[variants] == self._pref_tone[users][:, None])
-        logit += self._price[users][:, None] * terms.value[variants]
-        logit += np.einsum("bc,bkc->bk", self._benefit_w[users], terms.benefit[variants])
-        logit += np.take_along_axis(self._interest[users], terms.category[variants], axis=1)
+        interest = self._interest[users, terms.category[rows]]
+        logit = tab + (user_base + interest)[:, None]
+        logit += self.config.tone_match * (terms.tone[rows] == self._pref_tone[users][:, None])
+        logit += self._price[users][:, None] * terms.value[rows]
+        logit += np.einsum("bc,bkc->bk", self._benefit_w[users], terms.benefit[rows])
         return logit
 
     def _calibrate(self, evening: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
@@ -302,7 +313,6 @@ class ClickWorld:
         rng = np.random.default_rng([self.config.seed, 104729])
         users = self.population.users
         offsets = np.zeros(len(self.tastes))
-        slot_var = np.where(self.catalog.slots >= 0, self.catalog.slots, self.catalog.n_variants)
         mask = self.catalog.slots >= 0
         for s, taste in enumerate(self.tastes):
             members = np.flatnonzero(users.segment == s)
@@ -311,7 +321,7 @@ class ClickWorld:
             pick = rng.choice(members, size=min(4000, 4 * members.size))
             camp = rng.integers(0, self.catalog.n_campaigns, size=pick.size)
             base = np.asarray(self.config.evening_boost * evening, np.float64)
-            raw = self._logits(pick, slot_var[camp], self.terms, 0.0, base=base)
+            raw = self._logits(pick, camp, self.terms, 0.0, base=base)
             w = mask[camp]
 
             def gap(
@@ -335,8 +345,7 @@ class ClickWorld:
         """CTR of a first impression of each candidate slot, ``(B, K)``; 0 in unused slots."""
         users = np.asarray(users, np.int64)
         campaigns = np.asarray(campaigns, np.int64)
-        logit = self._logits(users, self._slot_var[campaigns], self.terms, t)
-        return expit(logit) * self._slot_mask[campaigns]
+        return np.asarray(expit(self._logits(users, campaigns, self.terms, t)))
 
     def fatigue(
         self, shown: npt.NDArray[np.integer], step: npt.NDArray[np.integer] | int
@@ -365,12 +374,16 @@ class ClickWorld:
                 f"`campaign` must be in [0, {self.catalog.n_campaigns}), got {campaign}"
             )
         emb = default_encoder().encode(list(texts)) if embeddings is None else embeddings
-        terms = self.variant_terms(
-            emb, text_features(list(texts)), np.full(len(texts), campaign, np.int64)
+        n = len(texts)
+        terms = self.slot_terms(
+            emb,
+            text_features(list(texts)),
+            np.full(n, campaign, np.int64),
+            np.arange(n)[None, :],
+            np.array([campaign]),
         )
         users = np.asarray(users, np.int64)
-        idx = np.broadcast_to(np.arange(len(texts)), (users.size, len(texts)))
-        return np.asarray(expit(self._logits(users, np.ascontiguousarray(idx), terms, t)))
+        return np.asarray(expit(self._logits(users, np.zeros(users.size, np.int64), terms, t)))
 
     @property
     def segment_offsets(self) -> npt.NDArray[np.float64]:

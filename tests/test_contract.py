@@ -61,7 +61,9 @@ def test_iter_batches_streams_and_numbers_rows(tmp_path: Path) -> None:
     p[13] = 0.0
     t = t.set_column(t.schema.get_field_index("propensity"), "propensity", pa.array(p))
     pq.write_table(t, tmp_path / "bad.parquet")
-    with pytest.raises(LogValidationError, match=r"`propensity` must be in \(0, 1\]; row 13 has 0.0"):
+    with pytest.raises(
+        LogValidationError, match=r"`propensity` must be in \(0, 1\]; row 13 has 0.0"
+    ):
         for _ in DecisionLog.iter_batches(tmp_path / "bad.parquet", batch_size=5):
             pass
 
@@ -74,7 +76,10 @@ def _with(**changes):
 
 BAD = [
     (_with(propensity=[0.0, 0.25, 0.25, 0.5]), "`propensity` must be in \\(0, 1\\]; row 0 has 0.0"),
-    (_with(propensity=[0.5, -0.1, 0.25, 0.5]), "`propensity` must be in \\(0, 1\\]; row 1 has -0.1"),
+    (
+        _with(propensity=[0.5, -0.1, 0.25, 0.5]),
+        "`propensity` must be in \\(0, 1\\]; row 1 has -0.1",
+    ),
     (_with(propensity=[0.5, 0.25, 1.5, 0.5], action_probs=None), "row 2 has 1.5"),
     (_with(propensity=[0.5, 0.25, float("nan"), 0.5]), "`propensity` must be in .*row 2 has nan"),
     (_with(action=["a", "b", "z", "a"]), "`action` must be among the candidates.*row 2 has 'z'"),
@@ -82,8 +87,14 @@ BAD = [
     (_with(action_index=[0, -1, 2, 0]), "`action_index` must be >= 0; row 1"),
     (_with(action_probs=[[0.5, 0.5, 0.5]] * 4), "`action_probs` must sum to 1"),
     (_with(action_probs=[[0.5, 0.5]] * 4), "`action_probs` must have one entry per candidate"),
-    (_with(propensity=[0.5, 0.5, 0.25, 0.5]), "`propensity` must equal action_probs\\[action_index\\]; row 1"),
-    (_with(context=np.array([[0, 0, 0], [0, np.nan, 0], [0, 0, 0], [0, 0, 0]])), "`context` must be finite; row 1"),
+    (
+        _with(propensity=[0.5, 0.5, 0.25, 0.5]),
+        "`propensity` must equal action_probs\\[action_index\\]; row 1",
+    ),
+    (
+        _with(context=np.array([[0, 0, 0], [0, np.nan, 0], [0, 0, 0], [0, 0, 0]])),
+        "`context` must be finite; row 1",
+    ),
     (_with(event_id=["e", "e", "x", "y"]), "`event_id` must be unique; rows 0, 1"),
     (_with(reward=[1.0, np.inf, 0.0, 0.0]), "`reward` must be finite"),
     (_with(position=[0, -2, 0, 1]), "`position` must be >= 0; row 1"),
@@ -100,16 +111,17 @@ def test_bad_input_is_named(kwargs: dict, match: str) -> None:
 
 def test_missing_and_unknown_columns() -> None:
     t = DecisionLog.from_arrays(**base_kwargs()).table
-    with pytest.raises(LogValidationError, match="missing required column.*`propensity`"):
+    with pytest.raises(LogValidationError, match=r"missing required column.*`propensity`"):
         DecisionLog(t.drop(["propensity"]))
-    with pytest.raises(LogValidationError, match="unknown column.*`extra`"):
+    with pytest.raises(LogValidationError, match=r"unknown column.*`extra`"):
         DecisionLog(t.append_column("extra", pa.array([1, 2, 3, 4])))
 
 
 def test_wrong_type_is_named() -> None:
     t = DecisionLog.from_arrays(**base_kwargs()).table
-    t = t.set_column(t.schema.get_field_index("propensity"), "propensity",
-                     pa.array(["x", "0.5", "0.5", "0.5"]))
+    t = t.set_column(
+        t.schema.get_field_index("propensity"), "propensity", pa.array(["x", "0.5", "0.5", "0.5"])
+    )
     with pytest.raises(LogValidationError, match="`propensity` must be double, got string"):
         DecisionLog(t)
 
@@ -119,23 +131,35 @@ def test_variable_length_context_is_coerced_or_refused() -> None:
     i = t.schema.get_field_index("context")
     ok = t.set_column(i, "context", pa.array([[1.0, 2.0, 3.0]] * 4, pa.list_(pa.float64())))
     assert DecisionLog(ok).context_dim == 3
-    ragged = t.set_column(i, "context", pa.array([[1.0, 2.0, 3.0], [1.0], [1.0, 2.0, 3.0],
-                                                  [1.0, 2.0, 3.0]]))
-    with pytest.raises(LogValidationError, match="`context` must have the same length.*row 1"):
+    ragged = t.set_column(
+        i, "context", pa.array([[1.0, 2.0, 3.0], [1.0], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    )
+    with pytest.raises(LogValidationError, match=r"`context` must have the same length.*row 1"):
         DecisionLog(ragged)
 
 
 def test_candidates_null_checked_against_variants() -> None:
-    v = VariantsTable.from_records([
-        {"variant_id": "a", "campaign_id": "c", "text": "A"},
-        {"variant_id": "b", "campaign_id": "c", "text": "B"},
-    ])
-    kw = dict(event_id=["1", "2"], campaign_id=["c", "c"], context=np.zeros((2, 1)),
-              action=["a", "b"], action_index=[0, 1], propensity=[0.5, 0.5], variants=v)
+    v = VariantsTable.from_records(
+        [
+            {"variant_id": "a", "campaign_id": "c", "text": "A"},
+            {"variant_id": "b", "campaign_id": "c", "text": "B"},
+        ]
+    )
+    kw = dict(
+        event_id=["1", "2"],
+        campaign_id=["c", "c"],
+        context=np.zeros((2, 1)),
+        action=["a", "b"],
+        action_index=[0, 1],
+        propensity=[0.5, 0.5],
+        variants=v,
+    )
     assert len(DecisionLog.from_arrays(**kw)) == 2
     with pytest.raises(LogValidationError, match="`action` must be among the candidates"):
         DecisionLog.from_arrays(**{**kw, "action": ["b", "b"]})
-    with pytest.raises(LogValidationError, match="`campaign_id` must be a campaign of the variants"):
+    with pytest.raises(
+        LogValidationError, match="`campaign_id` must be a campaign of the variants"
+    ):
         DecisionLog.from_arrays(**{**kw, "campaign_id": ["c", "zz"]})
 
 
@@ -150,7 +174,12 @@ def test_writer_leaves_nothing_on_error(tmp_path: Path) -> None:
 
 def test_writer_refuses_other_context_width(tmp_path: Path) -> None:
     out = tmp_path / "l.parquet"
-    with pytest.raises(LogValidationError, match="3 features in this batch but the file was opened with 4"), DecisionLogWriter(out, 4) as w:
+    with (
+        pytest.raises(
+            LogValidationError, match="3 features in this batch but the file was opened with 4"
+        ),
+        DecisionLogWriter(out, 4) as w,
+    ):
         w.write(DecisionLog.from_arrays(**base_kwargs()))
     assert not out.exists()
 
@@ -164,15 +193,33 @@ def test_schema_version_mismatch(tmp_path: Path) -> None:
 
 
 BAD_VARIANTS = [
-    ([{"variant_id": "a", "campaign_id": "c", "text": "x"},
-      {"variant_id": "a", "campaign_id": "c", "text": "y"}], "`variant_id` must be unique"),
-    ([{"variant_id": "a", "campaign_id": "c", "text": "x"},
-      {"variant_id": "b", "campaign_id": "d", "text": "y"},
-      {"variant_id": "e", "campaign_id": "c", "text": "z"}], "contiguous"),
+    (
+        [
+            {"variant_id": "a", "campaign_id": "c", "text": "x"},
+            {"variant_id": "a", "campaign_id": "c", "text": "y"},
+        ],
+        "`variant_id` must be unique",
+    ),
+    (
+        [
+            {"variant_id": "a", "campaign_id": "c", "text": "x"},
+            {"variant_id": "b", "campaign_id": "d", "text": "y"},
+            {"variant_id": "e", "campaign_id": "c", "text": "z"},
+        ],
+        "contiguous",
+    ),
     ([{"variant_id": "a", "campaign_id": "c", "text": None}], "`text` must not be null"),
-    ([{"variant_id": "a", "campaign_id": "c", "text": "x", "embedding": [1.0, 2.0]},
-      {"variant_id": "b", "campaign_id": "c", "text": "y", "embedding": [1.0]}], "`embedding` must have one length"),
-    ([{"variant_id": "a", "campaign_id": "c", "text": "x", "attributes": "{not json"}], "`attributes` must be a JSON object"),
+    (
+        [
+            {"variant_id": "a", "campaign_id": "c", "text": "x", "embedding": [1.0, 2.0]},
+            {"variant_id": "b", "campaign_id": "c", "text": "y", "embedding": [1.0]},
+        ],
+        "`embedding` must have one length",
+    ),
+    (
+        [{"variant_id": "a", "campaign_id": "c", "text": "x", "attributes": "{not json"}],
+        "`attributes` must be a JSON object",
+    ),
 ]
 
 
@@ -189,10 +236,17 @@ def test_obp_round_trip() -> None:
     n, k = 200, 5
     pi_b = rng.dirichlet(np.ones(k), size=n)
     action = np.array([rng.choice(k, p=p) for p in pi_b])
-    fb = {"n_rounds": n, "n_actions": k, "action": action, "reward": rng.integers(0, 2, n),
-          "pscore": pi_b[np.arange(n), action], "context": rng.normal(size=(n, 4)),
-          "position": np.zeros(n, int), "pi_b": pi_b[:, :, None],
-          "action_context": rng.normal(size=(k, 3))}
+    fb = {
+        "n_rounds": n,
+        "n_actions": k,
+        "action": action,
+        "reward": rng.integers(0, 2, n),
+        "pscore": pi_b[np.arange(n), action],
+        "context": rng.normal(size=(n, 4)),
+        "position": np.zeros(n, int),
+        "pi_b": pi_b[:, :, None],
+        "action_context": rng.normal(size=(k, 3)),
+    }
     log, variants = from_obp(fb)
     assert log.n_rows == n and variants.n_variants == k
     back = to_obp(log, variants)
