@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -46,7 +47,7 @@ def _progress(total: int, what: str) -> Iterator[Any]:
 
 
 def _fail(msg: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -56,7 +57,7 @@ def _market(config: Path | None, session_length: int | None) -> Any:
     cfg = MarketConfig.from_toml(config) if config is not None else MarketConfig()
     with err.status("building the market (catalog from the real ad corpus, MiniLM embeddings)…"):
         market = Market.get(cfg)
-    return market.with_session_length(session_length) if session_length else market
+    return market if session_length is None else market.with_session_length(session_length)
 
 
 @app.command()

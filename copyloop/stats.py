@@ -20,6 +20,8 @@ def summarize_log(path: str | os.PathLike[str], *, batch_size: int = 1_000_000) 
     distinct actions, time range, observed rewards, CTR, propensity range, the effective sample
     size of inverse-propensity weights (``(Σw)² / Σw²``, ``w = 1/propensity``), policies.
     """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"log file {path} does not exist — check the path")
     meta = pq.ParquetFile(path).schema_arrow.metadata or {}
     rows = 0
     observed = 0

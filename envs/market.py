@@ -141,6 +141,8 @@ class Market:
         """The same market (shared catalog and world) with another session length."""
         if session_length == self.config.session_length:
             return self
+        if not 1 <= session_length <= 1000:
+            raise ValueError(f"`session_length` must be in [1, 1000], got {session_length}")
         other = object.__new__(Market)
         other.config = replace(self.config, session_length=session_length)
         other.population, other.catalog, other.world = self.population, self.catalog, self.world
@@ -272,7 +274,7 @@ class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
         if market is not None and config is not None and market.config != config:
             raise ValueError("pass either `config` or `market`, not both with different configs")
         base = market if market is not None else Market.get(config)
-        self.market = base.with_session_length(session_length) if session_length else base
+        self.market = base if session_length is None else base.with_session_length(session_length)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"`render_mode` must be one of {self.metadata['render_modes']} or None"

@@ -55,7 +55,7 @@ class CopyMarketVectorEnv(
         if market is not None and config is not None and market.config != config:
             raise ValueError("pass either `config` or `market`, not both with different configs")
         base = market if market is not None else Market.get(config)
-        self.market = base.with_session_length(session_length) if session_length else base
+        self.market = base if session_length is None else base.with_session_length(session_length)
         self.num_envs = num_envs
         self.session_length = self.market.config.session_length
         k = self.market.max_candidates

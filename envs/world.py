@@ -137,13 +137,19 @@ class WorldConfig:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
 
 
+UNUSED_LOGIT = -1e4
+"""Logit of an unused slot: its CTR underflows to exactly 0 (finite, so drift mixing stays
+well defined)."""
+
+
 @dataclass
 class SlotTerms:
     """The copy-dependent parts of the logit, laid out as R rows of K candidate slots.
 
     For the catalog a row is a campaign and its slots are the campaign's variants; for
     :meth:`ClickWorld.ctr_of_texts` one row holds the texts being judged. Gathering whole rows
-    (not single variants) keeps the batched env fast. Unused slots have a logit of −inf (CTR 0).
+    (not single variants) keeps the batched env fast. Unused slots have logit
+    :data:`UNUSED_LOGIT` (CTR 0).
 
     Attributes (S segments, D devices):
         table_a: segment×device term per slot, (S·D, R, K).
@@ -264,7 +270,7 @@ class ClickWorld:
             seg = tone_pref[:, tone] + urg + cta + emb + appeal  # (S, V)
             out = seg[:, None, :] - dev_mult[None, :, None] * length[:, None, :]  # (S, D, V)
             out = out.reshape(n_seg * len(DEVICES), -1)[:, idx]  # (S·D, R, K)
-            return np.where(used[None], out, -np.inf)
+            return np.where(used[None], out, UNUSED_LOGIT)
 
         products = self.catalog.products
         return SlotTerms(
