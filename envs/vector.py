@@ -73,6 +73,7 @@ class CopyMarketVectorEnv(
         self._step = np.zeros(num_envs, np.int64)
         self._clock = 0
         self._rows = np.arange(num_envs)
+        self._row_offsets = self._rows * k
 
     def reset(
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
@@ -117,8 +118,9 @@ class CopyMarketVectorEnv(
         else:
             ctr = s.first_ctr * self._same_pow[self._shown] * self._any_pow[step][:, None]
             u = s.uniforms[rows, step]
-        valid = s.mask[rows, a].astype(bool)
-        clicks = valid & (u < ctr[rows, a])
+        flat = self._row_offsets + a  # flat index of each chosen slot in (B, K) arrays
+        valid = s.mask.ravel()[flat].astype(bool)
+        clicks = valid & (u < ctr.ravel()[flat])
         shown = self._shown.copy() if L > 1 else self._shown
         if L > 1:
             shown[rows[valid], a[valid]] += 1
@@ -129,7 +131,7 @@ class CopyMarketVectorEnv(
             "user": s.users,
             "campaign": s.campaigns,
             "slot": a,
-            "variant": self._slots[s.campaigns, a],
+            "variant": self._slots.ravel()[s.campaigns * self._k + a],
             "click": clicks,
             "session_step": step,
             "impression": self._clock + rows,

@@ -56,7 +56,7 @@ def test_ctr_of_texts_agrees_with_catalog(market) -> None:
     users = np.arange(40)
     a = world.ctr_of_texts(texts, c, users, embeddings=cat.embeddings[vids])
     b = world.first_ctr(users, np.full(40, c))[:, : len(vids)]
-    np.testing.assert_allclose(a, b, rtol=1e-12)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_drift_moves_preferences(market) -> None:
@@ -66,7 +66,7 @@ def test_drift_moves_preferences(market) -> None:
     users = np.arange(200)
     camps = np.arange(200) % market.catalog.n_campaigns
     start = drifting.first_ctr(users, camps, t=0.0)
-    np.testing.assert_allclose(start, market.world.first_ctr(users, camps), rtol=1e-9)
+    np.testing.assert_allclose(start, market.world.first_ctr(users, camps), rtol=1e-5)  # float32
     half = drifting.first_ctr(users, camps, t=500.0)
     assert np.abs(half - start).mean() > 0.1 * start.mean()
     np.testing.assert_allclose(drifting.first_ctr(users, camps, t=1000.0), start, rtol=1e-6)

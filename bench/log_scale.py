@@ -1,0 +1,704 @@
+"""DecisionLog at scale: stream N synthetic decisions to Parquet and back in bounded memory.
+
+What it does (one process, phases timed with :func:`time.perf_counter`):
+
+1. **Write** -- ``--rows`` decisions in batches of ``--batch``: each batch is generated with numpy
+   and pyarrow compute (no per-row Python), built and validated with
+   :meth:`DecisionLog.from_arrays`, and appended with :class:`DecisionLogWriter` (zstd Parquet,
+   renamed into place atomically on success). One campaign, 20 actions ``a0`` .. ``a19`` drawn
+   uniformly (propensity 1/20, ``candidates`` null, no variants table), reward
+   Bernoulli(``--ctr``), float32 context of width ``--context-dim``, event ids ``ev-<i>`` unique
+   across the file, timestamps 1 ms apart.
+2. **Read** -- :meth:`DecisionLog.iter_batches` (every batch validated on entry) accumulating
+   sufficient statistics: observed CTR, and the IPS estimate (with its standard error) of a
+   target policy that always plays action 0, ``mean(1[a == 0] / p * r)``; its true value is the
+   CTR, which the run checks (``|IPS - ctr| < 4 SE``).
+3. **Raw read** (skip with ``--no-raw-read``) -- the same file through
+   ``pyarrow.parquet.ParquetFile.iter_batches`` alone, no contract: the decode floor, so the
+   difference to phase 2 is what validation costs.
+4. **Summary** (skip with ``--no-summarize``) -- :func:`copyloop.stats.summarize_log`, what
+   ``copyloop logs info`` runs.
+
+Memory: per phase, the peak resident set (``VmHWM``, reset at the start of the phase through
+``/proc/self/clear_refs``, which also resets ``getrusage().ru_maxrss``), a 20 Hz RSS sample
+maximum (psutil) and the RSS at the end. The process peak is the maximum over phases and the
+imports.
+
+Run: ``.venv/bin/python bench/log_scale.py --rows 100000000 --batch 1000000 --context-dim 8
+--out-dir /tmp/copyloop-scale`` (writes ``bench/results/log_scale.json`` and
+``bench/results/log_scale.md``; deletes the Parquet file unless ``--keep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from copyloop.contract import DecisionLog, DecisionLogWriter
+from copyloop.stats import summarize_log
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+N_ACTIONS = 20
+CAMPAIGN = "camp-0"
+TARGET_ACTION = 0
+EPOCH = np.datetime64("2026-01-01T00:00:00", "us")
+MIB = 1024.0 * 1024.0
+
+try:
+    import psutil
+
+    _PROC: Any = psutil.Process()
+except ImportError:  # pragma: no cover - psutil is in the venv, but keep the bench standalone
+    _PROC = None
+
+
+# ---- memory ------------------------------------------------------------------------------------
+def _status_kib(key: str) -> int | None:
+    """A ``kB`` line of /proc/self/status (``VmRSS``, ``VmHWM``), in KiB; None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_bytes() -> int:
+    if _PROC is not None:
+        return int(_PROC.memory_info().rss)
+    kib = _status_kib("VmRSS")
+    return 0 if kib is None else kib * 1024
+
+
+def reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def ru_maxrss_bytes() -> int:
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    v = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(v) if sys.platform == "darwin" else int(v) * 1024
+
+
+class RssSampler:
+    """Samples the RSS in a background thread; ``peak`` is the largest sample since ``start``."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.peak = current_rss_bytes()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, current_rss_bytes())
+
+    def stop(self) -> int:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, current_rss_bytes())
+        return self.peak
+
+
+@dataclass
+class Phase:
+    """One timed phase and the memory it needed."""
+
+    name: str
+    rows: int = 0
+    seconds: float = 0.0
+    parts: dict[str, float] = field(default_factory=dict)  # seconds by sub-step
+    peak_rss: int = 0  # VmHWM since the phase began (bytes)
+    ru_maxrss: int = 0  # getrusage at the end of the phase (bytes; reset with VmHWM)
+    sampled_peak_rss: int = 0  # max of 20 Hz samples (bytes)
+    end_rss: int = 0  # RSS when the phase ended (bytes)
+    arrow_allocated_end: int = 0  # bytes live in Arrow's memory pool when the phase ended
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rows": self.rows,
+            "seconds": self.seconds,
+            "rows_per_s": self.rows_per_s,
+            "parts_seconds": self.parts,
+            "peak_rss_bytes": self.peak_rss,
+            "ru_maxrss_bytes": self.ru_maxrss,
+            "sampled_peak_rss_bytes": self.sampled_peak_rss,
+            "end_rss_bytes": self.end_rss,
+            "arrow_allocated_end_bytes": self.arrow_allocated_end,
+            **self.extra,
+        }
+
+
+@contextmanager
+def measured(phase: Phase) -> Iterator[Phase]:
+    sampler = RssSampler()
+    reset_peak()
+    sampler.start()
+    t0 = time.perf_counter()
+    try:
+        yield phase
+    finally:
+        phase.seconds = time.perf_counter() - t0
+        phase.sampled_peak_rss = sampler.stop()
+        hwm = _status_kib("VmHWM")
+        phase.ru_maxrss = ru_maxrss_bytes()
+        phase.peak_rss = max(
+            phase.sampled_peak_rss, phase.ru_maxrss, 0 if hwm is None else hwm * 1024
+        )
+        phase.end_rss = current_rss_bytes()
+        phase.arrow_allocated_end = pa.total_allocated_bytes()
+
+
+# ---- synthetic decisions -----------------------------------------------------------------------
+ACTIONS = pa.array([f"a{i}" for i in range(N_ACTIONS)], pa.string())
+CAMPAIGNS = pa.array([CAMPAIGN], pa.string())
+
+
+def make_batch(
+    rng: np.random.Generator, start: int, n: int, context_dim: int, ctr: float
+) -> dict[str, Any]:
+    """Columns of decisions ``start .. start + n`` (all vectorised; no per-row Python)."""
+    ids = pa.array(np.arange(start, start + n, dtype=np.int64)).cast(pa.string())
+    aidx = rng.integers(0, N_ACTIONS, size=n, dtype=np.int32)
+    return {
+        "event_id": pc.binary_join_element_wise("ev", ids, "-"),
+        "ts": EPOCH + np.arange(start, start + n, dtype=np.int64).astype("timedelta64[ms]"),
+        "campaign_id": CAMPAIGNS.take(pa.array(np.zeros(n, np.int32))),
+        "context": rng.standard_normal((n, context_dim), dtype=np.float32),
+        "action": ACTIONS.take(pa.array(aidx)),
+        "action_index": aidx,
+        "propensity": np.full(n, 1.0 / N_ACTIONS),
+        "reward": (rng.random(n) < ctr).astype(np.float64),
+        "policy_id": "uniform-random",
+        "model_version": "1",
+    }
+
+
+# ---- progress ----------------------------------------------------------------------------------
+class RowProgress:
+    """A rich progress bar in a terminal; one log line every ~5% when piped (nohup)."""
+
+    def __init__(self, console: Console, description: str, total: int) -> None:
+        self.console = console
+        self.description = description
+        self.total = total
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self._next_line = 0.0
+        self._progress: Progress | None = None
+        if console.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("rows"),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self._task = self._progress.add_task(description, total=total, rate="")
+
+    def __enter__(self) -> RowProgress:
+        if self._progress is not None:
+            self._progress.__enter__()
+        return self
+
+    def advance(self, rows: int) -> None:
+        self.done += rows
+        elapsed = time.perf_counter() - self.t0
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        if self._progress is not None:
+            self._progress.update(self._task, advance=rows, rate=f"{rate / 1e6:.2f} M rows/s")
+        elif self.done >= self._next_line or self.done >= self.total:
+            eta = (self.total - self.done) / rate if rate > 0 else math.nan
+            self.console.print(
+                f"{self.description}: {self.done:,}/{self.total:,} rows "
+                f"({100 * self.done / self.total:.0f}%), {rate / 1e6:.2f} M rows/s, "
+                f"{elapsed:.0f} s elapsed, ~{eta:.0f} s left, RSS "
+                f"{current_rss_bytes() / MIB:,.0f} MiB (Arrow live "
+                f"{pa.total_allocated_bytes() / MIB:,.0f} MiB)"
+            )
+            self._next_line = self.done + self.total / 20
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+
+
+# ---- phases ------------------------------------------------------------------------------------
+def write_phase(args: argparse.Namespace, path: Path, console: Console) -> Phase:
+    rng = np.random.default_rng(args.seed)
+    phase = Phase("write (generate + from_arrays + DecisionLogWriter)")
+    gen = build = write = 0.0
+    with (
+        measured(phase),
+        DecisionLogWriter(path, args.context_dim, metadata={"bench": "log_scale"}) as writer,
+        RowProgress(console, "write", args.rows) as bar,
+    ):
+        for start in range(0, args.rows, args.batch):
+            n = min(args.batch, args.rows - start)
+            t0 = time.perf_counter()
+            cols = make_batch(rng, start, n, args.context_dim, args.ctr)
+            t1 = time.perf_counter()
+            log = DecisionLog.from_arrays(**cols)
+            t2 = time.perf_counter()
+            writer.write(log)
+            t3 = time.perf_counter()
+            gen, build, write = gen + t1 - t0, build + t2 - t1, write + t3 - t2
+            del cols, log
+            bar.advance(n)
+        phase.rows = writer.rows_written
+        t_close = time.perf_counter()
+    # The writer's close (footer + atomic rename) runs when the `with` exits.
+    phase.parts = {
+        "generate": gen,
+        "from_arrays (build + validate)": build,
+        "DecisionLogWriter.write (encode + zstd)": write,
+        "close + rename": time.perf_counter() - t_close,
+    }
+    return phase
+
+
+@dataclass
+class Stats:
+    """Sufficient statistics of the CTR and of the IPS estimate of 'always action 0'."""
+
+    n: int = 0
+    reward_sum: float = 0.0
+    ips_sum: float = 0.0
+    ips_sq_sum: float = 0.0
+    target_rows: int = 0
+    context_sum: float = 0.0
+
+    def update(self, log: DecisionLog) -> None:
+        r = log.reward
+        p = log.propensity
+        a = log.action_index
+        terms = np.where(a == TARGET_ACTION, r / p, 0.0)
+        self.n += log.n_rows
+        self.reward_sum += float(r.sum())
+        self.ips_sum += float(terms.sum())
+        self.ips_sq_sum += float(np.dot(terms, terms))
+        self.target_rows += int(np.count_nonzero(a == TARGET_ACTION))
+        self.context_sum += float(log.context.sum(dtype=np.float64))
+
+    def result(self) -> dict[str, float | int]:
+        n = max(self.n, 1)
+        ips = self.ips_sum / n
+        var = max(self.ips_sq_sum / n - ips * ips, 0.0)
+        return {
+            "rows": self.n,
+            "ctr": self.reward_sum / n,
+            "ips_always_a0": ips,
+            "ips_se": math.sqrt(var / n),
+            "rows_with_a0": self.target_rows,
+            "context_mean": self.context_sum / n,
+        }
+
+
+def read_phase(args: argparse.Namespace, path: Path, console: Console) -> tuple[Phase, Stats]:
+    phase = Phase("read (DecisionLog.iter_batches, validated)")
+    stats = Stats()
+    decode_validate = compute = 0.0
+    with measured(phase), RowProgress(console, "read", args.rows) as bar:
+        it = DecisionLog.iter_batches(path, batch_size=args.batch)
+        while True:
+            t0 = time.perf_counter()
+            log = next(it, None)
+            t1 = time.perf_counter()
+            decode_validate += t1 - t0
+            if log is None:
+                break
+            stats.update(log)
+            compute += time.perf_counter() - t1
+            bar.advance(log.n_rows)
+            del log
+        phase.rows = stats.n
+    phase.parts = {"decode + validate": decode_validate, "statistics": compute}
+    phase.extra = {"estimates": stats.result()}
+    return phase, stats
+
+
+def raw_read_phase(args: argparse.Namespace, path: Path, console: Console) -> Phase:
+    phase = Phase("raw read (pyarrow ParquetFile.iter_batches, no contract)")
+    with measured(phase), RowProgress(console, "raw read", args.rows) as bar:
+        pf = pq.ParquetFile(path)
+        for batch in pf.iter_batches(batch_size=args.batch):
+            phase.rows += batch.num_rows
+            bar.advance(batch.num_rows)
+            del batch
+    return phase
+
+
+def summary_phase(args: argparse.Namespace, path: Path, console: Console) -> Phase:
+    phase = Phase("copyloop.stats.summarize_log (= logs info)")
+    with measured(phase), console.status("summarize_log ..."):
+        summary = summarize_log(path, batch_size=args.batch)
+        phase.rows = int(summary["rows"])
+    phase.extra = {"summary": summary}
+    return phase
+
+
+# ---- machine info ------------------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{out}{'-dirty' if dirty else ''}"
+
+
+def machine_info() -> dict[str, Any]:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    mem_kib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+        "mem_total_gib": None if mem_kib is None else mem_kib / MIB,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
+        "arrow_cpu_threads": pa.cpu_count(),
+        "git_commit": _git_commit(),
+    }
+
+
+def parquet_info(path: Path) -> dict[str, Any]:
+    md = pq.ParquetFile(path).metadata
+    rg = md.row_group(0) if md.num_row_groups else None
+    per_col: dict[str, int] = {}
+    for i in range(md.num_row_groups):
+        g = md.row_group(i)
+        for j in range(g.num_columns):
+            c = g.column(j)
+            name = c.path_in_schema.split(".")[0]
+            per_col[name] = per_col.get(name, 0) + int(c.total_compressed_size)
+    return {
+        "bytes": path.stat().st_size,
+        "row_groups": md.num_row_groups,
+        "rows_per_row_group": None if rg is None else rg.num_rows,
+        "compressed_bytes_by_column": dict(sorted(per_col.items(), key=lambda kv: -kv[1])),
+    }
+
+
+# ---- reporting ---------------------------------------------------------------------------------
+def _mib(b: int) -> str:
+    return f"{b / MIB:,.0f}"
+
+
+HEADER = ["phase", "rows", "seconds", "rows/s", "peak RSS MiB", "RSS at end MiB"]
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for ph in report["phases"]:
+        rows.append(
+            [
+                ph["name"],
+                f"{ph['rows']:,}",
+                f"{ph['seconds']:,.1f}",
+                f"{ph['rows_per_s']:,.0f}",
+                _mib(ph["peak_rss_bytes"]),
+                _mib(ph["end_rss_bytes"]),
+            ]
+        )
+    return rows
+
+
+def part_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for ph in report["phases"]:
+        total = ph["seconds"]
+        for name, s in ph["parts_seconds"].items():
+            rows.append([ph["name"].split(" (")[0], name, f"{s:,.1f}", f"{100 * s / total:.0f}%"])
+    return rows
+
+
+PART_HEADER = ["phase", "step", "seconds", "share"]
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    f, est, cfg = report["file"], report["estimates"], report["config"]
+    mem = report["memory"]
+    ok = "PASS" if report["ips_check_passed"] else "FAIL"
+    return [
+        f"File: {f['bytes'] / 1e9:,.2f} GB on disk ({f['bytes'] / cfg['rows']:.1f} bytes/row), "
+        f"{f['row_groups']} row groups of {f['rows_per_row_group']:,} rows, zstd.",
+        "Largest columns on disk: "
+        + ", ".join(
+            f"{k} {v / 1e6:,.0f} MB" for k, v in list(f["compressed_bytes_by_column"].items())[:4]
+        )
+        + ".",
+        f"Estimates: CTR {est['ctr']:.5f}; IPS of 'always a0' {est['ips_always_a0']:.5f} "
+        f"± {est['ips_se']:.5f} (SE), true value = CTR {cfg['ctr']} -> "
+        f"|IPS - {cfg['ctr']}| < 4 SE: {ok}.",
+        f"Peak RSS of the process: {mem['process_peak_rss_bytes'] / MIB:,.0f} MiB "
+        f"(after imports {mem['after_imports_rss_bytes'] / MIB:,.0f} MiB; Arrow "
+        f"{mem['arrow_pool_backend']} pool peak {mem['arrow_pool_max_bytes'] / MIB:,.0f} MiB; "
+        f"machine RAM "
+        f"{report['machine']['mem_total_gib'] or math.nan:.1f} GiB); the log is "
+        f"{cfg['rows']:,} rows, so memory is bounded by the batch ({cfg['batch']:,} rows), "
+        "not the file.",
+    ]
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    t = Table(title=f"DecisionLog at scale: {report['config']['rows']:,} rows")
+    for i, h in enumerate(HEADER):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for row in table_rows(report):
+        t.add_row(*row)
+    console.print(t)
+    p = Table(title="where the time goes")
+    for i, h in enumerate(PART_HEADER):
+        p.add_column(h, justify="left" if i < 2 else "right")
+    for row in part_rows(report):
+        p.add_row(*row)
+    console.print(p)
+    for line in summary_lines(report):
+        console.print(line)
+
+
+def _md_table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    align = ["---"] * left + ["---:"] * (len(header) - left)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    mach, cfg = report["machine"], report["config"]
+    return "\n".join(
+        [
+            "# DecisionLog at scale",
+            "",
+            f"{mach['date']} · {mach['cpu_model']} · {mach['cpu_count']} CPUs · "
+            f"{mach['mem_total_gib']:.1f} GiB RAM · {mach['platform']} · Python "
+            f"{mach['python']} · numpy {mach['numpy']} · pyarrow {mach['pyarrow']} · commit "
+            f"{mach['git_commit']}",
+            "",
+            f"{cfg['rows']:,} decisions in batches of {cfg['batch']:,}; context width "
+            f"{cfg['context_dim']} (float32); {N_ACTIONS} actions, 1 campaign, candidates null; "
+            f"reward Bernoulli({cfg['ctr']}); seed {cfg['seed']}. Peak RSS per phase = VmHWM "
+            "reset at the start of the phase (and never below the 20 Hz RSS samples).",
+            "",
+            _md_table(HEADER, table_rows(report)),
+            "",
+            _md_table(PART_HEADER, part_rows(report), left=2),
+            "",
+            *[f"- {line}" for line in summary_lines(report)],
+            "",
+            "Repeat with:",
+            "",
+            "```bash",
+            report["command"],
+            "```",
+            "",
+        ]
+    )
+
+
+# ---- main --------------------------------------------------------------------------------------
+def command_line(args: argparse.Namespace) -> str:
+    cmd = (
+        f".venv/bin/python bench/log_scale.py --rows {args.rows} --batch {args.batch} "
+        f"--context-dim {args.context_dim} --out-dir {args.out_dir}"
+    )
+    if args.ctr != 0.03:
+        cmd += f" --ctr {args.ctr}"
+    if args.seed != 0:
+        cmd += f" --seed {args.seed}"
+    for flag in ("no_raw_read", "no_summarize", "keep"):
+        if getattr(args, flag):
+            cmd += " --" + flag.replace("_", "-")
+    return cmd
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    p.add_argument("--rows", type=int, default=100_000_000, help="decisions to write")
+    p.add_argument("--batch", type=int, default=1_000_000, help="rows per batch (write and read)")
+    p.add_argument("--context-dim", type=int, default=8, help="context features per decision")
+    p.add_argument("--ctr", type=float, default=0.03, help="click probability of every action")
+    p.add_argument(
+        "--out-dir", type=Path, default=Path("/tmp/copyloop-scale"), help="where the Parquet goes"
+    )
+    p.add_argument(
+        "--results-dir", type=Path, default=Path("bench/results"), help="JSON + Markdown output"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep", action="store_true", help="keep the Parquet file")
+    p.add_argument("--no-raw-read", action="store_true", help="skip the pyarrow-only read")
+    p.add_argument("--no-summarize", action="store_true", help="skip summarize_log")
+    args = p.parse_args(argv)
+    for name in ("rows", "batch", "context_dim"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0.0 < args.ctr < 1.0:
+        p.error("--ctr must be in (0, 1)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    if not console.is_terminal:  # piped or logged: do not wrap the tables at 80 columns
+        console = Console(width=130)
+    after_imports_hwm = (_status_kib("VmHWM") or 0) * 1024
+    after_imports = current_rss_bytes()
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / f"log_scale_{args.rows}.parquet"
+    need = int(args.rows * (4 * args.context_dim + 40) * 1.2)  # generous upper estimate
+    free = shutil.disk_usage(args.out_dir).free
+    console.print(
+        f"writing {args.rows:,} rows to {path}: ~{need / 1e9:.1f} GB needed at most, "
+        f"{free / 1e9:.1f} GB free"
+    )
+    if free < need:
+        console.print(f"[red]not enough disk space in {args.out_dir}; choose another --out-dir")
+        return 2
+
+    t_start = time.perf_counter()
+    phases = [write_phase(args, path, console)]
+    file_info = parquet_info(path)
+    console.print(f"wrote {file_info['bytes'] / 1e9:.2f} GB in {phases[0].seconds:.0f} s")
+    read, stats = read_phase(args, path, console)
+    phases.append(read)
+    if not args.no_raw_read:
+        phases.append(raw_read_phase(args, path, console))
+    if not args.no_summarize:
+        phases.append(summary_phase(args, path, console))
+    if not args.keep:
+        path.unlink()
+
+    est = stats.result()
+    peaks = [after_imports_hwm, *(ph.peak_rss for ph in phases)]
+    report: dict[str, Any] = {
+        "config": {
+            "rows": args.rows,
+            "batch": args.batch,
+            "context_dim": args.context_dim,
+            "ctr": args.ctr,
+            "seed": args.seed,
+            "actions": N_ACTIONS,
+            "campaigns": 1,
+            "parquet": str(path),
+            "kept": args.keep,
+        },
+        "machine": machine_info(),
+        "command": command_line(args),
+        "file": file_info,
+        "phases": [ph.to_dict() for ph in phases],
+        "estimates": est,
+        "ips_check_passed": abs(est["ips_always_a0"] - args.ctr) < 4 * est["ips_se"]
+        and est["rows"] == args.rows,
+        "memory": {
+            "after_imports_rss_bytes": after_imports,
+            "process_peak_rss_bytes": max(peaks),
+            "peak_rss_by_phase_bytes": {ph.name: ph.peak_rss for ph in phases},
+            "arrow_pool_backend": pa.default_memory_pool().backend_name,
+            "arrow_pool_max_bytes": pa.default_memory_pool().max_memory(),
+            "note": "per-phase peaks are VmHWM/ru_maxrss reset via /proc/self/clear_refs at the "
+            "start of each phase; the process peak is their maximum and the pre-bench peak",
+        },
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    print_report(report, console)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    json_path = args.results_dir / "log_scale.json"
+    md_path = args.results_dir / "log_scale.md"
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md_path.write_text(markdown(report))
+    kept = f"; kept {path}" if args.keep else f"; deleted {path}"
+    console.print(f"wrote {json_path} and {md_path} in {report['total_seconds']:.0f} s{kept}")
+    return 0 if report["ips_check_passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
