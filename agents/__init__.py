@@ -1,11 +1,48 @@
-"""Policies that choose copy variants and report the probability of every choice."""
+"""Policies that choose copy variants and report the probability of every choice.
+
+Every agent has the same interface (:class:`Policy`): ``act(obs) -> Decision`` (actions and
+the full distribution they were drawn from), ``update(obs, actions, rewards)``, ``clone()``,
+``save(path)`` / ``Policy.load(path)``.
+"""
 
 from __future__ import annotations
 
 from copyloop.agents.base import Decision, Policy, batch_mask
-from copyloop.agents.baselines import UniformPolicy
+from copyloop.agents.baselines import EpsilonGreedyPolicy, UCB1Policy, UniformPolicy
+from copyloop.agents.ts import (
+    BernoulliTSPolicy,
+    LinearTSPolicy,
+    LinUCBPolicy,
+    LogisticTSPolicy,
+    NeuralLinearTSPolicy,
+)
 
-POLICIES: dict[str, type[Policy]] = {"uniform": UniformPolicy}
-"""Policies available to ``copyloop simulate --policy``."""
+POLICIES: dict[str, type[Policy]] = {
+    cls.policy_id: cls
+    for cls in (
+        UniformPolicy,
+        EpsilonGreedyPolicy,
+        UCB1Policy,
+        BernoulliTSPolicy,
+        LinUCBPolicy,
+        LinearTSPolicy,
+        LogisticTSPolicy,
+        NeuralLinearTSPolicy,
+    )
+}
+"""Policies by name (``copyloop simulate --policy``, experiment configs)."""
 
-__all__ = ["POLICIES", "Decision", "Policy", "UniformPolicy", "batch_mask"]
+__all__ = [
+    "POLICIES",
+    "BernoulliTSPolicy",
+    "Decision",
+    "EpsilonGreedyPolicy",
+    "LinUCBPolicy",
+    "LinearTSPolicy",
+    "LogisticTSPolicy",
+    "NeuralLinearTSPolicy",
+    "Policy",
+    "UCB1Policy",
+    "UniformPolicy",
+    "batch_mask",
+]

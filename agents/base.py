@@ -3,21 +3,29 @@
 In the spirit of river's two verbs and obp's ``action_dist``: :meth:`Policy.act` returns the
 chosen slots *and* the full distribution the choice was drawn from, so every logged propensity
 is the true one. Observations are the market env's batched Dict (``user``, ``candidates``,
-``shown``, ``action_mask``); a single observation is a batch of one.
+``shown``, ``action_mask``); a single (unbatched) observation is treated as a batch of one.
+
+Subclasses implement :meth:`Policy._decide` (the distribution, and the choice drawn from it)
+and :meth:`Policy._learn`, and expose learned state through :meth:`Policy._get_state` /
+:meth:`Policy._set_state` so that :meth:`save` / :meth:`load` and :meth:`clone` work for all.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 Obs = Mapping[str, npt.NDArray[Any]]
+FORMAT = "copyloop-policy/1"
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,18 @@ class Decision:
         return self.probs[np.arange(self.actions.size), self.actions]
 
 
+def as_batch(obs: Obs) -> dict[str, npt.NDArray[Any]]:
+    """The observation as a batch: a single env observation gains a leading axis of 1."""
+    for key in ("user", "candidates", "action_mask"):
+        if key not in obs:
+            raise KeyError(
+                f"observation has no `{key}` — pass the market env's Dict observation "
+                "(user, candidates, shown, action_mask)"
+            )
+    single = np.ndim(obs["action_mask"]) == 1
+    return {k: np.asarray(v)[None] if single else np.asarray(v) for k, v in obs.items()}
+
+
 def batch_mask(obs: Obs) -> npt.NDArray[np.bool_]:
     """The action mask of a (batched or single) observation as a (B, K) bool array."""
     if "action_mask" not in obs:
@@ -56,40 +76,193 @@ def batch_mask(obs: Obs) -> npt.NDArray[np.bool_]:
     return mask
 
 
+def sample_from(probs: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """One draw per row from (B, K) distributions; never lands on a zero-probability slot."""
+    cum = np.cumsum(probs, axis=1)
+    u = rng.random((probs.shape[0], 1)) * cum[:, -1:]
+    # The first slot whose cumulative probability exceeds u always has positive probability.
+    return np.minimum((cum <= u).sum(axis=1), probs.shape[1] - 1).astype(np.int64)
+
+
 class Policy(ABC):
     """Base class of copyloop agents.
 
-    Constructor arguments are stored as given (so :meth:`clone` and ``repr`` work); learned
-    state is private; each policy owns a ``np.random.Generator`` seeded from ``seed``.
+    Constructor arguments are stored as given (so :meth:`clone`, ``repr`` and :meth:`save`
+    work); learned state is private; each call to :meth:`act` draws from
+    ``np.random.default_rng([seed, n])`` where ``n`` counts the calls, so a decision can be
+    replayed from a saved policy.
+
+    Args:
+        seed: seed of the policy's randomness.
+        exploration_floor: minimum probability of every valid candidate (safe live use); the
+            policy's own distribution is mixed with uniform so each of the ``n`` valid slots
+            gets at least this much. Must be <= 1 / K.
     """
 
-    policy_id: str = "policy"
+    policy_id: ClassVar[str] = "policy"
 
-    def __init__(self, *, seed: int | None = None) -> None:
+    def __init__(self, *, seed: int | None = None, exploration_floor: float = 0.0) -> None:
+        if not 0.0 <= exploration_floor < 1.0:
+            raise ValueError(f"`exploration_floor` must be in [0, 1), got {exploration_floor}")
         self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self.exploration_floor = exploration_floor
+        self._calls = 0
+        self._entropy = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
 
-    @abstractmethod
-    def action_probs(self, obs: Obs) -> npt.NDArray[np.float64]:
-        """The distribution over candidate slots for each row, shape (B, K), rows sum to 1."""
-
+    # ---- the two verbs --------------------------------------------------------------------------
     def act(self, obs: Obs) -> Decision:
-        """Draw one slot per row from :meth:`action_probs`."""
-        probs = self.action_probs(obs)
-        cum = np.cumsum(probs, axis=1)
-        u = self._rng.random((probs.shape[0], 1)) * cum[:, -1:]
-        actions = np.minimum((cum <= u).sum(axis=1), probs.shape[1] - 1)
-        # The first slot whose cumulative probability exceeds u: never a zero-probability slot.
+        """Choose one candidate per row; ``Decision.probs`` is the distribution it was drawn from."""
+        batch = as_batch(obs)
+        mask = batch_mask(batch)
+        self._check_obs(batch)
+        rng = np.random.default_rng([self._entropy, self._calls])
+        self._calls += 1
+        actions, probs = self._decide(batch, mask, rng)
+        f = self.exploration_floor
+        if f > 0:
+            n_valid = mask.sum(axis=1, keepdims=True)
+            if np.any(f * n_valid > 1.0):
+                raise ValueError(
+                    f"`exploration_floor`={f} is above 1/{int(n_valid.max())}: it cannot hold for "
+                    f"{int(n_valid.max())} candidates — lower it"
+                )
+            explore = rng.random(mask.shape[0]) < (f * n_valid[:, 0])
+            if explore.any():
+                actions = actions.copy()
+                actions[explore] = sample_from(
+                    mask[explore] / mask[explore].sum(1, keepdims=True), rng
+                )
+            probs = (1.0 - f * n_valid) * probs + f * mask
         return Decision(actions.astype(np.int64), probs)
 
-    def update(self, obs: Obs, actions: npt.ArrayLike, rewards: npt.ArrayLike) -> None:  # noqa: B027
-        """Learn from a batch of (observation, action, reward). Non-learning policies ignore it."""
+    def action_probs(self, obs: Obs) -> npt.NDArray[np.float64]:
+        """The distribution the next :meth:`act` on ``obs`` would draw from, shape (B, K).
+
+        Does not advance the policy's random stream. For Monte-Carlo policies this is the
+        distribution of that very draw.
+        """
+        saved = self._calls
+        try:
+            return self.act(obs).probs
+        finally:
+            self._calls = saved
+
+    def update(self, obs: Obs, actions: npt.ArrayLike, rewards: npt.ArrayLike) -> None:
+        """Learn from a batch of (observation, chosen slot, reward)."""
+        batch = as_batch(obs)
+        mask = batch_mask(batch)
+        self._check_obs(batch)
+        a = np.atleast_1d(np.asarray(actions))
+        r = np.atleast_1d(np.asarray(rewards, dtype=np.float64))
+        b = mask.shape[0]
+        if a.shape != (b,) or a.dtype.kind not in "iu":
+            raise ValueError(f"`actions` must be {b} integer slots, got {a.dtype} {a.shape}")
+        if r.shape != (b,):
+            raise ValueError(f"`rewards` must have shape ({b},), got {r.shape}")
+        bad = ~np.isfinite(r)
+        if bad.any():
+            raise ValueError(
+                f"`rewards` must be finite; rows {np.flatnonzero(bad)[:5].tolist()} are "
+                f"{r[bad][:5].tolist()} — drop unobserved rewards before updating"
+            )
+        if np.any(a < 0) or np.any(a >= mask.shape[1]) or not mask[np.arange(b), a].all():
+            raise ValueError("`actions` must be valid (unmasked) slots of their rows")
+        self._learn(batch, a.astype(np.int64), r)
+
+    # ---- subclass hooks ---------------------------------------------------------------------
+    @abstractmethod
+    def _decide(
+        self,
+        obs: dict[str, npt.NDArray[Any]],
+        mask: npt.NDArray[np.bool_],
+        rng: np.random.Generator,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """(chosen slot per row, the distribution it was drawn from (B, K))."""
+
+    def _learn(
+        self,
+        obs: dict[str, npt.NDArray[Any]],
+        actions: npt.NDArray[np.int64],
+        rewards: npt.NDArray[np.float64],
+    ) -> None:
+        """Learn from a validated batch. Non-learning policies ignore it."""
+        return None
+
+    def _get_state(self) -> dict[str, npt.NDArray[Any]]:
+        return {}
+
+    def _set_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
+        return None
+
+    def _check_obs(self, obs: dict[str, npt.NDArray[Any]]) -> None:
+        """Context-width check: the first batch fixes the widths, later ones must match."""
+        widths = {k: int(np.shape(obs[k])[1]) for k in ("user", "candidates", "action_mask")}
+        known = getattr(self, "_widths", None)
+        if known is None:
+            self._widths = widths
+        elif known != widths:
+            bad = {k: (known[k], v) for k, v in widths.items() if known[k] != v}
+            raise ValueError(
+                "observation widths changed: "
+                + ", ".join(f"`{k}` had {a}, now {b}" for k, (a, b) in bad.items())
+                + " — one policy serves one market layout"
+            )
+
+    # ---- params, clone, persistence ---------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments as given."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def clone(self) -> Policy:
         """A fresh, untrained copy with the same constructor arguments."""
-        params = {k: copy.deepcopy(v) for k, v in vars(self).items() if not k.startswith("_")}
-        return type(self)(**params)
+        return type(self)(**copy.deepcopy(self.get_params()))
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save parameters and learned state to one ``.npz`` file (no pickle)."""
+        from copyloop.contract import atomic_path
+
+        state = {f"state/{k}": np.asarray(v) for k, v in self._get_state().items()}
+        widths = getattr(self, "_widths", None)
+        header = {
+            "format": FORMAT,
+            "class": type(self).__name__,
+            "params": self.get_params(),
+            "calls": self._calls,
+            "entropy": str(self._entropy),
+            "widths": widths,
+        }
+        p = Path(path)
+        with atomic_path(p) as tmp, open(tmp, "wb") as f:
+            np.savez(f, __header__=np.array(json.dumps(header)), **state)
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Policy:
+        """Load a policy saved with :meth:`save` (any copyloop policy class)."""
+        from copyloop.agents import POLICIES
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"policy file {p} does not exist")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                header = json.loads(str(z["__header__"]))
+                state = {k[len("state/") :]: z[k] for k in z.files if k.startswith("state/")}
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{p} is not a copyloop policy file ({e})") from None
+        if header.get("format") != FORMAT:
+            raise ValueError(f"{p} has format {header.get('format')!r}, expected {FORMAT!r}")
+        klass = {c.__name__: c for c in POLICIES.values()}.get(header["class"])
+        if klass is None or not issubclass(klass, cls):
+            raise ValueError(f"{p} holds a {header['class']}, which is not a {cls.__name__}")
+        pol = klass(**header["params"])
+        pol._calls = int(header["calls"])
+        pol._entropy = int(header["entropy"])
+        if header.get("widths") is not None:
+            pol._widths = header["widths"]
+        pol._set_state(state)
+        return pol

@@ -1,0 +1,108 @@
+"""Feature maps and variant identities for the agents.
+
+The market env shows each candidate as a feature row (MiniLM-PCA components and readable text
+features). Linear and neural agents score ``φ(user, candidate)``; counting agents (UCB1,
+epsilon-greedy, Bernoulli TS) need a stable identity per variant, which :class:`VariantIndex`
+derives from the candidate's features, so no variant ids are needed in the observation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FEATURE_MAPS = ("interaction", "candidate")
+
+
+def candidate_block(obs: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[np.float32]:
+    """Candidate features as (B, K, dv) from the flattened ``candidates`` observation."""
+    cand = np.asarray(obs["candidates"], np.float32)
+    b, k = np.shape(obs["action_mask"])
+    if cand.shape[1] % k:
+        raise ValueError(f"`candidates` width {cand.shape[1]} is not a multiple of K={k}")
+    return cand.reshape(b, k, -1)
+
+
+def feature_dim(kind: str, user_dim: int, cand_dim: int) -> int:
+    """Width of :func:`features` for a map ``kind``."""
+    if kind == "interaction":
+        return (user_dim + 1) * (cand_dim + 1)
+    if kind == "candidate":
+        return cand_dim + 1
+    raise ValueError(f"`features` must be one of {FEATURE_MAPS}, got {kind!r}")
+
+
+def features(
+    obs: Mapping[str, npt.NDArray[Any]], kind: str = "interaction"
+) -> npt.NDArray[np.float32]:
+    """φ(user, candidate) for every slot, shape (B, K, d).
+
+    ``"interaction"``: the outer product ``[1, user] ⊗ [1, candidate]`` (user effects, copy
+    effects and every user×copy interaction, so one linear model can prefer different copy for
+    different users). ``"candidate"``: ``[1, candidate]`` only (the same copy ranking for all).
+    """
+    c = candidate_block(obs)
+    b, k, dv = c.shape
+    ones = np.ones((b, k, 1), np.float32)
+    c1 = np.concatenate([ones, c], axis=2)
+    if kind == "candidate":
+        return c1
+    if kind != "interaction":
+        raise ValueError(f"`features` must be one of {FEATURE_MAPS}, got {kind!r}")
+    u = np.asarray(obs["user"], np.float32)
+    u1 = np.concatenate([np.ones((b, 1), np.float32), u], axis=1)
+    return (u1[:, None, :, None] * c1[:, :, None, :]).reshape(b, k, -1)
+
+
+class VariantIndex:
+    """Stable integer ids for candidate feature rows (identical rows = the same variant).
+
+    Rows are keyed by a fixed random projection of their float32 bytes (collisions between
+    different rows are vanishingly unlikely), so lookups stay vectorised.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[float, int] = {}
+        self._proj: npt.NDArray[np.float64] | None = None
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _key(self, c: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        if self._proj is None or self._proj.size != c.shape[-1]:
+            self._proj = np.random.default_rng(20261122).normal(size=c.shape[-1])
+        return c.astype(np.float64) @ self._proj
+
+    def ids(
+        self, candidates: npt.NDArray[Any], mask: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.int64]:
+        """Variant id of each slot, (B, K); -1 on masked slots. New variants get new ids."""
+        b, k = mask.shape
+        c = np.asarray(candidates, np.float32).reshape(b, k, -1)
+        keys = self._key(c)
+        uniq, inv = np.unique(keys, return_inverse=True)
+        lookup = np.empty(uniq.size, np.int64)
+        for i, key in enumerate(uniq.tolist()):
+            got = self._keys.get(key)
+            if got is None:
+                got = len(self._keys)
+                self._keys[key] = got
+            lookup[i] = got
+        out = lookup[inv.reshape(b, k)]
+        return np.where(mask, out, -1)
+
+    def state(self) -> dict[str, npt.NDArray[Any]]:
+        keys = np.array(list(self._keys), np.float64)
+        vals = np.array(list(self._keys.values()), np.int64)
+        proj = self._proj if self._proj is not None else np.zeros(0)
+        return {"index_keys": keys, "index_ids": vals, "index_proj": proj}
+
+    def load_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
+        self._keys = dict(
+            zip(state["index_keys"].tolist(), state["index_ids"].tolist(), strict=True)
+        )
+        proj = np.asarray(state["index_proj"], np.float64)
+        self._proj = proj if proj.size else None
