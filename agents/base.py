@@ -111,7 +111,7 @@ class Policy(ABC):
 
     # ---- the two verbs --------------------------------------------------------------------------
     def act(self, obs: Obs) -> Decision:
-        """Choose one candidate per row; ``Decision.probs`` is the distribution it was drawn from."""
+        """Choose one candidate per row; ``Decision.probs`` is what it was drawn from."""
         batch = as_batch(obs)
         mask = batch_mask(batch)
         self._check_obs(batch)

@@ -45,7 +45,7 @@ def features(
     different users). ``"candidate"``: ``[1, candidate]`` only (the same copy ranking for all).
     """
     c = candidate_block(obs)
-    b, k, dv = c.shape
+    b, k, _ = c.shape
     ones = np.ones((b, k, 1), np.float32)
     c1 = np.concatenate([ones, c], axis=2)
     if kind == "candidate":
