@@ -16,6 +16,7 @@ from copyloop.agents.ts import (
     LogisticTSPolicy,
     NeuralLinearTSPolicy,
 )
+from copyloop.agents.warm import warm_start
 
 POLICIES: dict[str, type[Policy]] = {
     cls.policy_id: cls
@@ -45,4 +46,5 @@ __all__ = [
     "UCB1Policy",
     "UniformPolicy",
     "batch_mask",
+    "warm_start",
 ]

@@ -147,8 +147,23 @@ class Policy(ABC):
         finally:
             self._calls = saved
 
-    def update(self, obs: Obs, actions: npt.ArrayLike, rewards: npt.ArrayLike) -> None:
-        """Learn from a batch of (observation, chosen slot, reward)."""
+    def update(
+        self,
+        obs: Obs,
+        actions: npt.ArrayLike,
+        rewards: npt.ArrayLike,
+        sample_weight: npt.ArrayLike | None = None,
+    ) -> None:
+        """Learn from a batch of (observation, chosen slot, reward).
+
+        Args:
+            obs: the observations the choices were made on (batched or single).
+            actions: chosen slot per row, (B,).
+            rewards: observed reward per row, (B,); must be finite.
+            sample_weight: optional non-negative weight per row (importance weights when
+                learning from another policy's log); only policies with
+                ``supports_weights = True`` accept it.
+        """
         batch = as_batch(obs)
         mask = batch_mask(batch)
         self._check_obs(batch)
@@ -167,7 +182,15 @@ class Policy(ABC):
             )
         if np.any(a < 0) or np.any(a >= mask.shape[1]) or not mask[np.arange(b), a].all():
             raise ValueError("`actions` must be valid (unmasked) slots of their rows")
-        self._learn(batch, a.astype(np.int64), r)
+        if sample_weight is None:
+            self._learn(batch, a.astype(np.int64), r)
+            return
+        if not self.supports_weights:
+            raise ValueError(f"{type(self).__name__} does not take `sample_weight`")
+        w = np.atleast_1d(np.asarray(sample_weight, dtype=np.float64))
+        if w.shape != (b,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError(f"`sample_weight` must be {b} finite weights >= 0")
+        self._learn_weighted(batch, a.astype(np.int64), r, w)
 
     # ---- subclass hooks ---------------------------------------------------------------------
     @abstractmethod
@@ -187,6 +210,18 @@ class Policy(ABC):
     ) -> None:
         """Learn from a validated batch. Non-learning policies ignore it."""
         return None
+
+    supports_weights: ClassVar[bool] = False
+
+    def _learn_weighted(
+        self,
+        obs: dict[str, npt.NDArray[Any]],
+        actions: npt.NDArray[np.int64],
+        rewards: npt.NDArray[np.float64],
+        weights: npt.NDArray[np.float64],
+    ) -> None:
+        """Learn from a weighted batch (policies with ``supports_weights``)."""
+        raise NotImplementedError
 
     def _get_state(self) -> dict[str, npt.NDArray[Any]]:
         return {}

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from copyloop.agents.base import Policy, sample_from
 from copyloop.agents.features import VariantIndex
 
@@ -63,18 +64,29 @@ class _CountingPolicy(Policy):
             self._n = np.concatenate([self._n, np.zeros(n - self._n.size)])
             self._s = np.concatenate([self._s, np.zeros(n - self._s.size)])
 
+    supports_weights = True
+
     def _learn(
         self,
         obs: dict[str, npt.NDArray[Any]],
         actions: npt.NDArray[np.int64],
         rewards: npt.NDArray[np.float64],
     ) -> None:
+        self._learn_weighted(obs, actions, rewards, np.ones(actions.size))
+
+    def _learn_weighted(
+        self,
+        obs: dict[str, npt.NDArray[Any]],
+        actions: npt.NDArray[np.int64],
+        rewards: npt.NDArray[np.float64],
+        weights: npt.NDArray[np.float64],
+    ) -> None:
         mask = obs["action_mask"].astype(bool)
         ids = self._index.ids(obs["candidates"], mask)
         self._grow()
         chosen = ids[np.arange(actions.size), actions]
-        np.add.at(self._n, chosen, 1.0)
-        np.add.at(self._s, chosen, rewards)
+        np.add.at(self._n, chosen, weights)
+        np.add.at(self._s, chosen, weights * rewards)
 
     def _get_state(self) -> dict[str, npt.NDArray[Any]]:
         return {"n": self._n, "s": self._s, **self._index.state()}

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from copyloop.agents.base import Policy
-from copyloop.agents.features import FEATURE_MAPS, VariantIndex, candidate_block, features
 from scipy.linalg import cho_solve, cholesky, solve_triangular
 from scipy.optimize import minimize
 from scipy.special import expit
+
+from copyloop.agents.base import Policy
+from copyloop.agents.features import FEATURE_MAPS, VariantIndex, candidate_block, features
 
 
 def choose_from_draws(
@@ -142,15 +143,20 @@ class BernoulliTSPolicy(Policy):
         pick = rng.integers(0, self.n_draws, size=inv.size)
         return winners[inv, pick].astype(np.int64), g_probs[inv]
 
+    supports_weights = True
+
     def _learn(self, obs, actions, rewards):  # type: ignore[no-untyped-def]
+        self._learn_weighted(obs, actions, rewards, np.ones(actions.size))
+
+    def _learn_weighted(self, obs, actions, rewards, weights):  # type: ignore[no-untyped-def]
         mask = obs["action_mask"].astype(bool)
         seg, ids = self._keys(obs, mask)
         chosen = ids[np.arange(actions.size), actions]
         if self.discount < 1.0:
             self._clicks *= self.discount
             self._shows *= self.discount
-        np.add.at(self._clicks, (seg, chosen), rewards)
-        np.add.at(self._shows, (seg, chosen), 1.0)
+        np.add.at(self._clicks, (seg, chosen), weights * rewards)
+        np.add.at(self._shows, (seg, chosen), weights)
 
     def _get_state(self) -> dict[str, npt.NDArray[Any]]:
         return {"clicks": self._clicks, "shows": self._shows, **self._index.state()}
@@ -255,12 +261,17 @@ class LinearTSPolicy(_GaussianHeadTS):
         # L Lᵀ = A  ⇒  L⁻ᵀ ε ~ N(0, A⁻¹)
         return mean[None, :] + self.noise * solve_triangular(chol, eps, lower=True, trans="T").T
 
+    supports_weights = True
+
     def _learn(self, obs, actions, rewards):  # type: ignore[no-untyped-def]
+        self._learn_weighted(obs, actions, rewards, np.ones(actions.size))
+
+    def _learn_weighted(self, obs, actions, rewards, weights):  # type: ignore[no-untyped-def]
         x = self._chosen(self._phi(obs), actions)
         self._init(x.shape[1])
         assert self._A is not None and self._b is not None
-        self._A += x.T @ x
-        self._b += x.T @ rewards
+        self._A += (x * weights[:, None]).T @ x
+        self._b += x.T @ (weights * rewards)
         self._chol = self._mean = None
 
     def _get_state(self) -> dict[str, npt.NDArray[Any]]:
@@ -367,6 +378,7 @@ class NeuralLinearTSPolicy(LinearTSPolicy):
     """
 
     policy_id = "neural_linear_ts"
+    supports_weights = False
 
     def __init__(
         self,

@@ -4,6 +4,7 @@ world and the Gymnasium envs (``copyloop/CopyMarket-v0``, single and natively ve
 from __future__ import annotations
 
 import gymnasium as gym
+
 from copyloop.envs.catalog import Catalog, CatalogConfig, build_catalog
 from copyloop.envs.corpus import AssetMissingError, Product, load_products
 from copyloop.envs.embed import TextEncoder

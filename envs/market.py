@@ -16,11 +16,12 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import numpy.typing as npt
+from gymnasium import spaces
+
 from copyloop.envs.catalog import CANDIDATE_BOUND, Catalog, CatalogConfig, build_catalog
 from copyloop.envs.embed import TextEncoder
 from copyloop.envs.users import PopulationConfig, UserPopulation
 from copyloop.envs.world import ClickWorld, SegmentTaste, WorldConfig
-from gymnasium import spaces
 
 USER_FEATURE_MAX = 20.0
 """Upper bound of user features (log1p purchase counts stay far below it)."""

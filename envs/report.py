@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
 from copyloop.envs.catalog import BENEFIT_PHRASE, short_title
 from copyloop.envs.embed import default_encoder
 from copyloop.envs.market import Market

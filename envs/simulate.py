@@ -12,11 +12,11 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from copyloop.agents.base import Decision, Policy
+from copyloop.contract import DecisionLog, DecisionLogWriter
 from copyloop.envs.market import Market
 from copyloop.envs.vector import CopyMarketVectorEnv
-
-from copyloop.contract import DecisionLog, DecisionLogWriter
 
 EPOCH = np.datetime64("2026-01-01T00:00:00", "us")
 IMPRESSION_INTERVAL_US = 100_000

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+
 from copyloop.envs.users import CATEGORIES, TONES
 
 _WORD = re.compile(r"[a-z0-9%']+")

@@ -15,9 +15,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import numpy.typing as npt
-from copyloop.envs.market import CopyMarketEnv, Market, MarketConfig, SessionBlock, draw_sessions
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+
+from copyloop.envs.market import CopyMarketEnv, Market, MarketConfig, SessionBlock, draw_sessions
 
 
 class CopyMarketVectorEnv(

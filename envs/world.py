@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from scipy.optimize import brentq
+from scipy.special import expit
+
 from copyloop.envs.catalog import Catalog
 from copyloop.envs.text import (
     BENEFIT_SLICE,
@@ -43,8 +46,6 @@ from copyloop.envs.text import (
     text_features,
 )
 from copyloop.envs.users import DEVICES, TONES, UserPopulation
-from scipy.optimize import brentq
-from scipy.special import expit
 
 
 @dataclass(frozen=True)

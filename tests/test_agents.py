@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from copyloop.agents import POLICIES, BernoulliTSPolicy, Policy, UniformPolicy
 from copyloop.envs import CopyMarketVectorEnv
 
@@ -163,3 +164,47 @@ def test_bernoulli_ts_learns_best_arm() -> None:
         d = pol.act(obs)
         pol.update(obs, d.actions, (rng.random(500) < ctr[d.actions]).astype(float))
     assert pol.act(obs).probs[0, 1] > 0.8
+
+
+@pytest.mark.parametrize("name", ["bernoulli_ts", "linear_ts"])
+def test_warm_start_from_log_beats_cold_start(name, market, tmp_path: Path) -> None:
+    """A policy warm-started on 30k uniform impressions earns more expected clicks on the next
+    20k than a cold one (same seeds)."""
+    from copyloop import DecisionLog
+    from copyloop.agents import warm_start
+    from copyloop.envs.simulate import simulate
+
+    simulate(market, UniformPolicy(seed=0), 30_000, seed=10, out=tmp_path / "l.parquet")
+    log = DecisionLog.read(tmp_path / "l.parquet")
+    warm = warm_start(make(name, 1), log, market)
+    s_warm = simulate(market, warm, 20_000, seed=11)
+    s_cold = simulate(market, make(name, 1), 20_000, seed=11)
+    assert s_warm.expected_clicks > s_cold.expected_clicks
+
+
+def test_warm_start_refuses_foreign_log(market) -> None:
+    from copyloop import DecisionLog
+    from copyloop.agents import warm_start
+    from copyloop.contract import LogValidationError
+
+    log = DecisionLog.from_arrays(
+        event_id=["a"],
+        campaign_id=["nope"],
+        context=np.zeros((1, 28)),
+        action=["x"],
+        action_index=[0],
+        propensity=[1.0],
+        reward=[1.0],
+    )
+    with pytest.raises(LogValidationError, match="campaigns the market does not have"):
+        warm_start(UniformPolicy(), log, market)
+    short = DecisionLog.from_arrays(
+        event_id=["a"],
+        campaign_id=["c"],
+        context=np.zeros((1, 3)),
+        action=["x"],
+        action_index=[0],
+        propensity=[1.0],
+    )
+    with pytest.raises(LogValidationError, match="3 features but the market's users have 28"):
+        warm_start(UniformPolicy(), short, market)

@@ -3,10 +3,11 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from copyloop.envs import ENV_ID, CopyMarketEnv, CopyMarketVectorEnv
-from copyloop.envs.vector import SingleVectorEnv
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from copyloop.envs import ENV_ID, CopyMarketEnv, CopyMarketVectorEnv
+from copyloop.envs.vector import SingleVectorEnv
 
 
 @pytest.mark.parametrize("session_length", [1, 4])

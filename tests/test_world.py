@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from copyloop.envs import ClickWorld, SegmentTaste, WorldConfig
 from copyloop.envs.text import FEATURE_NAMES, text_features, tone_of
 from copyloop.envs.users import TONES, PopulationConfig, UserPopulation
@@ -127,6 +128,7 @@ def test_population_is_seeded_and_configurable() -> None:
 
 def test_population_from_table() -> None:
     import pandas as pd
+
     from copyloop.envs.users import CATEGORIES
 
     df = pd.DataFrame(

@@ -1,0 +1,100 @@
+"""Warm-start any agent from a DecisionLog, so it starts from history instead of from zero."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from copyloop.agents.base import Policy
+from copyloop.contract import DecisionLog, LogValidationError
+
+
+def warm_start(
+    policy: Policy,
+    log: DecisionLog,
+    market: Any,
+    *,
+    batch_size: int = 4096,
+    importance_weights: bool | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Policy:
+    """Replay a log's observed rewards into ``policy`` (in place; returned for chaining).
+
+    The observation of each row is rebuilt from the log's ``context`` (the user features) and
+    the market's candidate features for the row's campaign. Rows without an observed reward are
+    skipped.
+
+    Non-contextual estimators (UCB1, epsilon-greedy, Bernoulli TS) estimate each variant's CTR
+    averaged over users; under a logging policy that chose variants differently for different
+    users those averages are biased, so by default they learn with importance weights
+    ``1/propensity``, self-normalised per variant so the evidence counts stay the true counts.
+    Contextual models (linear/logistic/neural TS, LinUCB) model the click given user and copy,
+    which the logging policy does not bias, so they replay unweighted.
+
+    Args:
+        policy: the agent to warm-start.
+        log: decisions with their propensities (``candidates`` null: the campaign's full set
+            in the market's catalog order).
+        market: the :class:`~copyloop.envs.Market` the log's campaigns come from.
+        batch_size: rows per update.
+        importance_weights: force weighting on or off (default: by policy kind, see above).
+        progress: called with the rows done.
+    """
+    from copyloop.agents.baselines import EpsilonGreedyPolicy, UCB1Policy
+    from copyloop.agents.ts import BernoulliTSPolicy
+
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+    if log.context_dim != market.user_dim:
+        raise LogValidationError(
+            f"`context` has {log.context_dim} features but the market's users have "
+            f"{market.user_dim} — warm-start from a log of this market"
+        )
+    if log.table.column("candidates").null_count != log.n_rows:
+        raise LogValidationError(
+            "`candidates` must be null (the campaign's full variant set) to rebuild observations "
+            "from the market's catalog"
+        )
+    weighted = (
+        isinstance(policy, UCB1Policy | EpsilonGreedyPolicy | BernoulliTSPolicy)
+        if importance_weights is None
+        else importance_weights
+    )
+    camp_ids = pa.array(market.catalog.campaign_ids)
+    camp = pc.index_in(log.table.column("campaign_id"), value_set=camp_ids)
+    if camp.null_count:
+        bad = np.flatnonzero(np.asarray(camp.is_null()))
+        raise LogValidationError(
+            f"`campaign_id` rows {bad[:5].tolist()} name campaigns the market does not have — "
+            "warm-start from a log of this market"
+        )
+    camp_np = np.asarray(camp.to_numpy(zero_copy_only=False), np.int64)
+    reward = log.reward
+    keep = np.flatnonzero(~np.isnan(reward))
+    ctx, aidx, prop = log.context, log.action_index.astype(np.int64), log.propensity
+    done = 0
+    for start in range(0, keep.size, batch_size):
+        rows = keep[start : start + batch_size]
+        c = camp_np[rows]
+        obs = {
+            "user": ctx[rows],
+            "candidates": market.slot_features[c],
+            "shown": np.zeros((rows.size, market.max_candidates), np.float32),
+            "action_mask": market.slot_mask[c],
+        }
+        if weighted:
+            w = 1.0 / prop[rows]
+            variant = c * market.max_candidates + aidx[rows]
+            _, inv = np.unique(variant, return_inverse=True)
+            mean_w = np.bincount(inv, weights=w) / np.bincount(inv)
+            policy.update(obs, aidx[rows], reward[rows], sample_weight=w / mean_w[inv])
+        else:
+            policy.update(obs, aidx[rows], reward[rows])
+        done += rows.size
+        if progress is not None:
+            progress(done)
+    return policy
