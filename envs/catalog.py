@@ -85,6 +85,33 @@ STYLES: dict[str, Template] = {
 }
 """Copy styles of the catalog, each a function of the real product."""
 
+OPENERS: tuple[str, ...] = ("", "New: ", "Hurry: ", "Just for you: ", "Wow, ", "Meet the ")
+BODIES: dict[str, Template] = {
+    "name": lambda p: short_title(p.title),
+    "benefit": lambda p: f"{short_title(p.title)}, {BENEFIT_PHRASE[p.category_name]}",
+    "brand": lambda p: f"{p.brand + ' ' if p.brand else ''}{short_title(p.title, 5)}",
+}
+CLOSERS: tuple[str, ...] = (
+    ".",
+    ". Shop now.",
+    ". Order today!",
+    ". Great value.",
+    ". Crafted to last.",
+    ". Free shipping.",
+    ". You'll love it.",
+)
+COMBINATIONS: tuple[tuple[int, str, int], ...] = tuple(
+    (o, b, c) for o in range(len(OPENERS)) for b in BODIES for c in range(len(CLOSERS))
+)
+"""(opener, body, closer) combinations for campaigns with more variants than base styles."""
+
+MAX_VARIANTS = len(STYLES) + len(COMBINATIONS)
+
+
+def combination_text(p: Product, combo: tuple[int, str, int]) -> str:
+    o, b, c = combo
+    return f"{OPENERS[o]}{BODIES[b](p)}{CLOSERS[c]}"
+
 
 @dataclass(frozen=True)
 class CatalogConfig:
@@ -94,8 +121,9 @@ class CatalogConfig:
         n_campaigns: number of products to turn into campaigns (None = the whole corpus,
             2,215 products); drawn stratified by category with ``seed``.
         min_variants: fewest variants per campaign.
-        max_variants: most variants per campaign (also the env's candidate slots K); at most
-            the number of styles (10).
+        max_variants: most variants per campaign (also the env's candidate slots K), at most
+            :data:`MAX_VARIANTS`. Beyond the 10 base styles, variants are combinations of an
+            opener, a body and a closer (:data:`OPENERS`, :data:`BODIES`, :data:`CLOSERS`).
         pca_dim: embedding components kept in the candidate features the policy sees.
         seed: seed for product and style draws.
     """
@@ -109,10 +137,11 @@ class CatalogConfig:
     def __post_init__(self) -> None:
         if self.n_campaigns is not None and self.n_campaigns < 1:
             raise ValueError(f"`n_campaigns` must be >= 1 or None, got {self.n_campaigns}")
-        if not 2 <= self.min_variants <= self.max_variants <= len(STYLES):
+        if not 2 <= self.min_variants <= self.max_variants <= MAX_VARIANTS:
             raise ValueError(
-                f"need 2 <= min_variants <= max_variants <= {len(STYLES)} (the number of copy "
-                f"styles); got min_variants={self.min_variants}, max_variants={self.max_variants}"
+                f"need 2 <= min_variants <= max_variants <= {MAX_VARIANTS} (the copy styles "
+                f"plus their combinations); got min_variants={self.min_variants}, "
+                f"max_variants={self.max_variants}"
             )
         if self.pca_dim < 0:
             raise ValueError(f"`pca_dim` must be >= 0, got {self.pca_dim}")
@@ -191,11 +220,20 @@ def build_catalog(
     n_cand = np.zeros(len(chosen), np.int64)
     for c, p in enumerate(chosen):
         k = int(rng.integers(cfg.min_variants, cfg.max_variants + 1))
-        # The corpus's own title is always among the variants; the rest are drawn.
-        styles = ["original", *rng.choice(names[1:], size=k - 1, replace=False).tolist()]
+        # The corpus's own title is always among the variants; the rest are drawn from the
+        # base styles, then (for large campaigns) from opener/body/closer combinations.
+        n_base = min(k, len(STYLES))
+        styles = ["original", *rng.choice(names[1:], size=n_base - 1, replace=False).tolist()]
+        if k > n_base:
+            picks = rng.choice(len(COMBINATIONS), size=k - n_base, replace=False)
+            styles += [f"mix-{o}-{b}-{cl}" for o, b, cl in (COMBINATIONS[i] for i in picks)]
         n_cand[c] = k
         for style in styles:
-            text = STYLES[style](p)
+            if style.startswith("mix-"):
+                _, o, b, cl = style.split("-")
+                text = combination_text(p, (int(o), b, int(cl)))
+            else:
+                text = STYLES[style](p)
             rows.append(
                 {
                     "variant_id": f"p{p.product_id}-{style}",
