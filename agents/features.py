@@ -60,30 +60,26 @@ def features(
 class VariantIndex:
     """Stable integer ids for candidate feature rows (identical rows = the same variant).
 
-    Rows are keyed by a fixed random projection of their float32 bytes (collisions between
-    different rows are vanishingly unlikely), so lookups stay vectorised.
+    Rows are keyed by their exact float32 bytes, so ids do not depend on floating-point
+    arithmetic (thread counts, BLAS) and survive save/load across machines.
     """
 
     def __init__(self) -> None:
-        self._keys: dict[float, int] = {}
-        self._proj: npt.NDArray[np.float64] | None = None
+        self._keys: dict[bytes, int] = {}
+        self._width = 0
 
     def __len__(self) -> int:
         return len(self._keys)
-
-    def _key(self, c: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        if self._proj is None or self._proj.size != c.shape[-1]:
-            self._proj = np.random.default_rng(20261122).normal(size=c.shape[-1])
-        return c.astype(np.float64) @ self._proj
 
     def ids(
         self, candidates: npt.NDArray[Any], mask: npt.NDArray[np.bool_]
     ) -> npt.NDArray[np.int64]:
         """Variant id of each slot, (B, K); -1 on masked slots. New variants get new ids."""
         b, k = mask.shape
-        c = np.asarray(candidates, np.float32).reshape(b, k, -1)
-        keys = self._key(c)
-        uniq, inv = np.unique(keys, return_inverse=True)
+        c = np.ascontiguousarray(np.asarray(candidates, np.float32).reshape(b * k, -1))
+        self._width = c.shape[1]
+        rows = c.view(np.dtype((np.void, c.shape[1] * 4))).ravel()
+        uniq, inv = np.unique(rows, return_inverse=True)
         lookup = np.empty(uniq.size, np.int64)
         for i, key in enumerate(uniq.tolist()):
             got = self._keys.get(key)
@@ -95,14 +91,15 @@ class VariantIndex:
         return np.where(mask, out, -1)
 
     def state(self) -> dict[str, npt.NDArray[Any]]:
-        keys = np.array(list(self._keys), np.float64)
-        vals = np.array(list(self._keys.values()), np.int64)
-        proj = self._proj if self._proj is not None else np.zeros(0)
-        return {"index_keys": keys, "index_ids": vals, "index_proj": proj}
+        n = len(self._keys)
+        keys = (
+            np.frombuffer(b"".join(self._keys), np.uint8).reshape(n, -1)
+            if n
+            else np.zeros((0, 0), np.uint8)
+        )
+        return {"index_keys": keys, "index_ids": np.array(list(self._keys.values()), np.int64)}
 
     def load_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
-        self._keys = dict(
-            zip(state["index_keys"].tolist(), state["index_ids"].tolist(), strict=True)
-        )
-        proj = np.asarray(state["index_proj"], np.float64)
-        self._proj = proj if proj.size else None
+        keys = np.asarray(state["index_keys"], np.uint8)
+        ids = np.asarray(state["index_ids"], np.int64).tolist()
+        self._keys = {keys[i].tobytes(): ids[i] for i in range(keys.shape[0])}

@@ -27,6 +27,8 @@ logs_app = typer.Typer(help="Import and inspect DecisionLogs.", no_args_is_help=
 world_app = typer.Typer(help="Inspect the ground-truth click world.", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")
 app.add_typer(world_app, name="world")
+experiment_app = typer.Typer(help="Compare agents on the copy market.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
 
 console = Console()
 err = Console(stderr=True)
@@ -240,16 +242,46 @@ def _print_world(rep: Any) -> None:
     )
 
 
+@experiment_app.command("run")
+def experiment_run(
+    config: Annotated[
+        str,
+        typer.Argument(
+            help="Experiment TOML, or a shipped config name "
+            "(smoke, contextual, drift, fatigue, large_candidates)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder (new or empty).")],
+    workers: Annotated[int | None, typer.Option(help="Processes (default: min(2, CPUs)).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Run agents × seeds × market variants from one TOML; write metrics, summary and plots."""
+    from copyloop.experiments import run_experiment, summary_text
+
+    try:
+        res = run_experiment(config, out, workers=workers, progress=True, overwrite=overwrite)
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    console.print(summary_text(res))
+    console.print(
+        f"wrote {res.out_dir} (summary.md, metrics.parquet, regret.png, ctr.png) "
+        f"in {res.elapsed_s:.1f} s"
+    )
+
+
 @app.command()
 def demo(
     rounds: Annotated[int, typer.Option(help="Impressions of uniform traffic.")] = 200_000,
+    compare_rounds: Annotated[
+        int, typer.Option(help="Impressions per agent in the closing comparison.")
+    ] = 30_000,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     out_dir: Annotated[Path, typer.Option(help="Where to write the demo's files.")] = Path(
         "runs/demo"
     ),
 ) -> None:
     """The main job on the embedded defaults: build the market from the real ad corpus, simulate
-    uniform traffic, write the DecisionLog and print a summary."""
+    uniform traffic, write the DecisionLog, then compare agents and name the winner."""
     from copyloop.agents import UniformPolicy
     from copyloop.envs.simulate import simulate as run
     from copyloop.stats import segment_table
@@ -286,6 +318,33 @@ def demo(
             )
         )
     console.print(t)
+
+    from copyloop.experiments import ExperimentConfig, run_experiment, summary_text
+
+    cfg = ExperimentConfig.from_dict(
+        {
+            "name": "demo",
+            "description": "A short comparison on the demo market (copyloop demo).",
+            "seeds": [seed, seed + 1],
+            "rounds": compare_rounds,
+            "batch_size": 500,
+            "eval_every": max(compare_rounds // 20, 500),
+            "agents": [
+                {"name": "uniform", "policy": "uniform"},
+                {"name": "ucb1", "policy": "ucb1", "params": {"c": 0.2}},
+                {
+                    "name": "bernoulli_ts",
+                    "policy": "bernoulli_ts",
+                    "params": {"segment_columns": [0, market.population.n_segments]},
+                },
+                {"name": "linear_ts", "policy": "linear_ts"},
+            ],
+        }
+    )
+    console.print(f"comparing 4 agents on {compare_rounds:,} impressions × 2 seeds …")
+    res = run_experiment(cfg, out_dir / "compare", workers=1, progress=True, overwrite=True)
+    console.print(summary_text(res))
+    console.print(f"plots and tables in {res.out_dir}")
 
 
 def main() -> None:  # pragma: no cover

@@ -302,10 +302,15 @@ def _candidate_features(
         centred = emb - emb.mean(0, keepdims=True)
         _, s, vt = np.linalg.svd(centred, full_matrices=False)
         k = min(pca_dim, vt.shape[0])
+        # Fix each component's sign (largest loading positive): SVD signs are arbitrary.
+        vt = vt * np.sign(vt[np.arange(vt.shape[0]), np.abs(vt).argmax(axis=1)])[:, None]
         comp = centred @ vt[:k].T / np.maximum(s[:k] / np.sqrt(max(len(emb) - 1, 1)), 1e-8)
         if k < pca_dim:
             comp = np.pad(comp, ((0, 0), (0, pca_dim - k)))
         # standardised components, clipped so observations stay inside the declared Box
+        # Rounded to 1e-4 so the features (and every agent's variant identities) do not depend
+        # on the BLAS thread count behind the SVD.
+        comp = np.round(comp, 4)
         parts.append(np.clip(comp, -CANDIDATE_BOUND, CANDIDATE_BOUND).astype(np.float32))
     parts.append(np.clip(tf, 0.0, CANDIDATE_BOUND))
     feats = np.concatenate(parts, axis=1).astype(np.float32)
