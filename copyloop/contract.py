@@ -724,7 +724,9 @@ class DecisionLog:
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
         p = _existing(path, "log")
-        pf = pq.ParquetFile(p)
+        # pre_buffer=False: with it on, Arrow keeps every row group it has read buffered, so
+        # memory grows with the file (measured in bench/log_scale.py); off, it stays bounded.
+        pf = pq.ParquetFile(p, pre_buffer=False)
         _check_file_kind(p, pf.schema_arrow, "DecisionLog")
         wanted = None
         if columns is not None:

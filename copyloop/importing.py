@@ -136,7 +136,7 @@ class ImportReport:
 def _source_batches(path: Path, columns: Sequence[str], batch_size: int) -> Iterator[pa.Table]:
     """Stream the chosen columns of a CSV or Parquet file (CSV cells read as strings)."""
     if path.suffix.lower() in (".parquet", ".pq"):
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, pre_buffer=False)  # bounded memory on big sources
         for b in pf.iter_batches(batch_size=batch_size, columns=list(columns)):
             yield pa.Table.from_batches([b])
         return
