@@ -13,16 +13,24 @@ What it does (one process, phases timed with :func:`time.perf_counter`):
    sufficient statistics: observed CTR, and the IPS estimate (with its standard error) of a
    target policy that always plays action 0, ``mean(1[a == 0] / p * r)``; its true value is the
    CTR, which the run checks (``|IPS - ctr| < 4 SE``).
-3. **Raw read** (skip with ``--no-raw-read``) -- the same file through
-   ``pyarrow.parquet.ParquetFile.iter_batches`` alone, no contract: the decode floor, so the
-   difference to phase 2 is what validation costs.
-4. **Summary** (skip with ``--no-summarize``) -- :func:`copyloop.stats.summarize_log`, what
+3. **Read with pre_buffer=False** (skip with ``--no-fixed-read``) -- the same loop as
+   ``iter_batches`` and the same validation, with ``pq.ParquetFile(path, pre_buffer=False)``
+   spelled out here: pyarrow's default pre-buffering keeps every column chunk read so far until
+   the reader is closed (apache/arrow#39808), so a reader opened with the default holds about
+   the compressed file size (``iter_batches`` did until commit 09d8cd0; this phase is the
+   reference it must match).
+4. **Raw reads** (skip with ``--no-raw-read``) -- ``ParquetFile.iter_batches`` alone, no
+   contract, with pre_buffer True and False: the decode floor, so the difference to phases 2
+   and 3 is what validation costs.
+5. **Summary** (skip with ``--no-summarize``) -- :func:`copyloop.stats.summarize_log`, what
    ``copyloop logs info`` runs.
 
 Memory: per phase, the peak resident set (``VmHWM``, reset at the start of the phase through
-``/proc/self/clear_refs``, which also resets ``getrusage().ru_maxrss``), a 20 Hz RSS sample
-maximum (psutil) and the RSS at the end. The process peak is the maximum over phases and the
-imports.
+``/proc/self/clear_refs``, which also resets ``getrusage().ru_maxrss``, after freed memory is
+handed back with ``release_unused``), a 20 Hz RSS sample maximum (psutil) and the RSS at the
+end; the peak and the growth of the bytes live in Arrow's pool (growth = after the last batch
+minus after the first batch: about 0 when memory is bounded by the batch). The process peak
+is the maximum over phases and the imports.
 
 Run: ``.venv/bin/python bench/log_scale.py --rows 100000000 --batch 1000000 --context-dim 8
 --out-dir /tmp/copyloop-scale`` (writes ``bench/results/log_scale.json`` and
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import math
 import os
@@ -74,6 +83,7 @@ CAMPAIGN = "camp-0"
 TARGET_ACTION = 0
 EPOCH = np.datetime64("2026-01-01T00:00:00", "us")
 MIB = 1024.0 * 1024.0
+RAW = "raw pyarrow read"
 
 try:
     import psutil
@@ -124,11 +134,13 @@ class RssSampler:
     def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
         self.peak = 0
+        self.arrow_peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.peak = current_rss_bytes()
+        self.arrow_peak = pa.total_allocated_bytes()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -136,12 +148,14 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, current_rss_bytes())
+            self.arrow_peak = max(self.arrow_peak, pa.total_allocated_bytes())
 
     def stop(self) -> int:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         self.peak = max(self.peak, current_rss_bytes())
+        self.arrow_peak = max(self.arrow_peak, pa.total_allocated_bytes())
         return self.peak
 
 
@@ -158,7 +172,20 @@ class Phase:
     sampled_peak_rss: int = 0  # max of 20 Hz samples (bytes)
     end_rss: int = 0  # RSS when the phase ended (bytes)
     arrow_allocated_end: int = 0  # bytes live in Arrow's memory pool when the phase ended
+    arrow_peak: int = 0  # max of 20 Hz samples of the bytes live in Arrow's pool
+    loadavg_1m: float = 0.0  # the machine's 1-minute load average when the phase ended
+    arrow_after_batch: list[int] = field(default_factory=list)  # live Arrow bytes between batches
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def between_batches(self) -> None:
+        """Record what Arrow still holds once a batch has been dropped (growth = retention)."""
+        self.arrow_after_batch.append(pa.total_allocated_bytes())
+
+    @property
+    def arrow_growth(self) -> int | None:
+        """Live Arrow bytes after the last batch minus after the first: ~0 when bounded."""
+        a = self.arrow_after_batch
+        return a[-1] - a[0] if len(a) >= 2 else None
 
     @property
     def rows_per_s(self) -> float:
@@ -176,12 +203,25 @@ class Phase:
             "sampled_peak_rss_bytes": self.sampled_peak_rss,
             "end_rss_bytes": self.end_rss,
             "arrow_allocated_end_bytes": self.arrow_allocated_end,
+            "arrow_peak_bytes": self.arrow_peak,
+            "loadavg_1m_at_end": self.loadavg_1m,
+            "arrow_growth_bytes": self.arrow_growth,
+            "arrow_after_first_batch_bytes": self.arrow_after_batch[0]
+            if self.arrow_after_batch
+            else None,
+            "arrow_after_last_batch_bytes": self.arrow_after_batch[-1]
+            if self.arrow_after_batch
+            else None,
             **self.extra,
         }
 
 
 @contextmanager
 def measured(phase: Phase) -> Iterator[Phase]:
+    # Hand back what earlier phases freed (mimalloc keeps it otherwise), so that each phase's
+    # peak is its own.
+    gc.collect()
+    pa.default_memory_pool().release_unused()
     sampler = RssSampler()
     reset_peak()
     sampler.start()
@@ -191,12 +231,14 @@ def measured(phase: Phase) -> Iterator[Phase]:
     finally:
         phase.seconds = time.perf_counter() - t0
         phase.sampled_peak_rss = sampler.stop()
+        phase.arrow_peak = sampler.arrow_peak
         hwm = _status_kib("VmHWM")
         phase.ru_maxrss = ru_maxrss_bytes()
         phase.peak_rss = max(
             phase.sampled_peak_rss, phase.ru_maxrss, 0 if hwm is None else hwm * 1024
         )
         phase.end_rss = current_rss_bytes()
+        phase.loadavg_1m = os.getloadavg()[0]
         phase.arrow_allocated_end = pa.total_allocated_bytes()
 
 
@@ -281,7 +323,7 @@ class RowProgress:
 # ---- phases ------------------------------------------------------------------------------------
 def write_phase(args: argparse.Namespace, path: Path, console: Console) -> Phase:
     rng = np.random.default_rng(args.seed)
-    phase = Phase("write (generate + from_arrays + DecisionLogWriter)")
+    phase = Phase("write: from_arrays + DecisionLogWriter")
     gen = build = write = 0.0
     with (
         measured(phase),
@@ -299,6 +341,7 @@ def write_phase(args: argparse.Namespace, path: Path, console: Console) -> Phase
             t3 = time.perf_counter()
             gen, build, write = gen + t1 - t0, build + t2 - t1, write + t3 - t2
             del cols, log
+            phase.between_batches()
             bar.advance(n)
         phase.rows = writer.rows_written
         t_close = time.perf_counter()
@@ -350,7 +393,7 @@ class Stats:
 
 
 def read_phase(args: argparse.Namespace, path: Path, console: Console) -> tuple[Phase, Stats]:
-    phase = Phase("read (DecisionLog.iter_batches, validated)")
+    phase = Phase("read: DecisionLog.iter_batches")
     stats = Stats()
     decode_validate = compute = 0.0
     with measured(phase), RowProgress(console, "read", args.rows) as bar:
@@ -364,27 +407,65 @@ def read_phase(args: argparse.Namespace, path: Path, console: Console) -> tuple[
                 break
             stats.update(log)
             compute += time.perf_counter() - t1
-            bar.advance(log.n_rows)
+            rows = log.n_rows
             del log
+            phase.between_batches()
+            bar.advance(rows)
         phase.rows = stats.n
     phase.parts = {"decode + validate": decode_validate, "statistics": compute}
     phase.extra = {"estimates": stats.result()}
     return phase, stats
 
 
-def raw_read_phase(args: argparse.Namespace, path: Path, console: Console) -> Phase:
-    phase = Phase("raw read (pyarrow ParquetFile.iter_batches, no contract)")
+def iter_batches_no_prebuffer(path: Path, batch_size: int) -> Iterator[DecisionLog]:
+    """:meth:`DecisionLog.iter_batches` with ``ParquetFile(..., pre_buffer=False)`` explicit.
+
+    pyarrow's ``ParquetFile`` pre-buffers by default, and its read cache keeps every column
+    chunk read so far until the reader is destroyed (apache/arrow#39808), so a reader opened
+    with the default retains about the compressed file size. Each batch goes through the same
+    public validation (``DecisionLog(table, row_offset=...)``).
+    """
+    pf = pq.ParquetFile(path, pre_buffer=False)
+    offset = 0
+    for batch in pf.iter_batches(batch_size=batch_size):
+        table = pa.Table.from_batches([batch]).replace_schema_metadata(None)
+        yield DecisionLog(table, row_offset=offset)
+        offset += batch.num_rows
+
+
+def fixed_read_phase(args: argparse.Namespace, path: Path, console: Console) -> Phase:
+    phase = Phase("read: explicit pre_buffer=False + DecisionLog")
+    stats = Stats()
+    with measured(phase), RowProgress(console, "read pre_buffer=False", args.rows) as bar:
+        for log in iter_batches_no_prebuffer(path, args.batch):
+            stats.update(log)
+            rows = log.n_rows
+            del log
+            phase.between_batches()
+            bar.advance(rows)
+        phase.rows = stats.n
+    phase.extra = {"estimates": stats.result()}
+    return phase
+
+
+def raw_read_phase(
+    args: argparse.Namespace, path: Path, console: Console, *, pre_buffer: bool
+) -> Phase:
+    phase = Phase(f"{RAW}, pre_buffer={pre_buffer}")
     with measured(phase), RowProgress(console, "raw read", args.rows) as bar:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, pre_buffer=pre_buffer)
         for batch in pf.iter_batches(batch_size=args.batch):
-            phase.rows += batch.num_rows
-            bar.advance(batch.num_rows)
+            rows = batch.num_rows
+            phase.rows += rows
             del batch
+            phase.between_batches()
+            bar.advance(rows)
+        del pf
     return phase
 
 
 def summary_phase(args: argparse.Namespace, path: Path, console: Console) -> Phase:
-    phase = Phase("copyloop.stats.summarize_log (= logs info)")
+    phase = Phase("summarize_log (logs info)")
     with measured(phase), console.status("summarize_log ..."):
         summary = summarize_log(path, batch_size=args.batch)
         phase.rows = int(summary["rows"])
@@ -471,7 +552,17 @@ def _mib(b: int) -> str:
     return f"{b / MIB:,.0f}"
 
 
-HEADER = ["phase", "rows", "seconds", "rows/s", "peak RSS MiB", "RSS at end MiB"]
+HEADER = [
+    "phase",
+    "rows",
+    "seconds",
+    "rows/s",
+    "peak RSS MiB",
+    "RSS at end MiB",
+    "Arrow peak MiB",
+    "Arrow growth MiB",
+    "load avg",
+]
 
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -485,6 +576,9 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
                 f"{ph['rows_per_s']:,.0f}",
                 _mib(ph["peak_rss_bytes"]),
                 _mib(ph["end_rss_bytes"]),
+                _mib(ph["arrow_peak_bytes"]),
+                "" if ph["arrow_growth_bytes"] is None else _mib(ph["arrow_growth_bytes"]),
+                f"{ph['loadavg_1m_at_end']:.1f}",
             ]
         )
     return rows
@@ -495,17 +589,30 @@ def part_rows(report: dict[str, Any]) -> list[list[str]]:
     for ph in report["phases"]:
         total = ph["seconds"]
         for name, s in ph["parts_seconds"].items():
-            rows.append([ph["name"].split(" (")[0], name, f"{s:,.1f}", f"{100 * s / total:.0f}%"])
+            rows.append([ph["name"].split(":")[0], name, f"{s:,.1f}", f"{100 * s / total:.0f}%"])
     return rows
 
 
 PART_HEADER = ["phase", "step", "seconds", "share"]
 
 
+def copyloop_peak(phases: list[dict[str, Any]]) -> int:
+    """Peak RSS over the phases that run copyloop's own code (not the raw pyarrow references)."""
+    return max((ph["peak_rss_bytes"] for ph in phases if RAW not in ph["name"]), default=0)
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     f, est, cfg = report["file"], report["estimates"], report["config"]
     mem = report["memory"]
     ok = "PASS" if report["ips_check_passed"] else "FAIL"
+    verdicts = "; ".join(
+        f"{ph['name']}: "
+        + ("bounded" if ph["bounded"] else "GROWS")
+        + f" ({ph['arrow_growth_bytes'] / MIB:+,.0f} MiB"
+        + f" = {ph['arrow_growth_bytes'] / f['bytes']:.2f}x the file)"
+        for ph in report["phases"]
+        if ph["arrow_growth_bytes"] is not None
+    )
     return [
         f"File: {f['bytes'] / 1e9:,.2f} GB on disk ({f['bytes'] / cfg['rows']:.1f} bytes/row), "
         f"{f['row_groups']} row groups of {f['rows_per_row_group']:,} rows, zstd.",
@@ -517,13 +624,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"Estimates: CTR {est['ctr']:.5f}; IPS of 'always a0' {est['ips_always_a0']:.5f} "
         f"± {est['ips_se']:.5f} (SE), true value = CTR {cfg['ctr']} -> "
         f"|IPS - {cfg['ctr']}| < 4 SE: {ok}.",
-        f"Peak RSS of the process: {mem['process_peak_rss_bytes'] / MIB:,.0f} MiB "
+        f"Peak RSS of the copyloop phases (all but the raw pyarrow reads): "
+        f"{mem['copyloop_peak_rss_bytes'] / MIB:,.0f} MiB; of the whole process, raw pyarrow "
+        f"reference reads included: {mem['process_peak_rss_bytes'] / MIB:,.0f} MiB "
         f"(after imports {mem['after_imports_rss_bytes'] / MIB:,.0f} MiB; Arrow "
         f"{mem['arrow_pool_backend']} pool peak {mem['arrow_pool_max_bytes'] / MIB:,.0f} MiB; "
-        f"machine RAM "
-        f"{report['machine']['mem_total_gib'] or math.nan:.1f} GiB); the log is "
-        f"{cfg['rows']:,} rows, so memory is bounded by the batch ({cfg['batch']:,} rows), "
-        "not the file.",
+        f"machine RAM {report['machine']['mem_total_gib'] or math.nan:.1f} GiB).",
+        "Bounded memory (Arrow growth = live Arrow bytes after the last batch minus after the "
+        f"first, bounded if <= 5% of the file + 16 MiB): {verdicts}.",
     ]
 
 
@@ -565,7 +673,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"{cfg['rows']:,} decisions in batches of {cfg['batch']:,}; context width "
             f"{cfg['context_dim']} (float32); {N_ACTIONS} actions, 1 campaign, candidates null; "
             f"reward Bernoulli({cfg['ctr']}); seed {cfg['seed']}. Peak RSS per phase = VmHWM "
-            "reset at the start of the phase (and never below the 20 Hz RSS samples).",
+            "reset at the start of the phase (and never below the 20 Hz RSS samples). Load avg = "
+            "the machine's 1-minute load average at the end of the phase: above the CPU count, "
+            "other processes shared the cores and the times are slower than an idle machine's.",
             "",
             _md_table(HEADER, table_rows(report)),
             "",
@@ -593,7 +703,7 @@ def command_line(args: argparse.Namespace) -> str:
         cmd += f" --ctr {args.ctr}"
     if args.seed != 0:
         cmd += f" --seed {args.seed}"
-    for flag in ("no_raw_read", "no_summarize", "keep"):
+    for flag in ("no_fixed_read", "no_raw_read", "no_summarize", "keep"):
         if getattr(args, flag):
             cmd += " --" + flag.replace("_", "-")
     return cmd
@@ -613,7 +723,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", action="store_true", help="keep the Parquet file")
-    p.add_argument("--no-raw-read", action="store_true", help="skip the pyarrow-only read")
+    p.add_argument("--no-raw-read", action="store_true", help="skip the pyarrow-only reads")
+    p.add_argument(
+        "--no-fixed-read", action="store_true", help="skip the validated pre_buffer=False read"
+    )
     p.add_argument("--no-summarize", action="store_true", help="skip summarize_log")
     args = p.parse_args(argv)
     for name in ("rows", "batch", "context_dim"):
@@ -628,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
     if not console.is_terminal:  # piped or logged: do not wrap the tables at 80 columns
-        console = Console(width=130)
+        console = Console(width=160)
     after_imports_hwm = (_status_kib("VmHWM") or 0) * 1024
     after_imports = current_rss_bytes()
 
@@ -650,14 +763,25 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"wrote {file_info['bytes'] / 1e9:.2f} GB in {phases[0].seconds:.0f} s")
     read, stats = read_phase(args, path, console)
     phases.append(read)
+    if not args.no_fixed_read:
+        phases.append(fixed_read_phase(args, path, console))
     if not args.no_raw_read:
-        phases.append(raw_read_phase(args, path, console))
+        for pre_buffer in (True, False):
+            phases.append(raw_read_phase(args, path, console, pre_buffer=pre_buffer))
     if not args.no_summarize:
         phases.append(summary_phase(args, path, console))
     if not args.keep:
         path.unlink()
 
     est = stats.result()
+    slack = 0.05 * file_info["bytes"] + 16 * MIB
+    phase_dicts = [ph.to_dict() for ph in phases]
+    for d in phase_dicts:
+        growth = d["arrow_growth_bytes"]
+        d["bounded"] = None if growth is None else bool(growth <= slack)
+    same_estimates = all(
+        d["estimates"] == est for d in phase_dicts if "estimates" in d and d["rows"] == est["rows"]
+    )
     peaks = [after_imports_hwm, *(ph.peak_rss for ph in phases)]
     report: dict[str, Any] = {
         "config": {
@@ -674,13 +798,16 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "command": command_line(args),
         "file": file_info,
-        "phases": [ph.to_dict() for ph in phases],
+        "phases": phase_dicts,
+        "validated_reads_agree": same_estimates,
         "estimates": est,
         "ips_check_passed": abs(est["ips_always_a0"] - args.ctr) < 4 * est["ips_se"]
-        and est["rows"] == args.rows,
+        and est["rows"] == args.rows
+        and same_estimates,
         "memory": {
             "after_imports_rss_bytes": after_imports,
             "process_peak_rss_bytes": max(peaks),
+            "copyloop_peak_rss_bytes": copyloop_peak(phase_dicts),
             "peak_rss_by_phase_bytes": {ph.name: ph.peak_rss for ph in phases},
             "arrow_pool_backend": pa.default_memory_pool().backend_name,
             "arrow_pool_max_bytes": pa.default_memory_pool().max_memory(),
