@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from copyloop.agents.base import Decision, Policy, batch_mask
 from copyloop.agents.baselines import EpsilonGreedyPolicy, UCB1Policy, UniformPolicy
+from copyloop.agents.ppo import PPOPolicy
 from copyloop.agents.ts import (
     BernoulliTSPolicy,
     LinearTSPolicy,
@@ -29,6 +30,7 @@ POLICIES: dict[str, type[Policy]] = {
         LinearTSPolicy,
         LogisticTSPolicy,
         NeuralLinearTSPolicy,
+        PPOPolicy,
     )
 }
 """Policies by name (``copyloop simulate --policy``, experiment configs)."""
@@ -42,6 +44,7 @@ __all__ = [
     "LinearTSPolicy",
     "LogisticTSPolicy",
     "NeuralLinearTSPolicy",
+    "PPOPolicy",
     "Policy",
     "UCB1Policy",
     "UniformPolicy",

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -49,30 +50,12 @@ def warm_start(
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
-    if log.context_dim != market.user_dim:
-        raise LogValidationError(
-            f"`context` has {log.context_dim} features but the market's users have "
-            f"{market.user_dim} — warm-start from a log of this market"
-        )
-    if log.table.column("candidates").null_count != log.n_rows:
-        raise LogValidationError(
-            "`candidates` must be null (the campaign's full variant set) to rebuild observations "
-            "from the market's catalog"
-        )
+    camp_np = _campaign_rows(log, market)
     weighted = (
         isinstance(policy, UCB1Policy | EpsilonGreedyPolicy | BernoulliTSPolicy)
         if importance_weights is None
         else importance_weights
     )
-    camp_ids = pa.array(market.catalog.campaign_ids)
-    camp = pc.index_in(log.table.column("campaign_id"), value_set=camp_ids)
-    if camp.null_count:
-        bad = np.flatnonzero(np.asarray(camp.is_null()))
-        raise LogValidationError(
-            f"`campaign_id` rows {bad[:5].tolist()} name campaigns the market does not have — "
-            "warm-start from a log of this market"
-        )
-    camp_np = np.asarray(camp.to_numpy(zero_copy_only=False), np.int64)
     reward = log.reward
     keep = np.flatnonzero(~np.isnan(reward))
     ctx, aidx, prop = log.context, log.action_index.astype(np.int64), log.propensity
@@ -80,12 +63,7 @@ def warm_start(
     for start in range(0, keep.size, batch_size):
         rows = keep[start : start + batch_size]
         c = camp_np[rows]
-        obs = {
-            "user": ctx[rows],
-            "candidates": market.slot_features[c],
-            "shown": np.zeros((rows.size, market.max_candidates), np.float32),
-            "action_mask": market.slot_mask[c],
-        }
+        obs = _observations(market, ctx[rows], c)
         if weighted:
             w = 1.0 / prop[rows]
             variant = c * market.max_candidates + aidx[rows]
@@ -98,3 +76,52 @@ def warm_start(
         if progress is not None:
             progress(done)
     return policy
+
+
+def _campaign_rows(log: DecisionLog, market: Any) -> npt.NDArray[np.int64]:
+    """Catalog index of each row's campaign, after checking the log belongs to ``market``."""
+    if log.context_dim != market.user_dim:
+        raise LogValidationError(
+            f"`context` has {log.context_dim} features but the market's users have "
+            f"{market.user_dim} — use a log of this market"
+        )
+    if log.table.column("candidates").null_count != log.n_rows:
+        raise LogValidationError(
+            "`candidates` must be null (the campaign's full variant set) to rebuild observations "
+            "from the market's catalog"
+        )
+    camp = pc.index_in(
+        log.table.column("campaign_id"), value_set=pa.array(market.catalog.campaign_ids)
+    )
+    if camp.null_count:
+        bad = np.flatnonzero(np.asarray(camp.is_null()))
+        raise LogValidationError(
+            f"`campaign_id` rows {bad[:5].tolist()} name campaigns the market does not have — "
+            "use a log of this market"
+        )
+    return np.asarray(camp.to_numpy(zero_copy_only=False), np.int64)
+
+
+def _observations(
+    market: Any, users: npt.NDArray[np.float32], campaigns: npt.NDArray[np.int64]
+) -> dict[str, npt.NDArray[Any]]:
+    return {
+        "user": users,
+        "candidates": market.slot_features[campaigns],
+        "shown": np.zeros((campaigns.size, market.max_candidates), np.float32),
+        "action_mask": market.slot_mask[campaigns],
+    }
+
+
+def policy_probs_on_log(
+    policy: Policy, log: DecisionLog, market: Any, *, batch_size: int = 8192
+) -> npt.NDArray[np.float64]:
+    """The distribution ``policy`` would use on each logged decision, (n, K) — the target
+    probabilities for off-policy evaluation of a saved agent."""
+    camp = _campaign_rows(log, market)
+    ctx = log.context
+    out = np.zeros((log.n_rows, market.max_candidates))
+    for start in range(0, log.n_rows, batch_size):
+        sl = slice(start, start + batch_size)
+        out[sl] = policy.action_probs(_observations(market, ctx[sl], camp[sl]))
+    return out

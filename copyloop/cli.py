@@ -28,6 +28,11 @@ world_app = typer.Typer(help="Inspect the ground-truth click world.", no_args_is
 app.add_typer(logs_app, name="logs")
 app.add_typer(world_app, name="world")
 experiment_app = typer.Typer(help="Compare agents on the copy market.", no_args_is_help=True)
+ope_app = typer.Typer(
+    help="Off-policy evaluation: estimate a policy's value from a log, with intervals.",
+    invoke_without_command=True,
+)
+app.add_typer(ope_app, name="ope")
 app.add_typer(experiment_app, name="experiment")
 
 console = Console()
@@ -267,6 +272,232 @@ def experiment_run(
         f"wrote {res.out_dir} (summary.md, metrics.parquet, regret.png, ctr.png) "
         f"in {res.elapsed_s:.1f} s"
     )
+
+
+def _target(spec: Path, data: Any, log: Any, config: Path | None) -> Any:
+    """Target probabilities from a saved agent (.npz) or a probability file (.npy/.parquet)."""
+    from copyloop.ope import load_target
+
+    if spec.suffix == ".npz":
+        from copyloop.agents import Policy
+        from copyloop.agents.warm import policy_probs_on_log
+        from copyloop.ope import check_target
+
+        policy = Policy.load(spec)
+        market = _market(config, None)
+        return check_target(policy_probs_on_log(policy, log, market), data, name=spec.name)
+    return load_target(spec, data)
+
+
+def _feedback(logs: Path, variants: Path | None) -> tuple[Any, Any]:
+    from copyloop import DecisionLog, VariantsTable
+    from copyloop.ope import feedback_from_log
+
+    var = VariantsTable.read(variants) if variants is not None else None
+    if var is None and logs.with_suffix(".variants.parquet").is_file():
+        var = VariantsTable.read(logs.with_suffix(".variants.parquet"))
+    log = DecisionLog.read(logs, variants=var)
+    return log, feedback_from_log(log, var)
+
+
+@ope_app.callback()
+def ope_run(
+    ctx: typer.Context,
+    logs: Annotated[Path | None, typer.Option(help="DecisionLog Parquet.")] = None,
+    variants: Annotated[
+        Path | None,
+        typer.Option(help="Variants table (default: <logs>.variants.parquet if present)."),
+    ] = None,
+    policy: Annotated[Path | None, typer.Option(help="A saved copyloop agent (.npz).")] = None,
+    target_probs: Annotated[
+        Path | None, typer.Option(help="Per-row target probabilities (.npy (n, K) or Parquet).")
+    ] = None,
+    estimators: Annotated[str, typer.Option(help="Comma-separated estimators.")] = (
+        "ipw,snipw,dm,dr,sndr,switch-dr,dros,mips"
+    ),
+    alpha: Annotated[float, typer.Option(help="1 − confidence level.")] = 0.05,
+    reward_model: Annotated[str, typer.Option(help="logistic, ridge, gbm or mlp.")] = "logistic",
+    folds: Annotated[int, typer.Option(help="Cross-fitting folds.")] = 5,
+    n_boot: Annotated[
+        int, typer.Option(help="Bootstrap resamples for DM (refitting the reward model each time).")
+    ] = 50,
+    config: Annotated[Path | None, typer.Option(help="Market config (TOML) for --policy.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write estimates with intervals (PNG).")] = None,
+) -> None:
+    """Estimate the value of a policy from a log: estimate, interval, effective sample size.
+
+    DM's interval is a bootstrap that refits the reward model (a CLT interval holding the model
+    fixed would ignore its error); the weighting estimators use CLT intervals from per-row
+    influence terms, DR-family with cross-fitted reward models.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from copyloop.ope import RewardModel, bootstrap_interval, fit_reward_model, get_estimator
+
+    if logs is None:
+        raise _fail("--logs is required")
+    if (policy is None) == (target_probs is None):
+        raise _fail("give exactly one of --policy (a saved agent) or --target-probs (a file)")
+    names = [e.strip() for e in estimators.split(",") if e.strip()]
+    try:
+        ests = [get_estimator(n) for n in names]
+        model = RewardModel(kind=reward_model, folds=folds)
+        log, data = _feedback(logs, variants)
+        target = _target(policy or target_probs, data, log, config)  # type: ignore[arg-type]
+        q = fit = None
+        if any(e.needs_reward_model for e in ests):
+            with err.status("cross-fitting the reward model…"):
+                fit = fit_reward_model(data, model)
+            q = fit.q
+        results = []
+        for name, est in zip(names, ests, strict=True):
+            if name == "dm":
+                with _progress(n_boot, "DM bootstrap (refit)") as tick:
+                    iv = bootstrap_interval(
+                        est,
+                        data,
+                        target,
+                        alpha=alpha,
+                        n_boot=n_boot,
+                        model=model,
+                        q=q,
+                        refit=True,
+                        progress=tick,
+                    )
+            else:
+                iv = est.interval(data, target, q, alpha)
+            results.append((name, iv))
+    except (LogValidationError, ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    out = {
+        "rows": data.n_rows,
+        "alpha": alpha,
+        "logging_policy_value": float(data.reward.mean()),
+        "reward_model": None
+        if fit is None
+        else {
+            "kind": reward_model,
+            "folds": folds,
+            "oof_logloss": fit.oof_logloss,
+            "base_rate_logloss": fit.base_logloss,
+        },
+        "estimates": [
+            {
+                "estimator": n,
+                "estimate": iv.estimate,
+                "lower": iv.lower,
+                "upper": iv.upper,
+                "interval": iv.method,
+                "ess": iv.ess,
+                "max_weight": iv.max_weight,
+            }
+            for n, iv in results
+        ],
+    }
+    if plot is not None:
+        _plot_estimates(results, data.reward.mean(), plot)
+    if as_json:
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return
+    t = Table(
+        title=f"off-policy value on {data.n_rows:,} logged decisions "
+        f"(logging policy's observed value {data.reward.mean():.5f})"
+    )
+    for c in ("estimator", "estimate", f"{1 - alpha:.0%} interval", "method", "ESS", "max w"):
+        t.add_column(c)
+    for n, iv in results:
+        t.add_row(
+            n,
+            f"{iv.estimate:.5f}",
+            f"[{iv.lower:.5f}, {iv.upper:.5f}]",
+            iv.method,
+            "" if iv.ess is None else f"{iv.ess:,.0f}",
+            "" if iv.max_weight is None else f"{iv.max_weight:.1f}",
+        )
+    console.print(t)
+    if fit is not None and fit.oof_logloss is not None:
+        console.print(
+            f"reward model ({reward_model}, {folds}-fold cross-fit): out-of-fold "
+            f"log-loss {fit.oof_logloss:.5f} vs base rate {fit.base_logloss:.5f}"
+        )
+
+
+def _plot_estimates(results: list[tuple[str, Any]], logged: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(results)))
+    for i, (_name, iv) in enumerate(results):
+        ax.errorbar(
+            iv.estimate,
+            i,
+            xerr=[[iv.estimate - iv.lower], [iv.upper - iv.estimate]],
+            fmt="o",
+            capsize=3,
+        )
+    ax.axvline(logged, ls="--", c="grey", label="logging policy (observed)")
+    ax.set_yticks(range(len(results)), [n for n, _ in results])
+    ax.set_xlabel("estimated policy value")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@ope_app.command("gate")
+def ope_gate(
+    logs: Annotated[Path, typer.Option(help="DecisionLog Parquet.")],
+    candidate: Annotated[Path, typer.Option(help="Candidate: saved agent (.npz) or probs file.")],
+    incumbent: Annotated[Path, typer.Option(help="Incumbent: saved agent (.npz) or probs file.")],
+    variants: Annotated[Path | None, typer.Option(help="Variants table.")] = None,
+    estimator: Annotated[str, typer.Option(help="Estimator deciding the gate.")] = "dr",
+    alpha: Annotated[float, typer.Option(help="1 − confidence level.")] = 0.05,
+    config: Annotated[Path | None, typer.Option(help="Market config (TOML) for agents.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Promote or hold: promote only when the candidate's lower confidence bound beats the
+    incumbent's estimate (exit code 0 = promote, 1 = hold)."""
+    from copyloop.ope import fit_reward_model, get_estimator
+    from copyloop.ope.gate import gate
+
+    try:
+        est = get_estimator(estimator)
+        log, data = _feedback(logs, variants)
+        cand = _target(candidate, data, log, config)
+        inc = _target(incumbent, data, log, config)
+        q = fit_reward_model(data).q if est.needs_reward_model else None
+        d = gate(data, cand, inc, estimator=estimator, q=q, alpha=alpha)
+    except (LogValidationError, ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "promote": d.promote,
+                    "reason": d.reason,
+                    "candidate": {
+                        "estimate": d.candidate.estimate,
+                        "lower": d.candidate.lower,
+                        "upper": d.candidate.upper,
+                    },
+                    "incumbent": {
+                        "estimate": d.incumbent.estimate,
+                        "lower": d.incumbent.lower,
+                        "upper": d.incumbent.upper,
+                    },
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    else:
+        console.print(
+            ("[bold green]PROMOTE[/] " if d.promote else "[bold yellow]HOLD[/] ") + escape(d.reason)
+        )
+    raise typer.Exit(code=0 if d.promote else 1)
 
 
 @app.command()

@@ -51,7 +51,8 @@ class CopyMarketSB3VecEnv(VecEnv):
 
     Example:
         >>> from copyloop.envs import CopyMarketVectorEnv, Market
-        >>> env = CopyMarketSB3VecEnv(CopyMarketVectorEnv(256, market=Market.get()))  # doctest: +SKIP
+        >>> venv = CopyMarketVectorEnv(256, market=Market.get())  # doctest: +SKIP
+        >>> env = CopyMarketSB3VecEnv(venv)  # doctest: +SKIP
         >>> obs = env.reset()  # doctest: +SKIP
         >>> obs["action_mask"].shape, env.action_masks().dtype  # doctest: +SKIP
         ((256, 8), dtype('bool'))
@@ -183,7 +184,7 @@ class CopyMarketSB3VecEnv(VecEnv):
     def seed(self, seed: int | None = None) -> Sequence[int | None]:
         """Seed the next :meth:`reset` (one seed for the whole batch; None = random)."""
         if seed is None:
-            seed = int(np.random.randint(0, np.iinfo(np.uint32).max, dtype=np.uint32))
+            seed = int(np.random.default_rng().integers(0, np.iinfo(np.uint32).max))
         self._seeds = [seed] * self.num_envs
         return self._seeds
 

@@ -1,0 +1,232 @@
+"""Typed inputs of off-policy evaluation: logged bandit feedback and a target policy.
+
+:class:`BanditFeedback` is what the estimators read: per row the context, the candidate set
+(as slots of width K), the chosen slot, its reward and logging propensity, optionally the
+logging policy's full distribution and each candidate's embedding (for MIPS). It is built from a
+:class:`~copyloop.DecisionLog` (+ variants table) by :func:`feedback_from_log`, after which the
+contract has already validated every column. A target policy is given as a per-row probability
+matrix aligned to those rows and slots (:func:`check_target`), the universal format: any
+external policy can be evaluated.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow.compute as pc
+
+from copyloop.contract import DecisionLog, LogValidationError, VariantsTable
+
+_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class BanditFeedback:
+    """Logged decisions as arrays (n rows, K candidate slots).
+
+    Attributes:
+        context: features the logging policy saw, (n, d).
+        mask: valid candidate slots per row, (n, K).
+        action: chosen slot per row, (n,).
+        reward: observed reward, (n,).
+        pscore: logging propensity of the chosen slot, (n,), in (0, 1].
+        logging_probs: the logging policy's distribution over slots, (n, K), or None.
+        candidate_features: per row and slot, features of the candidate (embeddings), (n, K, e),
+            or None.
+        variant: variant index (into the variants table) per row and slot, (n, K), -1 unused;
+            or None.
+        position: slot position per row, (n,), or None.
+    """
+
+    context: npt.NDArray[np.float64]
+    mask: npt.NDArray[np.bool_]
+    action: npt.NDArray[np.int64]
+    reward: npt.NDArray[np.float64]
+    pscore: npt.NDArray[np.float64]
+    logging_probs: npt.NDArray[np.float64] | None = None
+    candidate_features: npt.NDArray[np.float32] | None = None
+    variant: npt.NDArray[np.int64] | None = None
+    position: npt.NDArray[np.int64] | None = None
+
+    def __post_init__(self) -> None:
+        n = self.action.shape[0]
+        if n == 0:
+            raise ValueError("the log is empty — off-policy evaluation needs at least one row")
+        for name in ("context", "mask", "reward", "pscore"):
+            if getattr(self, name).shape[0] != n:
+                raise ValueError(f"`{name}` has {getattr(self, name).shape[0]} rows, expected {n}")
+        if not self.mask[np.arange(n), self.action].all():
+            raise ValueError("`action` must be a valid slot (inside `mask`) in every row")
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.action.shape[0])
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.mask.shape[1])
+
+    def take(self, idx: npt.NDArray[np.intp]) -> BanditFeedback:
+        """The rows ``idx`` (for folds and bootstrap resamples)."""
+
+        def t(a: npt.NDArray[np.generic] | None) -> npt.NDArray[np.generic] | None:
+            return None if a is None else a[idx]
+
+        return BanditFeedback(
+            context=self.context[idx],
+            mask=self.mask[idx],
+            action=self.action[idx],
+            reward=self.reward[idx],
+            pscore=self.pscore[idx],
+            logging_probs=t(self.logging_probs),  # type: ignore[arg-type]
+            candidate_features=t(self.candidate_features),  # type: ignore[arg-type]
+            variant=t(self.variant),  # type: ignore[arg-type]
+            position=t(self.position),  # type: ignore[arg-type]
+        )
+
+
+def feedback_from_log(log: DecisionLog, variants: VariantsTable | None = None) -> BanditFeedback:
+    """Arrays for the estimators from a validated log.
+
+    Rows without an observed reward are refused (drop them first: OPE needs outcomes). With a
+    variants table, rows whose ``candidates`` is null use their campaign's full variant set and
+    candidates carry the variants' embeddings (for MIPS and the reward models).
+    """
+    r = log.reward
+    missing = np.isnan(r)
+    if missing.any():
+        rows = np.flatnonzero(missing)[:5].tolist()
+        raise LogValidationError(
+            f"`reward` is null in {int(missing.sum())} rows (first: {rows}) — OPE needs observed "
+            "outcomes; filter those rows out first"
+        )
+    n = log.n_rows
+    cand = log.table.column("candidates").combine_chunks()
+    has_cand = np.asarray(cand.is_valid().to_numpy(zero_copy_only=False))
+    vid_of: dict[str, int] = {}
+    camp_slots: dict[str, list[int]] = {}
+    if variants is not None:
+        vid_of = {v: i for i, v in enumerate(variants.variant_ids)}
+        for c, vs in variants.campaign_variants().items():
+            camp_slots[c] = [vid_of[v] for v in vs]
+    if (~has_cand).any() and variants is None:
+        raise LogValidationError(
+            "`candidates` is null (the campaign's full set) in some rows, so the variants table "
+            "is needed to know the candidate sets — pass --variants"
+        )
+    lengths = np.where(
+        has_cand, pc.list_value_length(cand).fill_null(0).to_numpy(zero_copy_only=False), 0
+    )
+    camps = log.table.column("campaign_id").to_pylist()
+    if (~has_cand).any():
+        camp_len = np.array([len(camp_slots.get(c, [])) for c in camps])
+        lengths = np.where(has_cand, lengths, camp_len)
+    k = int(lengths.max())
+    variant = np.full((n, k), -1, np.int64)
+    cand_lists = cand.to_pylist() if has_cand.any() else [None] * n
+    for i in range(n):
+        if has_cand[i]:
+            ids = [vid_of.get(v, -2) for v in cand_lists[i]] if vid_of else list(range(lengths[i]))
+        else:
+            ids = camp_slots[camps[i]]
+        variant[i, : len(ids)] = ids
+    mask = np.arange(k)[None, :] < lengths[:, None]
+    probs = None
+    ap = log.table.column("action_probs").combine_chunks()
+    if ap.null_count == 0:
+        flat = np.asarray(ap.flatten().to_numpy(zero_copy_only=False), np.float64)
+        probs = np.zeros((n, k))
+        probs[mask] = flat
+    feats = None
+    if variants is not None and variants.embeddings is not None and (variant >= -1).all():
+        emb = variants.embeddings
+        pad = np.vstack([emb, np.zeros((1, emb.shape[1]), np.float32)])
+        feats = pad[np.where(variant >= 0, variant, emb.shape[0])]
+    return BanditFeedback(
+        context=log.context.astype(np.float64),
+        mask=mask,
+        action=log.action_index.astype(np.int64),
+        reward=r,
+        pscore=log.propensity,
+        logging_probs=probs,
+        candidate_features=feats,
+        variant=variant if variants is not None else None,
+        position=None if log.position is None else log.position.astype(np.int64),
+    )
+
+
+def check_target(
+    target: npt.ArrayLike, data: BanditFeedback, *, name: str = "target_probs"
+) -> npt.NDArray[np.float64]:
+    """Validate a target policy's per-row distribution against the log's rows and slots.
+
+    Raises:
+        ValueError: wrong shape, non-finite or negative entries, mass on invalid slots, or rows
+            that do not sum to 1 — naming the rows and the fix.
+    """
+    p = np.asarray(target, dtype=np.float64)
+    n, k = data.n_rows, data.n_slots
+    if p.ndim != 2 or p.shape[0] != n or p.shape[1] < k:
+        raise ValueError(
+            f"`{name}` must have shape ({n}, {k}) — one row per logged decision, one column per "
+            f"candidate slot — got {p.shape}"
+        )
+    if p.shape[1] > k:
+        extra = p[:, k:]
+        if np.any(extra != 0):
+            raise ValueError(f"`{name}` puts probability on slots >= {k}, which no row has")
+        p = p[:, :k]
+    bad = ~np.isfinite(p).all(axis=1) | (p < 0).any(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"`{name}` must be finite and >= 0; rows {np.flatnonzero(bad)[:5].tolist()}"
+        )
+    off = (p * ~data.mask).sum(axis=1) > _TOL
+    if off.any():
+        raise ValueError(
+            f"`{name}` puts probability on slots that are not candidates in rows "
+            f"{np.flatnonzero(off)[:5].tolist()} — zero them (align columns to the log's slots)"
+        )
+    s = p.sum(axis=1)
+    bad = np.abs(s - 1.0) > _TOL
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5]
+        raise ValueError(
+            f"`{name}` rows must sum to 1; rows {rows.tolist()} sum to "
+            f"{[round(float(x), 6) for x in s[rows]]} — normalise them"
+        )
+    return p
+
+
+def load_target(path: str | os.PathLike[str], data: BanditFeedback) -> npt.NDArray[np.float64]:
+    """Read target probabilities from ``.npy`` (n, K) or Parquet (a list column ``probs`` or
+    one column per slot) and validate them."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"target-probabilities file {p} does not exist")
+    if p.suffix == ".npy":
+        arr = np.load(p, allow_pickle=False)
+    elif p.suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(p)
+        if "probs" in t.column_names:
+            col = t.column("probs").combine_chunks()
+            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+            k = int(lengths.max())
+            arr = np.zeros((t.num_rows, k))
+            arr[np.arange(k)[None, :] < lengths[:, None]] = np.asarray(
+                col.flatten().to_numpy(zero_copy_only=False), np.float64
+            )
+        else:
+            arr = np.column_stack([t.column(c).to_numpy() for c in t.column_names]).astype(float)
+    else:
+        raise ValueError(f"{p}: target probabilities must be .npy or .parquet")
+    return check_target(arr, data, name=p.name)
+
+
+__all__ = ["BanditFeedback", "check_target", "feedback_from_log", "load_target"]
