@@ -76,7 +76,15 @@ class VariantIndex:
     ) -> npt.NDArray[np.int64]:
         """Variant id of each slot, (B, K); -1 on masked slots. New variants get new ids."""
         b, k = mask.shape
-        c = np.ascontiguousarray(np.asarray(candidates, np.float32).reshape(b * k, -1))
+        flat = np.asarray(candidates, np.float32).reshape(b, -1)
+        if b > 1 and (flat == flat[:1]).all():  # one candidate set for the whole batch
+            first = self.ids(flat[:1], mask[:1])
+            return (
+                np.broadcast_to(first, (b, k)).copy()
+                if mask.all() or (mask == mask[:1]).all()
+                else np.where(mask, first, -1)
+            )
+        c = np.ascontiguousarray(flat.reshape(b * k, -1))
         self._width = c.shape[1]
         rows = c.view(np.dtype((np.void, c.shape[1] * 4))).ravel()
         uniq, inv = np.unique(rows, return_inverse=True)

@@ -39,21 +39,29 @@ def choose_from_draws(
         (actions (B,), probs (B, K)); ``probs[b]`` is the distribution ``actions[b]`` was drawn
         from.
     """
-    winners, probs = winners_and_probs(scores, mask)
-    b, m = winners.shape
+    s, probs = masked_win_frequencies(scores, mask)
+    b, _, m = s.shape
     pick = rng.integers(0, m, size=b)
-    return winners[np.arange(b), pick].astype(np.int64), probs
+    return s[np.arange(b), :, pick].argmax(axis=1).astype(np.int64), probs
 
 
-def winners_and_probs(
+def masked_win_frequencies(
     scores: npt.NDArray[np.floating], mask: npt.NDArray[np.bool_]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """Each draw's winning slot (B, M) and the winners' frequencies (B, K)."""
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.float64]]:
+    """The scores with invalid slots at −inf (B, K, M), and how often each slot wins (B, K).
+
+    A draw's winner is its first maximal slot (``argmax``), the same rule the chosen action
+    uses, so the frequencies are exactly the distribution the action is drawn from, ties
+    included.
+    """
     b, k, m = scores.shape
-    winners = np.where(mask[:, :, None], scores, -np.inf).argmax(axis=1)  # (B, M)
+    s = scores if mask.all() else np.where(mask[:, :, None], scores, -np.inf)
+    top = s == s.max(axis=1, keepdims=True)
+    if (top.sum(axis=1) == 1).all():  # no ties: count maxima directly (fast path)
+        return s, top.sum(axis=2) / m
+    winners = s.argmax(axis=1)  # (B, M)
     flat = (np.arange(b)[:, None] * k + winners).ravel()
-    probs = np.bincount(flat, minlength=b * k).reshape(b, k) / m
-    return winners, probs
+    return s, np.bincount(flat, minlength=b * k).reshape(b, k) / m
 
 
 def _check_draws(n_draws: int) -> None:
@@ -138,10 +146,10 @@ class BernoulliTSPolicy(Policy):
         a = self.alpha + self._clicks[useg[:, None], safe]
         b = self.beta + self._shows[useg[:, None], safe] - self._clicks[useg[:, None], safe]
         draws = rng.beta(a[:, :, None], b[:, :, None], size=(*uids.shape, self.n_draws))
-        winners, g_probs = winners_and_probs(draws, uids >= 0)
+        s, g_probs = masked_win_frequencies(draws, uids >= 0)
         # Each row acts on its own uniformly chosen draw of its group.
         pick = rng.integers(0, self.n_draws, size=inv.size)
-        return winners[inv, pick].astype(np.int64), g_probs[inv]
+        return s[inv, :, pick].argmax(axis=1).astype(np.int64), g_probs[inv]
 
     supports_weights = True
 
@@ -199,11 +207,14 @@ class _GaussianHeadTS(Policy):
         scores = (phi.reshape(b * k, d) @ theta.T).reshape(b, k, self.n_draws)
         return choose_from_draws(scores, mask, rng)
 
-    @staticmethod
-    def _chosen(
-        phi: npt.NDArray[np.float32], actions: npt.NDArray[np.int64]
+    def _chosen_phi(
+        self, obs: dict[str, npt.NDArray[Any]], actions: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.float64]:
-        return phi[np.arange(actions.size), actions].astype(np.float64)
+        """φ of the chosen candidates only, (B, d) — learning needs no other slot."""
+        b = actions.size
+        chosen = candidate_block(obs)[np.arange(b), actions]
+        sub = {"user": obs["user"], "candidates": chosen, "action_mask": np.ones((b, 1), np.int8)}
+        return self._phi(sub)[:, 0].astype(np.float64)
 
 
 class LinearTSPolicy(_GaussianHeadTS):
@@ -267,7 +278,7 @@ class LinearTSPolicy(_GaussianHeadTS):
         self._learn_weighted(obs, actions, rewards, np.ones(actions.size))
 
     def _learn_weighted(self, obs, actions, rewards, weights):  # type: ignore[no-untyped-def]
-        x = self._chosen(self._phi(obs), actions)
+        x = self._chosen_phi(obs, actions)
         self._init(x.shape[1])
         assert self._A is not None and self._b is not None
         self._A += (x * weights[:, None]).T @ x
@@ -333,7 +344,7 @@ class LogisticTSPolicy(_GaussianHeadTS):
         return self._m[None, :] + self.alpha * rng.standard_normal((m, d)) / np.sqrt(self._q)
 
     def _learn(self, obs, actions, rewards):  # type: ignore[no-untyped-def]
-        x = self._chosen(self._phi(obs), actions)
+        x = self._chosen_phi(obs, actions)
         self._init(x.shape[1])
         m, q = self._m, self._q
         assert m is not None and q is not None
