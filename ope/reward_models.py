@@ -182,6 +182,14 @@ def fit_reward_model(data: BanditFeedback, model: RewardModel | None = None) -> 
 
 
 def _cross_fit(data: BanditFeedback, m: RewardModel) -> CrossFit:
+    from threadpoolctl import threadpool_limits
+
+    # Each fit is a small dense problem: one BLAS thread is fastest (threads only contend).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _cross_fit_1(data, m)
+
+
+def _cross_fit_1(data: BanditFeedback, m: RewardModel) -> CrossFit:
     phi = design(data, m.embedding_dim)
     n, k, p = phi.shape
     rng = np.random.default_rng(m.seed)

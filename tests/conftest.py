@@ -4,6 +4,10 @@ import os
 
 import pytest
 
+# One BLAS thread: the suite's matrices are small, and on a shared 2-core machine threaded
+# BLAS is up to 50x slower (and thread counts must not change results).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
