@@ -179,7 +179,7 @@ def test_bootstrap_interval_is_seeded(logged) -> None:
 
 
 def test_gate_promotes_only_on_evidence(logged) -> None:
-    data, target, _ = logged
+    data, _, _ = logged
     uniform = data.mask / data.mask.sum(1, keepdims=True)
     worst = np.zeros_like(uniform)
     worst[np.arange(data.n_rows), data.mask.sum(1) - 1] = 1.0
