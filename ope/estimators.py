@@ -98,6 +98,17 @@ class Estimator(ABC):
     def _terms(self, data: BanditFeedback, target: Array, q: Array | None) -> tuple[float, Array]:
         """(estimate, influence terms (n,))."""
 
+    def parts(self, data: BanditFeedback, target: Array, q: Array | None = None) -> Array:
+        """Per-row summands ``(n, p)`` whose column sums determine the estimate through
+        :meth:`combine` — what a resampling bootstrap (or a streamed evaluation) needs."""
+        est, psi = self._terms(data, target, self._check(q, data))
+        return (psi + est)[:, None]
+
+    @staticmethod
+    def combine(sums: Array, n: Array) -> Array:
+        """The estimate from column sums ``(..., p)`` over ``n`` rows (``(...)``)."""
+        return sums[..., 0] / n
+
     def _check(self, q: Array | None, data: BanditFeedback) -> Array | None:
         if self.needs_reward_model:
             if q is None:
@@ -182,6 +193,14 @@ class SNIPW(Estimator):
         est = float((w * data.reward).sum() / w.sum())
         return est, w * (data.reward - est) / mw
 
+    def parts(self, data: BanditFeedback, target: Array, q: Array | None = None) -> Array:
+        w = importance_weights(data, target)
+        return np.column_stack([w * data.reward, w])
+
+    @staticmethod
+    def combine(sums: Array, n: Array) -> Array:
+        return sums[..., 0] / sums[..., 1]
+
 
 @dataclass(frozen=True)
 class DR(Estimator):
@@ -217,6 +236,17 @@ class SNDR(Estimator):
         est = float(dm.mean()) + corr
         psi = (dm - dm.mean()) + w * (data.reward - qa - corr) / mw
         return est, psi
+
+    def parts(self, data: BanditFeedback, target: Array, q: Array | None = None) -> Array:
+        q = self._check(q, data)
+        assert q is not None
+        w = importance_weights(data, target)
+        qa = q[np.arange(data.n_rows), data.action]
+        return np.column_stack([_dm_values(target, q), w * (data.reward - qa), w])
+
+    @staticmethod
+    def combine(sums: Array, n: Array) -> Array:
+        return sums[..., 0] / n + sums[..., 1] / sums[..., 2]
 
 
 @dataclass(frozen=True)
@@ -304,6 +334,13 @@ class MIPS(Estimator):
         rows = np.arange(data.n_rows)
         same = cat == cat[rows, data.action][:, None]
         return (target * same).sum(1) / (data.logging_probs * same).sum(1)
+
+    def parts(self, data: BanditFeedback, target: Array, q: Array | None = None) -> Array:
+        w = self.weights(data, target)
+        return np.column_stack([w * data.reward, w])
+
+    def combine(self, sums: Array, n: Array) -> Array:  # type: ignore[override]
+        return sums[..., 0] / (sums[..., 1] if self.self_normalize else n)
 
     def _terms(self, data, target, q):  # type: ignore[no-untyped-def]
         w = self.weights(data, target)

@@ -224,12 +224,20 @@ def bootstrap_interval(
     q: Array | None = None,
     refit: bool = True,
     seed: int = 0,
+    blocks: int = 10_000,
     progress: Callable[[int], None] | None = None,
 ) -> Interval:
     """Percentile bootstrap interval over resampled rows.
 
     For model-based estimators, ``refit=True`` refits the cross-fitted reward model on every
     resample (so the interval includes the model's uncertainty); ``refit=False`` reuses ``q``.
+
+    Without refitting, resampling works on per-row sufficient statistics
+    (:meth:`Estimator.parts`) with the Poisson bootstrap (each row, or group, enters a resample
+    Poisson(1) times — the large-sample equivalent of multinomial resampling), so no resampled
+    copy of the data is ever built. Logs larger than ``blocks`` rows are resampled in
+    ``blocks`` random groups of rows (iid rows make the groups iid, so the bootstrap's limit is
+    the same); smaller logs are resampled row by row, the textbook bootstrap.
     """
     if n_boot < 2:
         raise ValueError(f"`n_boot` must be >= 2, got {n_boot}")
@@ -242,6 +250,10 @@ def bootstrap_interval(
     point = estimator.estimate(data, target, q)
     rng = np.random.default_rng(seed)
     n = data.n_rows
+    if not (refit and estimator.needs_reward_model):
+        return _resample_sums(
+            estimator, data, target, q, point, alpha, n_boot, blocks, rng, progress
+        )
     stats = np.empty(n_boot)
     for b in range(n_boot):
         idx = rng.integers(0, n, size=n)
@@ -258,3 +270,46 @@ def bootstrap_interval(
         ess, wmax = weight_diagnostics(importance_weights(data, target))
     method = "bootstrap-refit" if (refit and estimator.needs_reward_model) else "bootstrap"
     return Interval(estimator.name, point, float(lo), float(hi), alpha, method, n, ess, wmax)
+
+
+def _resample_sums(
+    estimator: Estimator,
+    data: BanditFeedback,
+    target: Array,
+    q: Array | None,
+    point: float,
+    alpha: float,
+    n_boot: int,
+    blocks: int,
+    rng: np.random.Generator,
+    progress: Callable[[int], None] | None,
+) -> Interval:
+    parts = estimator.parts(data, target, q)  # (n, p)
+    n = data.n_rows
+    if blocks < 1:
+        raise ValueError(f"`blocks` must be >= 1, got {blocks}")
+    if n <= blocks:
+        group_sums, sizes = parts, np.ones(n)
+    else:
+        group = rng.permutation(n) % blocks
+        group_sums = np.column_stack(
+            [
+                np.bincount(group, weights=parts[:, j], minlength=blocks)
+                for j in range(parts.shape[1])
+            ]
+        )
+        sizes = np.bincount(group, minlength=blocks).astype(np.float64)
+    g = sizes.size
+    stats = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // g)  # bound the (resamples × groups) count matrix
+    for start in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - start)
+        counts = rng.poisson(1.0, size=(m, g)).astype(np.float64)
+        stats[start : start + m] = estimator.combine(counts @ group_sums, counts @ sizes)
+        if progress is not None:
+            progress(start + m)
+    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    ess = wmax = None
+    if estimator.uses_weights:
+        ess, wmax = weight_diagnostics(importance_weights(data, target))
+    return Interval(estimator.name, point, float(lo), float(hi), alpha, "bootstrap", n, ess, wmax)
