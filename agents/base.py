@@ -107,7 +107,7 @@ class Policy(ABC):
         self.seed = seed
         self.exploration_floor = exploration_floor
         self._calls = 0
-        self._entropy = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        self._entropy = seed if seed is not None else int(np.random.default_rng().integers(2**62))
 
     # ---- the two verbs --------------------------------------------------------------------------
     def act(self, obs: Obs) -> Decision:
@@ -272,7 +272,7 @@ class Policy(ABC):
         }
         p = Path(path)
         with atomic_path(p) as tmp, open(tmp, "wb") as f:
-            np.savez(f, __header__=np.array(json.dumps(header)), **state)
+            np.savez(f, __header__=np.array(json.dumps(header)), **state)  # type: ignore[arg-type]
         return p
 
     @classmethod

@@ -191,7 +191,7 @@ class SessionBlock:
 
     users: npt.NDArray[np.int64]  # (n,)
     campaigns: npt.NDArray[np.int64]  # (n,)
-    first_ctr: npt.NDArray[np.float64]  # (n, K), first-impression CTR, 0 in unused slots
+    first_ctr: npt.NDArray[np.float32]  # (n, K), first-impression CTR, 0 in unused slots
     user_feats: npt.NDArray[np.float32]  # (n, du)
     cand_feats: npt.NDArray[np.float32]  # (n, K·dv): K slots of dv features, row-major
     mask: npt.NDArray[np.int8]  # (n, K)

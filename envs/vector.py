@@ -117,7 +117,9 @@ class CopyMarketVectorEnv(
             ctr = s.first_ctr
             u = s.uniforms[:, 0]
         else:
-            ctr = s.first_ctr * self._same_pow[self._shown] * self._any_pow[step][:, None]
+            ctr = (s.first_ctr * self._same_pow[self._shown] * self._any_pow[step][:, None]).astype(
+                np.float32
+            )
             u = s.uniforms[rows, step]
         flat = self._row_offsets + a  # flat index of each chosen slot in (B, K) arrays
         valid = s.mask.ravel()[flat].astype(bool)

@@ -144,7 +144,7 @@ def sigmoid(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     y = np.tanh(np.asarray(x, np.float32) * np.float32(0.5))
     y += np.float32(1.0)
     y *= np.float32(0.5)
-    return y
+    return y.astype(np.float32, copy=False)
 
 
 _CUES = slice(0, 12)
@@ -342,7 +342,7 @@ class ClickWorld:
         logit = tab + user
         cues = np.take(terms.cues_t, rows, axis=0)  # (B, 12, K)
         logit += np.matmul(user_rows[:, None, _CUES], cues)[:, 0]
-        return logit
+        return np.asarray(logit, np.float32)
 
     def _calibrate(
         self,
@@ -385,7 +385,7 @@ class ClickWorld:
         users: npt.NDArray[np.int64],
         campaigns: npt.NDArray[np.int64],
         t: float | npt.NDArray[np.float64] = 0.0,
-    ) -> npt.NDArray[np.float64]:
+    ) -> npt.NDArray[np.float32]:
         """CTR of a first impression of each candidate slot, ``(B, K)``; 0 in unused slots."""
         return self.first_ctr_rows(self.user_table[np.asarray(users, np.int64)], campaigns, t)
 
@@ -416,7 +416,7 @@ class ClickWorld:
         *,
         embeddings: npt.NDArray[np.float32] | None = None,
         t: float = 0.0,
-    ) -> npt.NDArray[np.float64]:
+    ) -> npt.NDArray[np.float32]:
         """True first-impression CTR of arbitrary copy for ``users`` in ``campaign``,
         shape ``(len(users), len(texts))`` — how generated copy is judged."""
         from copyloop.envs.embed import default_encoder

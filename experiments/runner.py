@@ -411,7 +411,10 @@ def _resolved_params(agent: AgentSpec) -> dict[str, Any]:
         if k != "seed" and v is not None
     }
     try:
-        same = type(pol)(**copy.deepcopy(full), seed=0).get_params() == pol.get_params()
+        same = (
+            type(pol)(**copy.deepcopy(full), seed=0).get_params()  # type: ignore[arg-type]
+            == pol.get_params()
+        )
     except (ValueError, TypeError):
         same = False
     return full if same else dict(agent.params)
@@ -566,7 +569,7 @@ def run_one(spec: RunSpec, progress: Callable[[int], None] | None = None) -> pd.
             chosen = ctr[np.arange(take), a]
             best = ctr.max(axis=1)
             cum = np.cumsum(np.stack([rewards[rows], chosen, best, best - chosen]), axis=1)
-            q = np.searchsorted(points, done + take, side="right")
+            q = int(np.searchsorted(points, done + take, side="right"))
             if q > p:  # metric points inside this batch (impression t = done + i + 1)
                 series[:, p:q] = totals[:, None] + cum[:, points[p:q] - done - 1]
                 p = q

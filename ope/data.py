@@ -130,7 +130,11 @@ def feedback_from_log(log: DecisionLog, variants: VariantsTable | None = None) -
     cand_lists = cand.to_pylist() if has_cand.any() else [None] * n
     for i in range(n):
         if has_cand[i]:
-            ids = [vid_of.get(v, -2) for v in cand_lists[i]] if vid_of else list(range(lengths[i]))
+            ids = (
+                [vid_of.get(v, -2) for v in (cand_lists[i] or [])]
+                if vid_of
+                else list(range(lengths[i]))
+            )
         else:
             ids = camp_slots[camps[i]]
         variant[i, : len(ids)] = ids

@@ -260,7 +260,7 @@ def bootstrap_interval(
         sub = data.take(idx)
         qb = None
         if estimator.needs_reward_model:
-            qb = fit_reward_model(sub, model).q if refit else q[idx]  # type: ignore[index]
+            qb = fit_reward_model(sub, model).q if refit else q[idx]  # type: ignore[index,unused-ignore]
         stats[b] = estimator.estimate(sub, target[idx], qb)
         if progress is not None:
             progress(b + 1)
