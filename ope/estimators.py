@@ -144,7 +144,7 @@ class Estimator(ABC):
 
 
 def _dm_values(target: Array, q: Array) -> Array:
-    return (target * q).sum(axis=1)
+    return np.einsum("nk,nk->n", target, q)
 
 
 @dataclass(frozen=True)
@@ -278,6 +278,8 @@ class DRos(DR):
     def _weights(self, w: Array) -> Array:
         if self.lambda_ == 0:
             return np.zeros_like(w)
+        if np.isinf(self.lambda_):  # no shrinkage: plain DR (obp's convention)
+            return w
         return self.lambda_ * w / (w * w + self.lambda_)
 
 

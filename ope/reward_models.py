@@ -8,6 +8,7 @@ the model fixed).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -155,11 +156,18 @@ def _mlp(model: RewardModel, x_train: Array, y: Array, x_pred: Array, binary: bo
     return out.numpy().astype(np.float64)
 
 
-def fit_reward_model(data: BanditFeedback, model: RewardModel | None = None) -> CrossFit:
+def fit_reward_model(
+    data: BanditFeedback,
+    model: RewardModel | None = None,
+    *,
+    fold: npt.NDArray[np.int64] | None = None,
+) -> CrossFit:
     """Cross-fitted q̂ for every row and slot, plus out-of-fold log-loss vs the base rate.
 
     With ``model.c`` None (logistic/ridge), each value of :data:`C_GRID` is cross-fitted and the
-    one with the lowest out-of-fold loss is kept.
+    one with the lowest out-of-fold loss is kept. ``fold`` (n,) assigns rows to folds (default:
+    a seeded random split); a bootstrap passes its rows' original folds so copies of one row
+    never sit on both sides of a split.
     """
     m = model or RewardModel()
     if m.c is None and m.kind in ("logistic", "ridge"):
@@ -177,23 +185,27 @@ def fit_reward_model(data: BanditFeedback, model: RewardModel | None = None) -> 
             return float(np.mean((sel.reward - qa) ** 2))
 
         best = min(C_GRID, key=score)
-        return _cross_fit(data, replace(m, c=best))
-    return _cross_fit(data, m)
+        return _cross_fit(data, replace(m, c=best), fold)
+    return _cross_fit(data, m, fold)
 
 
-def _cross_fit(data: BanditFeedback, m: RewardModel) -> CrossFit:
+def _cross_fit(
+    data: BanditFeedback, m: RewardModel, fold: npt.NDArray[np.int64] | None = None
+) -> CrossFit:
     from threadpoolctl import threadpool_limits
 
     # Each fit is a small dense problem: one BLAS thread is fastest (threads only contend).
     with threadpool_limits(limits=1, user_api="blas"):
-        return _cross_fit_1(data, m)
+        return _cross_fit_1(data, m, fold)
 
 
-def _cross_fit_1(data: BanditFeedback, m: RewardModel) -> CrossFit:
+def _cross_fit_1(
+    data: BanditFeedback, m: RewardModel, fold: npt.NDArray[np.int64] | None
+) -> CrossFit:
     phi = design(data, m.embedding_dim)
     n, k, p = phi.shape
-    rng = np.random.default_rng(m.seed)
-    fold = rng.permutation(n) % m.folds
+    if fold is None:
+        fold = np.random.default_rng(m.seed).permutation(n) % m.folds
     q = np.zeros((n, k))
     rows = np.arange(n)
     for f in range(m.folds):
@@ -247,20 +259,20 @@ def bootstrap_interval(
         # Resamples reuse the regularisation chosen on the full data (choosing it again on
         # every resample would multiply the cost by the grid size).
         model = replace(model or RewardModel(), c=first.c)
-    point = estimator.estimate(data, target, q)
     rng = np.random.default_rng(seed)
     n = data.n_rows
     if not (refit and estimator.needs_reward_model):
-        return _resample_sums(
-            estimator, data, target, q, point, alpha, n_boot, blocks, rng, progress
-        )
+        return _resample_sums(estimator, data, target, q, alpha, n_boot, blocks, rng, progress)
+    point = estimator.estimate(data, target, q)
+    m = model or RewardModel()
+    base_fold = np.random.default_rng(m.seed).permutation(n) % m.folds
     stats = np.empty(n_boot)
     for b in range(n_boot):
         idx = rng.integers(0, n, size=n)
         sub = data.take(idx)
         qb = None
         if estimator.needs_reward_model:
-            qb = fit_reward_model(sub, model).q if refit else q[idx]  # type: ignore[index,unused-ignore]
+            qb = fit_reward_model(sub, model, fold=base_fold[idx]).q if refit else q[idx]  # type: ignore[index,unused-ignore]
         stats[b] = estimator.estimate(sub, target[idx], qb)
         if progress is not None:
             progress(b + 1)
@@ -277,7 +289,6 @@ def _resample_sums(
     data: BanditFeedback,
     target: Array,
     q: Array | None,
-    point: float,
     alpha: float,
     n_boot: int,
     blocks: int,
@@ -286,12 +297,20 @@ def _resample_sums(
 ) -> Interval:
     parts = estimator.parts(data, target, q)  # (n, p)
     n = data.n_rows
+    point = float(estimator.combine(parts.sum(axis=0), np.asarray(float(n))))
     if blocks < 1:
         raise ValueError(f"`blocks` must be >= 1, got {blocks}")
+    stats = np.empty(n_boot)
     if n <= blocks:
-        group_sums, sizes = parts, np.ones(n)
+        # Small logs: the textbook row bootstrap, exactly (n rows drawn with replacement).
+        for b in range(n_boot):
+            idx = rng.integers(0, n, size=n)
+            stats[b] = estimator.combine(parts[idx].sum(axis=0), np.asarray(float(n)))
+            if progress is not None:
+                progress(b + 1)
     else:
-        group = rng.permutation(n) % blocks
+        # Large logs: Poisson bootstrap over random groups of rows (sufficient statistics).
+        group = rng.integers(0, blocks, size=n)
         group_sums = np.column_stack(
             [
                 np.bincount(group, weights=parts[:, j], minlength=blocks)
@@ -299,16 +318,20 @@ def _resample_sums(
             ]
         )
         sizes = np.bincount(group, minlength=blocks).astype(np.float64)
-    g = sizes.size
-    stats = np.empty(n_boot)
-    chunk = max(1, 2_000_000 // g)  # bound the (resamples × groups) count matrix
-    for start in range(0, n_boot, chunk):
-        m = min(chunk, n_boot - start)
-        counts = rng.poisson(1.0, size=(m, g)).astype(np.float64)
-        stats[start : start + m] = estimator.combine(counts @ group_sums, counts @ sizes)
-        if progress is not None:
-            progress(start + m)
-    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+        chunk = max(1, 2_000_000 // blocks)  # bound the (resamples × groups) count matrix
+        for start in range(0, n_boot, chunk):
+            m = min(chunk, n_boot - start)
+            counts = rng.poisson(1.0, size=(m, blocks)).astype(np.float64)
+            stats[start : start + m] = estimator.combine(counts @ group_sums, counts @ sizes)
+            if progress is not None:
+                progress(start + m)
+    if np.isnan(stats).any():
+        warnings.warn(
+            f"{estimator.name}: {int(np.isnan(stats).sum())} of {n_boot} resamples had no "
+            "weight (0/0) and were dropped — the log is too small for this estimator",
+            stacklevel=3,
+        )
+    lo, hi = np.nanquantile(stats, [alpha / 2, 1 - alpha / 2])
     ess = wmax = None
     if estimator.uses_weights:
         ess, wmax = weight_diagnostics(importance_weights(data, target))
