@@ -48,7 +48,6 @@ import os
 import platform
 import pstats
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -64,6 +63,10 @@ from rich.table import Table
 from scipy.special import expit, logit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_model as _cpu_model  # noqa: E402
+from _common import git_commit as _git_commit  # noqa: E402
+
 IntArr = npt.NDArray[np.int64]
 Run = Callable[[int], IntArr]  # run(n): play the first n rounds, return the chosen arms
 Maker = Callable[["Stream", int], Run]  # build a fresh agent with a seed (untimed) -> its loop
@@ -478,42 +481,11 @@ def _agents_caller(stats: pstats.Stats, fn: tuple[str, int, str]) -> str:
 
 
 # ---- machine info ------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _loadavg() -> list[float] | None:
     try:
         return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
     except (OSError, ValueError):
         return None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return f"{out}{'-dirty' if dirty else ''}"
 
 
 def _versions() -> dict[str, str | None]:

@@ -48,7 +48,6 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -78,6 +77,10 @@ from copyloop.contract import DecisionLog, DecisionLogWriter
 from copyloop.stats import summarize_log
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_model as _cpu_model  # noqa: E402
+from _common import git_commit as _git_commit  # noqa: E402
+
 N_ACTIONS = 20
 CAMPAIGN = "camp-0"
 TARGET_ACTION = 0
@@ -474,37 +477,6 @@ def summary_phase(args: argparse.Namespace, path: Path, console: Console) -> Pha
 
 
 # ---- machine info ------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return f"{out}{'-dirty' if dirty else ''}"
-
-
 def machine_info() -> dict[str, Any]:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     mem_kib = None
