@@ -64,6 +64,26 @@ def masked_win_frequencies(
     return s, np.bincount(flat, minlength=b * k).reshape(b, k) / m
 
 
+_ROW_HASH = np.random.default_rng(20261122).integers(1, 2**62, size=4096, dtype=np.int64) | 1
+
+
+def unique_rows(
+    key: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]:
+    """``np.unique(key, axis=0, return_inverse=True)`` via a 64-bit row hash (a 1-D sort instead
+    of a lexicographic one); verified against the rows, with the exact method as fallback."""
+    w = key.shape[1]
+    if w <= _ROW_HASH.size:
+        with np.errstate(over="ignore"):
+            h = (key * _ROW_HASH[:w]).sum(axis=1)
+        _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+        uniq = key[first]
+        if np.array_equal(uniq[inv], key):  # no hash collision
+            return uniq, inv.ravel()
+    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    return uniq, inv.ravel()
+
+
 def _check_draws(n_draws: int) -> None:
     if n_draws < 1:
         raise ValueError(f"`n_draws` must be >= 1, got {n_draws}")
@@ -139,8 +159,7 @@ class BernoulliTSPolicy(Policy):
         seg, ids = self._keys(obs, mask)
         # Rows with the same segment and candidate set share one set of posterior draws.
         key = np.concatenate([seg[:, None], ids], axis=1)
-        uniq, inv = np.unique(key, axis=0, return_inverse=True)
-        inv = inv.ravel()
+        uniq, inv = unique_rows(key)
         useg, uids = uniq[:, 0], uniq[:, 1:]
         safe = np.maximum(uids, 0)
         a = self.alpha + self._clicks[useg[:, None], safe]
