@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import platform
+import resource
 import subprocess
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,3 +40,30 @@ def git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return f"{out}{'-dirty' if dirty else ''}"
+
+
+def status_kib(key: str) -> int | None:
+    """A ``kB`` line of /proc/self/status (``VmRSS``, ``VmHWM``), in KiB; None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def ru_maxrss_bytes() -> int:
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    v = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(v) if sys.platform == "darwin" else int(v) * 1024

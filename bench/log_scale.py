@@ -46,7 +46,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import sys
 import threading
@@ -80,6 +79,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_model as _cpu_model  # noqa: E402
 from _common import git_commit as _git_commit  # noqa: E402
+from _common import reset_peak, ru_maxrss_bytes, status_kib  # noqa: E402
 
 N_ACTIONS = 20
 CAMPAIGN = "camp-0"
@@ -97,38 +97,11 @@ except ImportError:  # pragma: no cover - psutil is in the venv, but keep the be
 
 
 # ---- memory ------------------------------------------------------------------------------------
-def _status_kib(key: str) -> int | None:
-    """A ``kB`` line of /proc/self/status (``VmRSS``, ``VmHWM``), in KiB; None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def current_rss_bytes() -> int:
     if _PROC is not None:
         return int(_PROC.memory_info().rss)
-    kib = _status_kib("VmRSS")
+    kib = status_kib("VmRSS")
     return 0 if kib is None else kib * 1024
-
-
-def reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def ru_maxrss_bytes() -> int:
-    # ru_maxrss is KiB on Linux, bytes on macOS.
-    v = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(v) if sys.platform == "darwin" else int(v) * 1024
 
 
 class RssSampler:
@@ -235,7 +208,7 @@ def measured(phase: Phase) -> Iterator[Phase]:
         phase.seconds = time.perf_counter() - t0
         phase.sampled_peak_rss = sampler.stop()
         phase.arrow_peak = sampler.arrow_peak
-        hwm = _status_kib("VmHWM")
+        hwm = status_kib("VmHWM")
         phase.ru_maxrss = ru_maxrss_bytes()
         phase.peak_rss = max(
             phase.sampled_peak_rss, phase.ru_maxrss, 0 if hwm is None else hwm * 1024
@@ -714,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal:  # piped or logged: do not wrap the tables at 80 columns
         console = Console(width=160)
-    after_imports_hwm = (_status_kib("VmHWM") or 0) * 1024
+    after_imports_hwm = (status_kib("VmHWM") or 0) * 1024
     after_imports = current_rss_bytes()
 
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -45,9 +45,7 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
-import subprocess
 import sys
 import time
 import warnings
@@ -71,6 +69,9 @@ from copyloop.ope.data import check_target
 
 Array = npt.NDArray[np.float64]
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_model, git_commit, reset_peak, ru_maxrss_bytes, status_kib  # noqa: E402  # noqa: E402
+
 MIB = 1024.0 * 1024.0
 ESTIMATORS: dict[str, Estimator] = {"ipw": IPW(), "snipw": SNIPW(), "dm": DM(), "dr": DR()}
 OBP_NAMES = {
@@ -445,31 +446,6 @@ def kernel_timings(log: Log, repeats: int) -> dict[str, float]:
 
 
 # ---- streamed DR --------------------------------------------------------------------------------
-def _status_kib(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (also ``ru_maxrss``); False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def ru_maxrss_bytes() -> int:
-    v = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(v) if sys.platform == "darwin" else int(v) * 1024
-
-
 def _release() -> None:
     gc.collect()
     pa.default_memory_pool().release_unused()
@@ -566,7 +542,7 @@ def stream_phase(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     res["stream_read_validate_s"] = t_read
     res["stream_compute_s"] = t_comp
     res["stream_peak_rss_mib"] = ru_maxrss_bytes() / MIB
-    hwm = _status_kib("VmHWM")
+    hwm = status_kib("VmHWM")
     res["stream_vmhwm_mib"] = None if hwm is None else hwm / 1024
     mean = s1 / n_tot
     se = math.sqrt(max(s2 / n_tot - mean * mean, 0.0) / n_tot)
@@ -708,14 +684,6 @@ WIDTH_HEADERS = [
 
 
 def machine_info() -> dict[str, Any]:
-    def cpu_model() -> str:
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-        return platform.processor() or "unknown"
 
     versions: dict[str, str | None] = {}
     for p in VERSIONED:
@@ -723,16 +691,7 @@ def machine_info() -> dict[str, Any]:
             versions[p] = version(p)
         except PackageNotFoundError:
             versions[p] = None
-    try:
-        git = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        git = None
+    git = git_commit()
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
