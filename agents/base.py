@@ -221,7 +221,9 @@ class Policy(ABC):
         weights: npt.NDArray[np.float64],
     ) -> None:
         """Learn from a weighted batch (policies with ``supports_weights``)."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} sets supports_weights but does not override _learn_weighted"
+        )
 
     def _get_state(self) -> dict[str, npt.NDArray[Any]]:
         return {}

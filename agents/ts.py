@@ -217,7 +217,9 @@ class _GaussianHeadTS(Policy):
 
     def _draw_heads(self, d: int, m: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
         """(m, d) posterior draws of the head's weights."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement _draw_heads (its posterior draws)"
+        )
 
     def _decide(self, obs, mask, rng):  # type: ignore[no-untyped-def]
         phi = self._phi(obs)
