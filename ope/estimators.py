@@ -5,7 +5,10 @@ Every estimator computes, from logged feedback ``data``, a target policy's per-r
 
 * the estimate ``V̂`` of the target policy's expected reward, and
 * per-row influence terms ``ψ_i`` with mean 0 whose spread gives a CLT interval
-  ``V̂ ± z · sd(ψ)/√n`` (for self-normalised estimators the delta-method linearisation).
+  ``V̂ ± z · sd(ψ)/√n`` (for self-normalised estimators the delta-method linearisation), and
+* per-row parts whose column means determine the estimate (:meth:`Estimator.parts`), from which
+  :mod:`copyloop.ope.resample` draws the studentised (bootstrap-t, the default) or percentile
+  bootstrap without copying the data.
 
 With ``w_i = π(a_i|x_i)/p_i`` and ``q̂_i(a)`` the reward model:
 
@@ -17,7 +20,8 @@ With ``w_i = π(a_i|x_i)/p_i`` and ``q̂_i(a)`` the reward model:
 ``sndr``   ``mean(Σ_a π q̂) + Σ w (r − q̂(a_i)) / Σ w``
 ``switch-dr``  DR where ``w ≤ tau``, DM where ``w > tau`` (Wang et al. 2017)
 ``dros``   DR with shrunk weights ``λ w / (w² + λ)`` (Su et al. 2020)
-``mips``   IPW with marginal weights over action-embedding categories (Saito & Joachims 2022)
+``mips``   IPW with marginal weights over action-embedding categories (Saito & Joachims 2022);
+           exact categories by default (unbiased), k-means categories optional
 ``snmips`` self-normalised MIPS
 =========  ==============================================================================
 """
@@ -63,9 +67,47 @@ class Interval:
         return self.lower <= value <= self.upper
 
 
+INTERVAL_METHODS = ("clt", "bootstrap-t", "bootstrap")
+"""Interval methods of :meth:`Estimator.interval`: the CLT interval from per-row influence terms,
+the studentised bootstrap (bootstrap-t) and the percentile bootstrap (both on the estimator's
+sufficient statistics, the reward model held fixed; :mod:`copyloop.ope.resample`)."""
+
+_BLOCK = 4096
+"""Rows per block of the fused (n, K) passes: a block of two (n, K) float64 matrices stays in
+cache between the row sums and the logged-slot gathers."""
+
+
+def logged(data: BanditFeedback, m: Array) -> Array:
+    """``m[i, a_i]`` per row for an (n, K) matrix: a flat ``take`` (2–3× faster than
+    ``m[arange(n), a]``, which builds and broadcasts two index arrays)."""
+    k = m.shape[1]
+    flat = np.arange(data.n_rows, dtype=np.int64) * k + data.action
+    if m.flags.c_contiguous:
+        return m.reshape(-1).take(flat)
+    return m[np.arange(data.n_rows), data.action]
+
+
 def importance_weights(data: BanditFeedback, target: Array) -> Array:
     """``π(a_i|x_i) / p_i`` per row."""
-    return target[np.arange(data.n_rows), data.action] / data.pscore
+    return logged(data, target) / data.pscore
+
+
+def row_terms(data: BanditFeedback, target: Array, q: Array) -> tuple[Array, Array, Array]:
+    """Per row ``(Σ_a π(a|x) q̂(x, a), π(a_i|x_i), q̂(x_i, a_i))`` in one blocked pass over the
+    two (n, K) matrices (each block's rows are still in cache when its logged slots are read)."""
+    target = np.asarray(target, np.float64)
+    q = np.asarray(q, np.float64)
+    n, k = target.shape
+    dm, t_a, q_a = np.empty(n), np.empty(n), np.empty(n)
+    off = np.arange(_BLOCK, dtype=np.int64) * k
+    for s in range(0, n, _BLOCK):
+        e = min(n, s + _BLOCK)
+        tb, qb = target[s:e], q[s:e]
+        np.einsum("nk,nk->n", tb, qb, out=dm[s:e])
+        idx = off[: e - s] + data.action[s:e]
+        tb.reshape(-1).take(idx, out=t_a[s:e])
+        qb.reshape(-1).take(idx, out=q_a[s:e])
+    return dm, t_a, q_a
 
 
 def weight_diagnostics(w: Array) -> tuple[float, float]:
@@ -88,26 +130,45 @@ def _warn_weights(name: str, w: Array) -> None:
 
 @dataclass(frozen=True)
 class Estimator(ABC):
-    """Base of all estimators."""
+    """Base of all estimators.
+
+    ``estimate`` gives the point estimate; ``interval`` a (1 − α) interval by one of
+    :data:`INTERVAL_METHODS` (default :attr:`default_interval`, chosen per estimator by the
+    coverage study in ``docs/ope_coverage.md``).
+    """
 
     name: ClassVar[str] = "estimator"
     needs_reward_model: ClassVar[bool] = False
     uses_weights: ClassVar[bool] = True
+    default_interval: ClassVar[str] = "bootstrap-t"
 
     @abstractmethod
     def _terms(self, data: BanditFeedback, target: Array, q: Array | None) -> tuple[float, Array]:
         """(estimate, influence terms (n,))."""
 
+    def _parts(
+        self, data: BanditFeedback, target: Array, q: Array | None
+    ) -> tuple[Array, Array | None]:
+        """(per-row parts (n, m), the importance weights for the diagnostics or None)."""
+        est, psi = self._terms(data, target, q)
+        w = importance_weights(data, target) if self.uses_weights else None
+        return (psi + est)[:, None], w
+
     def parts(self, data: BanditFeedback, target: Array, q: Array | None = None) -> Array:
-        """Per-row summands ``(n, p)`` whose column sums determine the estimate through
+        """Per-row summands ``(n, m)`` whose column means determine the estimate through
         :meth:`combine` — what a resampling bootstrap (or a streamed evaluation) needs."""
-        est, psi = self._terms(data, target, self._check(q, data))
-        return (psi + est)[:, None]
+        return self._parts(data, target, self._check(q, data))[0]
 
     @staticmethod
     def combine(sums: Array, n: Array) -> Array:
-        """The estimate from column sums ``(..., p)`` over ``n`` rows (``(...)``)."""
+        """The estimate from column sums ``(..., m)`` over ``n`` rows (``(...)``); every
+        estimator's ``combine(sums, n)`` is a function of ``sums / n`` alone."""
         return sums[..., 0] / n
+
+    @property
+    def label(self) -> str:
+        """The name shown in reports."""
+        return self.name
 
     def _check(self, q: Array | None, data: BanditFeedback) -> Array | None:
         if self.needs_reward_model:
@@ -127,24 +188,72 @@ class Estimator(ABC):
         return self._terms(data, target, self._check(q, data))[0]
 
     def interval(
-        self, data: BanditFeedback, target: Array, q: Array | None = None, alpha: float = 0.05
+        self,
+        data: BanditFeedback,
+        target: Array,
+        q: Array | None = None,
+        alpha: float = 0.05,
+        *,
+        method: str | None = None,
+        n_boot: int = 999,
+        seed: int = 0,
+        blocks: int = 10_000,
     ) -> Interval:
-        """The CLT interval from the per-row influence terms (``V̂ ± z_{1−α/2} sd(ψ)/√n``)."""
+        """A (1 − alpha) interval with weight diagnostics (ESS, max weight).
+
+        Args:
+            method: ``"clt"`` — ``V̂ ± z_{1−α/2} sd(ψ)/√n`` from the per-row influence terms;
+                ``"bootstrap-t"`` — the studentised bootstrap (skew-aware; see
+                :mod:`copyloop.ope.resample`); ``"bootstrap"`` — the percentile bootstrap.
+                Both bootstraps hold the reward model fixed (for a refitting bootstrap see
+                :func:`~copyloop.ope.reward_models.bootstrap_interval`). None: the estimator's
+                :attr:`default_interval`.
+            n_boot: bootstrap resamples (999 puts the bootstrap-t's order statistics exactly at
+                2.5% and 97.5%).
+            seed: the bootstrap's seed.
+            blocks: beyond this many rows the bootstrap resamples this many random groups of
+                rows (Poisson weights), not rows.
+        """
         if not 0 < alpha < 1:
             raise ValueError(f"`alpha` must be in (0, 1), got {alpha}")
-        est, psi = self._terms(data, target, self._check(q, data))
+        method = method or self.default_interval
+        if method not in INTERVAL_METHODS:
+            raise ValueError(f"`method` must be one of {INTERVAL_METHODS}, got {method!r}")
+        q = self._check(q, data)
         n = data.n_rows
-        half = float(norm.ppf(1 - alpha / 2) * psi.std(ddof=1) / np.sqrt(n)) if n > 1 else np.inf
+        if method == "clt":
+            est, psi = self._terms(data, target, q)
+            half = (
+                float(norm.ppf(1 - alpha / 2) * psi.std(ddof=1) / np.sqrt(n)) if n > 1 else np.inf
+            )
+            lo, hi = est - half, est + half
+            w = self._diagnostic_weights(data, target) if self.uses_weights else None
+        else:
+            from copyloop.ope.resample import percentile_bounds, resample, studentized_bounds
+
+            parts, w = self._parts(data, target, q)
+            r = resample(
+                parts,
+                self.combine,
+                n_boot=n_boot,
+                rng=np.random.default_rng(seed),
+                studentize=method == "bootstrap-t",
+                blocks=blocks,
+            )
+            est = r.point
+            lo, hi = (
+                studentized_bounds(r, alpha)
+                if method == "bootstrap-t"
+                else percentile_bounds(r.stats, alpha)
+            )
         ess = wmax = None
-        if self.uses_weights:
-            w = importance_weights(data, target)
-            _warn_weights(self.name, w)
+        if w is not None:
+            _warn_weights(self.label, w)
             ess, wmax = weight_diagnostics(w)
-        return Interval(self.name, est, est - half, est + half, alpha, "clt", n, ess, wmax)
+        return Interval(self.label, est, lo, hi, alpha, method, n, ess, wmax)
 
-
-def _dm_values(target: Array, q: Array) -> Array:
-    return np.einsum("nk,nk->n", target, q)
+    def _diagnostic_weights(self, data: BanditFeedback, target: Array) -> Array:
+        return importance_weights(data, target)
 
 
 @dataclass(frozen=True)
@@ -154,11 +263,15 @@ class DM(Estimator):
     name: ClassVar[str] = "dm"
     needs_reward_model: ClassVar[bool] = True
     uses_weights: ClassVar[bool] = False
+    default_interval: ClassVar[str] = "clt"  # the CLI refits the model per resample instead
 
     def _terms(self, data, target, q):  # type: ignore[no-untyped-def]
-        v = _dm_values(target, q)
+        v = np.einsum("nk,nk->n", target, q)
         est = float(v.mean())
         return est, v - est
+
+    def _parts(self, data, target, q):  # type: ignore[no-untyped-def]
+        return np.einsum("nk,nk->n", target, q)[:, None], None
 
 
 @dataclass(frozen=True)
@@ -172,13 +285,29 @@ class IPW(Estimator):
         if self.max_weight is not None and self.max_weight <= 0:
             raise ValueError(f"`max_weight` must be > 0, got {self.max_weight}")
 
+    def _clip(self, w: Array) -> Array:
+        return w if self.max_weight is None else np.minimum(w, self.max_weight)
+
+    def estimate(self, data: BanditFeedback, target: Array, q: Array | None = None) -> float:
+        """``mean(w r)`` read only on the rows with a non-zero reward (clicks are rare: the
+        (n, K) target is touched in a few % of its rows)."""
+        nz = np.flatnonzero(data.reward)
+        k = target.shape[1]
+        if target.flags.c_contiguous:
+            t = target.reshape(-1).take(nz * k + data.action[nz])
+        else:
+            t = target[nz, data.action[nz]]
+        w = self._clip(t / data.pscore[nz])
+        return float(np.dot(w, data.reward[nz]) / data.n_rows)
+
     def _terms(self, data, target, q):  # type: ignore[no-untyped-def]
-        w = importance_weights(data, target)
-        if self.max_weight is not None:
-            w = np.minimum(w, self.max_weight)
-        v = w * data.reward
+        v = self._clip(importance_weights(data, target)) * data.reward
         est = float(v.mean())
         return est, v - est
+
+    def _parts(self, data, target, q):  # type: ignore[no-untyped-def]
+        w = importance_weights(data, target)
+        return (self._clip(w) * data.reward)[:, None], w
 
 
 @dataclass(frozen=True)
@@ -190,12 +319,16 @@ class SNIPW(Estimator):
     def _terms(self, data, target, q):  # type: ignore[no-untyped-def]
         w = importance_weights(data, target)
         mw = w.mean()
-        est = float((w * data.reward).sum() / w.sum())
+        est = float(np.dot(w, data.reward) / w.sum())
         return est, w * (data.reward - est) / mw
 
-    def parts(self, data: BanditFeedback, target: Array, q: Array | None = None) -> Array:
+    def estimate(self, data: BanditFeedback, target: Array, q: Array | None = None) -> float:
         w = importance_weights(data, target)
-        return np.column_stack([w * data.reward, w])
+        return float(np.dot(w, data.reward) / w.sum())
+
+    def _parts(self, data, target, q):  # type: ignore[no-untyped-def]
+        w = importance_weights(data, target)
+        return np.column_stack([w * data.reward, w]), w
 
     @staticmethod
     def combine(sums: Array, n: Array) -> Array:
@@ -212,12 +345,20 @@ class DR(Estimator):
     def _weights(self, w: Array) -> Array:
         return w
 
+    def _values(self, data: BanditFeedback, target: Array, q: Array) -> tuple[Array, Array]:
+        """(per-row DR terms, raw importance weights)."""
+        dm, t_a, q_a = row_terms(data, target, q)
+        w = t_a / data.pscore
+        return dm + self._weights(w) * (data.reward - q_a), w
+
     def _terms(self, data, target, q):  # type: ignore[no-untyped-def]
-        w = self._weights(importance_weights(data, target))
-        qa = q[np.arange(data.n_rows), data.action]
-        v = _dm_values(target, q) + w * (data.reward - qa)
+        v = self._values(data, target, q)[0]
         est = float(v.mean())
         return est, v - est
+
+    def _parts(self, data, target, q):  # type: ignore[no-untyped-def]
+        v, w = self._values(data, target, q)
+        return v[:, None], w
 
 
 @dataclass(frozen=True)
@@ -228,21 +369,18 @@ class SNDR(Estimator):
     needs_reward_model: ClassVar[bool] = True
 
     def _terms(self, data, target, q):  # type: ignore[no-untyped-def]
-        w = importance_weights(data, target)
-        qa = q[np.arange(data.n_rows), data.action]
-        dm = _dm_values(target, q)
+        dm, t_a, q_a = row_terms(data, target, q)
+        w = t_a / data.pscore
         mw = w.mean()
-        corr = float((w * (data.reward - qa)).sum() / w.sum())
+        corr = float(np.dot(w, data.reward - q_a) / w.sum())
         est = float(dm.mean()) + corr
-        psi = (dm - dm.mean()) + w * (data.reward - qa - corr) / mw
+        psi = (dm - dm.mean()) + w * (data.reward - q_a - corr) / mw
         return est, psi
 
-    def parts(self, data: BanditFeedback, target: Array, q: Array | None = None) -> Array:
-        q = self._check(q, data)
-        assert q is not None
-        w = importance_weights(data, target)
-        qa = q[np.arange(data.n_rows), data.action]
-        return np.column_stack([_dm_values(target, q), w * (data.reward - qa), w])
+    def _parts(self, data, target, q):  # type: ignore[no-untyped-def]
+        dm, t_a, q_a = row_terms(data, target, q)
+        w = t_a / data.pscore
+        return np.column_stack([dm, w * (data.reward - q_a), w]), w
 
     @staticmethod
     def combine(sums: Array, n: Array) -> Array:
@@ -284,22 +422,33 @@ class DRos(DR):
 
 
 def embedding_categories(
-    data: BanditFeedback, n_categories: int, seed: int = 0
+    data: BanditFeedback, n_categories: int | None, seed: int = 0
 ) -> npt.NDArray[np.int64]:
-    """Discrete action-embedding category per row and slot, (n, K): k-means over the distinct
-    candidates' embeddings (deterministic for a seed); -1 on unused slots."""
+    """Discrete action-embedding category per row and slot, (n, K), -1 on unused slots.
+
+    ``n_categories=None``: exact — one category per distinct candidate (its variant when the
+    log names variants, else its distinct embedding), so copy shares a weight only with
+    identical copy. An integer: k-means over the distinct candidates' embeddings (deterministic
+    for a seed), which pools similar copy and is biased when similar copy differs in CTR.
+    """
+    cat = np.full(data.mask.shape, -1, np.int64)
+    if n_categories is None and data.variant is not None:
+        cat[data.mask] = data.variant[data.mask]
+        return cat
     if data.candidate_features is None:
         raise ValueError(
             "MIPS needs candidate embeddings — pass the variants table (with "
             "embeddings) when building the feedback"
         )
-    from sklearn.cluster import KMeans
-
     feats = data.candidate_features[data.mask]
     uniq, inv = np.unique(feats, axis=0, return_inverse=True)
+    if n_categories is None:
+        cat[data.mask] = inv.ravel()
+        return cat
+    from sklearn.cluster import KMeans
+
     k = min(n_categories, uniq.shape[0])
     km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(uniq.astype(np.float64))
-    cat = np.full(data.mask.shape, -1, np.int64)
     cat[data.mask] = km.labels_[inv.ravel()]
     return cat
 
@@ -308,23 +457,32 @@ def embedding_categories(
 class MIPS(Estimator):
     """Marginalised IPS over action-embedding categories (Saito & Joachims 2022).
 
-    ``w(x, e) = π(e|x) / π₀(e|x)`` with ``π(e|x) = Σ_{a: e(a)=e} π(a|x)``: similar copy shares
-    one weight, which keeps weights small when there are many similar candidates. Needs the
-    logging policy's full distribution (``action_probs``) and candidate embeddings.
+    ``w(x, e) = π(e|x) / π₀(e|x)`` with ``π(e|x) = Σ_{a: e(a)=e} π(a|x)``: copy in one category
+    shares one weight, which keeps weights small when there are many similar candidates. MIPS is
+    unbiased when the reward depends on the copy only through its category (no direct effect);
+    the default, exact categories (``n_categories=None``: one per distinct copy), always
+    satisfies that and pools only identical copy (with distinct candidates it equals IPW);
+    ``n_categories=k`` pools similar copy by k-means, trading bias for variance — the coverage
+    study (``docs/ope_coverage.md``) measures that bias on the click world. Needs the logging
+    policy's full distribution (``action_probs``) and candidate embeddings or variant ids.
 
     Args:
-        n_categories: k-means categories of the candidates' embeddings.
+        n_categories: None (exact) or the number of k-means categories of the embeddings.
         self_normalize: SNMIPS.
     """
 
     name: ClassVar[str] = "mips"
-    n_categories: int = 4
+    n_categories: int | None = None
     self_normalize: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_categories < 1:
-            raise ValueError(f"`n_categories` must be >= 1, got {self.n_categories}")
+        if self.n_categories is not None and self.n_categories < 1:
+            raise ValueError(f"`n_categories` must be >= 1 or None, got {self.n_categories}")
+
+    @property
+    def label(self) -> str:
+        return "snmips" if self.self_normalize else "mips"
 
     def weights(self, data: BanditFeedback, target: Array) -> Array:
         if data.logging_probs is None:
@@ -333,13 +491,12 @@ class MIPS(Estimator):
                 "`action_probs` column is missing"
             )
         cat = embedding_categories(data, self.n_categories, self.seed)
-        rows = np.arange(data.n_rows)
-        same = cat == cat[rows, data.action][:, None]
+        same = cat == logged(data, cat)[:, None]
         return (target * same).sum(1) / (data.logging_probs * same).sum(1)
 
-    def parts(self, data: BanditFeedback, target: Array, q: Array | None = None) -> Array:
+    def _parts(self, data, target, q):  # type: ignore[no-untyped-def]
         w = self.weights(data, target)
-        return np.column_stack([w * data.reward, w])
+        return np.column_stack([w * data.reward, w]), w
 
     def combine(self, sums: Array, n: Array) -> Array:  # type: ignore[override]
         return sums[..., 0] / (sums[..., 1] if self.self_normalize else n)
@@ -353,22 +510,8 @@ class MIPS(Estimator):
         est = float(v.mean())
         return est, v - est
 
-    def interval(
-        self, data: BanditFeedback, target: Array, q: Array | None = None, alpha: float = 0.05
-    ) -> Interval:
-        iv = super().interval(data, target, q, alpha)
-        ess, wmax = weight_diagnostics(self.weights(data, target))
-        return Interval(
-            self.name if not self.self_normalize else "snmips",
-            iv.estimate,
-            iv.lower,
-            iv.upper,
-            alpha,
-            "clt",
-            iv.n,
-            ess,
-            wmax,
-        )
+    def _diagnostic_weights(self, data: BanditFeedback, target: Array) -> Array:
+        return self.weights(data, target)
 
 
 ESTIMATORS: dict[str, Estimator] = {

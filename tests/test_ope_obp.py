@@ -102,7 +102,7 @@ def test_hand_computed_ipw_clt_interval() -> None:
     # terms w r = (1.6, 0, 0.4, 0), mean 0.5; deviations (1.1, −0.5, −0.1, −0.5), squares sum
     # 1.21 + 0.25 + 0.01 + 0.25 = 1.72 → sd (ddof 1) = sqrt(1.72 / 3); half = z sd / sqrt(4)
     data, target, _ = _tiny()
-    iv = IPW().interval(data, target, alpha=0.05)
+    iv = IPW().interval(data, target, alpha=0.05, method="clt")
     half = norm.ppf(0.975) * np.sqrt(1.72 / 3) / 2
     assert iv.estimate == pytest.approx(0.5, rel=1e-12)
     assert iv.lower == pytest.approx(0.5 - half, rel=1e-12)

@@ -1,0 +1,194 @@
+"""Bootstrap intervals on per-row sufficient statistics: percentile and studentised (bootstrap-t).
+
+Every estimator's value is a smooth function ``g`` of the column means of per-row parts
+``p_i ∈ R^m`` (:meth:`~copyloop.ope.estimators.Estimator.parts`; ``g(μ) = combine(μ, 1)``): IPW
+and DR are a mean (``m = 1``), SNIPW a ratio, SNDR a mean plus a ratio. A resample with row
+counts ``c_i`` therefore needs only ``Σ c_i p_i``, ``Σ c_i`` and — for the studentised
+bootstrap — ``Σ c_i p_i p_iᵀ``; no resampled copy of the data is ever built.
+
+* Up to ``blocks`` rows the resamples are the textbook multinomial bootstrap of rows (each
+  resample draws ``n`` row indices).
+* Beyond, rows are assigned to ``blocks`` random groups once (iid rows make the groups iid) and
+  each group enters a resample Poisson(1) times (Hanley & MacGibbon 2006; Chamandy et al. 2012):
+  the cost is one O(n) pass building the groups' sums and cross-products (a sparse matrix
+  product) plus O(B × blocks) for B resamples. Within a resample the rows of a group keep their
+  own parts, so the resample's variance (bootstrap-t) is still computed from rows.
+
+The **studentised bootstrap** (bootstrap-t; Efron 1981, Hall 1988, Hall 1992 *The Bootstrap and
+Edgeworth Expansion* §3.6, DiCiccio & Efron 1996 §2) resamples ``t* = (θ* − θ̂) / se*`` with
+``se*`` the delta-method standard error of the resample and returns
+``[θ̂ − t*_{(1−α/2)} se, θ̂ − t*_{(α/2)} se]``. Its one-sided coverage errors are O(1/n) against
+the CLT interval's O(1/√n): it corrects the skewness of ``θ̂`` and the correlation between
+``θ̂`` and ``se`` — exactly what makes CLT intervals of rare, positively skewed click terms miss
+low (a log with few clicks has both a low estimate and a small standard error).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[np.float64]
+Combine = Callable[[Array, Array], Array]
+_MAX_COUNT_CELLS = 4_000_000  # bound on a (resamples × groups) count matrix
+
+
+def gradient(combine: Combine, mu: Array) -> Array:
+    """``∇g(μ)`` for ``g(μ) = combine(μ, 1)``, ``mu`` (..., m): complex-step derivatives, exact
+    to rounding for the rational functions the estimators combine with."""
+    m = mu.shape[-1]
+    h = 1e-20 * np.maximum(np.abs(mu), 1.0)
+    out = np.empty(mu.shape)
+    one = np.ones(mu.shape[:-1])
+    for j in range(m):
+        z = mu.astype(np.complex128)
+        z[..., j] += 1j * h[..., j]
+        out[..., j] = np.asarray(combine(z, one)).imag / h[..., j]  # type: ignore[arg-type]
+    return out
+
+
+def delta_se(combine: Combine, mu: Array, cov: Array, n: Array) -> Array:
+    """Delta-method standard error ``sqrt(∇gᵀ Σ ∇g / n)``; ``mu`` (..., m), ``cov`` (..., m, m)."""
+    g = gradient(combine, mu)
+    var = np.einsum("...i,...ij,...j->...", g, cov, g)
+    return np.sqrt(np.maximum(var, 0.0) / n)
+
+
+@dataclass(frozen=True)
+class Resamples:
+    """Estimates (and standard errors, for bootstrap-t) of ``n_boot`` resamples.
+
+    Attributes:
+        point: the full-sample estimate.
+        se: its delta-method standard error (``ddof=1``).
+        stats: resampled estimates, (B,).
+        ses: resampled standard errors, (B,) (None unless studentised).
+    """
+
+    point: float
+    se: float
+    stats: Array
+    ses: Array | None
+
+
+def _tri(m: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    return np.triu_indices(m)
+
+
+def resample(
+    parts: Array,
+    combine: Combine,
+    *,
+    n_boot: int,
+    rng: np.random.Generator,
+    studentize: bool,
+    blocks: int = 10_000,
+    progress: Callable[[int], None] | None = None,
+) -> Resamples:
+    """Resampled estimates from per-row parts ``(n, m)`` (see the module docstring)."""
+    if n_boot < 2:
+        raise ValueError(f"`n_boot` must be >= 2, got {n_boot}")
+    if blocks < 1:
+        raise ValueError(f"`blocks` must be >= 1, got {blocks}")
+    n, m = parts.shape
+    center = parts.mean(axis=0)
+    pc = parts - center  # centred: second moments without cancellation
+    iu, ju = _tri(m)
+    cross = pc[:, iu] * pc[:, ju] if studentize else None
+    cov = _cov(cross, np.zeros(m), float(n), m, iu, ju) if cross is not None else None
+    point = float(combine(center, np.asarray(1.0)))
+    se = math.nan
+    if cov is not None:
+        se = float(delta_se(combine, center, cov * n / max(n - 1, 1), np.asarray(float(n))))
+    exact = n <= blocks
+    if exact:
+        gsum, gcross, gsize = pc, cross, None
+        groups = n
+    else:
+        import scipy.sparse as sp
+
+        g = rng.integers(0, blocks, n, dtype=np.int32)
+        a = sp.csc_matrix((np.ones(n), g, np.arange(n + 1, dtype=np.int64)), shape=(blocks, n))
+        cols = [pc, np.ones((n, 1))] + ([cross] if cross is not None else [])
+        summed = np.asarray(a @ np.hstack(cols))
+        gsum, gsize = summed[:, :m], summed[:, m]
+        gcross = summed[:, m + 1 :] if cross is not None else None
+        groups = blocks
+    stats = np.empty(n_boot)
+    ses = np.empty(n_boot) if studentize else None
+    chunk = max(1, _MAX_COUNT_CELLS // groups)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        if exact:
+            counts = np.empty((b, n))
+            for i in range(b):
+                counts[i] = np.bincount(rng.integers(0, n, n), minlength=n)
+            size = np.full(b, float(n))
+        else:
+            counts = rng.poisson(1.0, size=(b, groups)).astype(np.float64)
+            size = counts @ gsize  # type: ignore[operator]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shift = (counts @ gsum) / size[:, None]
+            mu = center + shift
+            stats[start : start + b] = combine(mu, np.ones(b))
+            if ses is not None and gcross is not None:
+                cv = _cov(counts @ gcross, shift, size, m, iu, ju)
+                cv *= (size / np.maximum(size - 1, 1))[:, None, None]
+                ses[start : start + b] = delta_se(combine, mu, cv, size)
+        if progress is not None:
+            progress(start + b)
+    return Resamples(point, se, stats, ses)
+
+
+def _cov(
+    cross_sum: Array,
+    shift: Array,
+    size: Array | float,
+    m: int,
+    iu: npt.NDArray[np.intp],
+    ju: npt.NDArray[np.intp],
+) -> Array:
+    """Covariance (..., m, m) from sums of centred cross-products ``(..., m(m+1)/2)`` (over all
+    rows when ``cross_sum`` is (n, ·)) and the mean shift from the centre."""
+    if cross_sum.ndim == 2 and np.ndim(size) == 0:  # full sample: sum the rows first
+        cross_sum = cross_sum.sum(axis=0)
+    size_arr = np.asarray(size, np.float64)
+    second = cross_sum / (size_arr[..., None] if size_arr.ndim else size_arr)
+    out = np.empty((*second.shape[:-1], m, m))
+    out[..., iu, ju] = second
+    out[..., ju, iu] = second
+    return out - shift[..., :, None] * shift[..., None, :]
+
+
+def percentile_bounds(stats: Array, alpha: float) -> tuple[float, float]:
+    """Percentile interval; resamples with an undefined estimate (0/0) are dropped."""
+    ok = stats[np.isfinite(stats)]
+    if ok.size < 2:
+        return -math.inf, math.inf
+    lo, hi = np.quantile(ok, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def studentized_bounds(r: Resamples, alpha: float) -> tuple[float, float]:
+    """``[θ̂ − t*_(1−α/2) se, θ̂ − t*_(α/2) se]`` with order statistics of ``t*`` at ranks
+    ``⌊(B+1)α/2⌋`` and ``B + 1 − ⌊(B+1)α/2⌋`` (Hall's convention; B = 999 makes them exact).
+
+    A resample with ``se* = 0`` and ``θ* ≠ θ̂`` has ``t* = ±∞`` (kept: it widens the interval,
+    honestly); one with ``θ* = θ̂`` and ``se* = 0`` is dropped.
+    """
+    assert r.ses is not None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (r.stats - r.point) / r.ses
+    t = np.sort(t[~np.isnan(t)])
+    b = t.size
+    if b < 2 or not math.isfinite(r.se):
+        return -math.inf, math.inf
+    k = max(1, math.floor((b + 1) * alpha / 2))
+    t_lo, t_hi = t[k - 1], t[b - k]
+    if r.se == 0.0:
+        return r.point, r.point
+    return float(r.point - t_hi * r.se), float(r.point - t_lo * r.se)
