@@ -57,8 +57,12 @@ def masked_win_frequencies(
     b, k, m = scores.shape
     s = scores if mask.all() else np.where(mask[:, :, None], scores, -np.inf)
     top = s == s.max(axis=1, keepdims=True)
-    if (top.sum(axis=1) == 1).all():  # no ties: count maxima directly (fast path)
-        return s, top.sum(axis=2) / m
+    # Every draw has at least one maximal slot, so B·M maxima in all means no draw has a tie:
+    # count the maxima per slot directly (a uint8 reduction over the contiguous draw axis is
+    # ~2x faster than summing bools, and ~15x faster than argmax over the slot axis).
+    if np.count_nonzero(top) == b * m:
+        acc = np.uint16 if m < 2**16 else np.int64
+        return s, np.add.reduce(top.view(np.uint8), axis=2, dtype=acc) / m
     winners = s.argmax(axis=1)  # (B, M)
     flat = (np.arange(b)[:, None] * k + winners).ravel()
     return s, np.bincount(flat, minlength=b * k).reshape(b, k) / m
@@ -82,6 +86,14 @@ def unique_rows(
             return uniq, inv.ravel()
     uniq, inv = np.unique(key, axis=0, return_inverse=True)
     return uniq, inv.ravel()
+
+
+def _with_one(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``[1, x]`` along the last axis (the intercept of the feature maps), float32."""
+    out = np.empty((*x.shape[:-1], x.shape[-1] + 1), np.float32)
+    out[..., 0] = 1.0
+    out[..., 1:] = x
+    return out
 
 
 def _check_draws(n_draws: int) -> None:
@@ -222,10 +234,28 @@ class _GaussianHeadTS(Policy):
         )
 
     def _decide(self, obs, mask, rng):  # type: ignore[no-untyped-def]
-        phi = self._phi(obs)
-        b, k, d = phi.shape
-        theta = self._draw_heads(d, self.n_draws, rng).astype(np.float32)  # (M, d)
-        scores = (phi.reshape(b * k, d) @ theta.T).reshape(b, k, self.n_draws)
+        if type(self)._phi is not _GaussianHeadTS._phi:  # a learned representation
+            phi = self._phi(obs)
+            b, k, d = phi.shape
+            theta = self._draw_heads(d, self.n_draws, rng).astype(np.float32)  # (M, d)
+            scores = (phi.reshape(b * k, d) @ theta.T).reshape(b, k, self.n_draws)
+            return choose_from_draws(scores, mask, rng)
+        c1 = _with_one(candidate_block(obs))  # (B, K, dc + 1)
+        b, k, dc1 = c1.shape
+        if self.features == "candidate":
+            theta = self._draw_heads(dc1, self.n_draws, rng).astype(np.float32)
+            scores = (c1.reshape(b * k, dc1) @ theta.T).reshape(b, k, self.n_draws)
+            return choose_from_draws(scores, mask, rng)
+        u1 = _with_one(np.asarray(obs["user"], np.float32))  # (B, du + 1)
+        du1 = u1.shape[1]
+        m = self.n_draws
+        theta = self._draw_heads(du1 * dc1, m, rng).astype(np.float32)
+        # φ = u1 ⊗ c1, so φ·θ = u1ᵀ Θ c1 with Θ = θ as (du+1, dc+1): contract the user side
+        # once per row and draw (B, M, dc+1), then the candidates — never building φ (B, K, d).
+        # ~K·du/(du + K) fewer flops (5x at K = du = 10) than scoring φ.
+        w = theta.reshape(m, du1, dc1).transpose(1, 0, 2).reshape(du1, m * dc1)
+        g = (u1 @ w).reshape(b, m, dc1)
+        scores = np.matmul(c1, g.transpose(0, 2, 1))  # (B, K, M)
         return choose_from_draws(scores, mask, rng)
 
     def _chosen_phi(
@@ -280,18 +310,22 @@ class LinearTSPolicy(_GaussianHeadTS):
             self._b = np.zeros(d)
 
     def _posterior(self, d: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        # Re-factorised once per update, not updated in place: a rank-k Cholesky update costs
+        # ~k·d² flops against d³/3 for a fresh factorisation, so with batches of k ≥ d/3 rows
+        # (512 rows, d = 121 here: 7.5M against 0.6M flops) refactorising is the cheaper one.
         self._init(d)
         assert self._A is not None and self._b is not None
         if self._chol is None or self._mean is None:
-            self._chol = cholesky(self._A, lower=True)
-            self._mean = cho_solve((self._chol, True), self._b)
+            self._chol = cholesky(self._A, lower=True, check_finite=False)
+            self._mean = cho_solve((self._chol, True), self._b, check_finite=False)
         return self._mean, self._chol
 
     def _draw_heads(self, d, m, rng):  # type: ignore[no-untyped-def]
         mean, chol = self._posterior(d)
         eps = rng.standard_normal((d, m))
         # L Lᵀ = A  ⇒  L⁻ᵀ ε ~ N(0, A⁻¹)
-        return mean[None, :] + self.noise * solve_triangular(chol, eps, lower=True, trans="T").T
+        z = solve_triangular(chol, eps, lower=True, trans="T", check_finite=False)
+        return mean[None, :] + self.noise * z.T
 
     supports_weights = True
 
@@ -302,8 +336,10 @@ class LinearTSPolicy(_GaussianHeadTS):
         x = self._chosen_phi(obs, actions)
         self._init(x.shape[1])
         assert self._A is not None and self._b is not None
-        self._A += (x * weights[:, None]).T @ x
         self._b += x.T @ (weights * rewards)
+        if not np.all(weights == 1.0):
+            x = x * np.sqrt(weights)[:, None]
+        self._A += x.T @ x  # one operand transposed: BLAS syrk, half the flops of a gemm
         self._chol = self._mean = None
 
     def _get_state(self) -> dict[str, npt.NDArray[Any]]:
