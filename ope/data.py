@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from copyloop.contract import DecisionLog, LogValidationError, VariantsTable
@@ -36,10 +37,12 @@ class BanditFeedback:
         pscore: logging propensity of the chosen slot, (n,), in (0, 1].
         logging_probs: the logging policy's distribution over slots, (n, K), or None.
         candidate_features: per row and slot, features of the candidate (embeddings), (n, K, e),
-            or None.
+            or None. For large logs prefer ``variant`` + ``variant_embeddings`` (the same
+            information in O(n·K + V·e) instead of O(n·K·e) memory).
         variant: variant index (into the variants table) per row and slot, (n, K), -1 unused;
             or None.
         position: slot position per row, (n,), or None.
+        variant_embeddings: the variants' embeddings, (V, e), indexed by ``variant``; or None.
     """
 
     context: npt.NDArray[np.float64]
@@ -51,6 +54,7 @@ class BanditFeedback:
     candidate_features: npt.NDArray[np.float32] | None = None
     variant: npt.NDArray[np.int64] | None = None
     position: npt.NDArray[np.int64] | None = None
+    variant_embeddings: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         n = self.action.shape[0]
@@ -86,15 +90,17 @@ class BanditFeedback:
             candidate_features=t(self.candidate_features),  # type: ignore[arg-type]
             variant=t(self.variant),  # type: ignore[arg-type]
             position=t(self.position),  # type: ignore[arg-type]
+            variant_embeddings=self.variant_embeddings,
         )
 
 
 def feedback_from_log(log: DecisionLog, variants: VariantsTable | None = None) -> BanditFeedback:
-    """Arrays for the estimators from a validated log.
+    """Arrays for the estimators from a validated log (vectorised: O(n·K) numpy work).
 
     Rows without an observed reward are refused (drop them first: OPE needs outcomes). With a
-    variants table, rows whose ``candidates`` is null use their campaign's full variant set and
-    candidates carry the variants' embeddings (for MIPS and the reward models).
+    variants table, rows whose ``candidates`` is null use their campaign's full variant set, and
+    every slot carries its variant's index (``variant``) into the table's embeddings
+    (``variant_embeddings``, for MIPS and the reward models).
     """
     r = log.reward
     missing = np.isnan(r)
@@ -106,13 +112,7 @@ def feedback_from_log(log: DecisionLog, variants: VariantsTable | None = None) -
         )
     n = log.n_rows
     cand = log.table.column("candidates").combine_chunks()
-    has_cand = np.asarray(cand.is_valid().to_numpy(zero_copy_only=False))
-    vid_of: dict[str, int] = {}
-    camp_slots: dict[str, list[int]] = {}
-    if variants is not None:
-        vid_of = {v: i for i, v in enumerate(variants.variant_ids)}
-        for c, vs in variants.campaign_variants().items():
-            camp_slots[c] = [vid_of[v] for v in vs]
+    has_cand = np.asarray(cand.is_valid().to_numpy(zero_copy_only=False), bool)
     if (~has_cand).any() and variants is None:
         raise LogValidationError(
             "`candidates` is null (the campaign's full set) in some rows, so the variants table "
@@ -120,36 +120,52 @@ def feedback_from_log(log: DecisionLog, variants: VariantsTable | None = None) -
         )
     lengths = np.where(
         has_cand, pc.list_value_length(cand).fill_null(0).to_numpy(zero_copy_only=False), 0
-    )
-    camps = log.table.column("campaign_id").to_pylist()
-    if (~has_cand).any():
-        camp_len = np.array([len(camp_slots.get(c, [])) for c in camps])
-        lengths = np.where(has_cand, lengths, camp_len)
-    k = int(lengths.max())
-    variant = np.full((n, k), -1, np.int64)
-    cand_lists = cand.to_pylist() if has_cand.any() else [None] * n
-    for i in range(n):
-        if has_cand[i]:
-            ids = (
-                [vid_of.get(v, -2) for v in (cand_lists[i] or [])]
-                if vid_of
-                else list(range(lengths[i]))
+    ).astype(np.int64)
+    camp_code = camp_slots = None
+    if variants is not None:
+        # campaign -> its variants' indices, as a (C, Kc) table (-1 padded)
+        vcamps, starts, counts = variants.campaign_index()
+        kc = int(counts.max()) if counts.size else 0
+        camp_slots = np.full((len(counts), kc), -1, np.int64)
+        for c, (s0, m) in enumerate(zip(starts.tolist(), counts.tolist(), strict=True)):
+            camp_slots[c, :m] = np.arange(s0, s0 + m)
+        if (~has_cand).any():
+            camp_code = np.asarray(
+                pc.index_in(log.table.column("campaign_id"), value_set=vcamps)
+                .fill_null(-1)
+                .to_numpy(zero_copy_only=False),
+                np.int64,
             )
-        else:
-            ids = camp_slots[camps[i]]
-        variant[i, : len(ids)] = ids
+            bad = (~has_cand) & (camp_code < 0)
+            if bad.any():
+                rows = np.flatnonzero(bad)[:5].tolist()
+                raise LogValidationError(
+                    f"`campaign_id` of rows {rows} is not in the variants table, and their "
+                    "`candidates` is null — pass the variants table the log was made with"
+                )
+            lengths = np.where(has_cand, lengths, counts[np.maximum(camp_code, 0)])
+    k = int(lengths.max())
     mask = np.arange(k)[None, :] < lengths[:, None]
+    variant = np.full((n, k), -1, np.int64)
+    if variants is not None and has_cand.any():
+        ids = pa.array(variants.variant_ids, pa.string())
+        flat_idx = pc.index_in(cand.flatten(), value_set=ids).fill_null(-2)
+        variant[mask & has_cand[:, None]] = np.asarray(
+            flat_idx.to_numpy(zero_copy_only=False), np.int64
+        )
+    if camp_code is not None and camp_slots is not None:
+        rows = np.flatnonzero(~has_cand)
+        width = min(k, camp_slots.shape[1])
+        variant[rows, :width] = camp_slots[camp_code[rows], :width]
     probs = None
     ap = log.table.column("action_probs").combine_chunks()
     if ap.null_count == 0:
-        flat = np.asarray(ap.flatten().to_numpy(zero_copy_only=False), np.float64)
+        flat_p = np.asarray(ap.flatten().to_numpy(zero_copy_only=False), np.float64)
         probs = np.zeros((n, k))
-        probs[mask] = flat
-    feats = None
+        probs[mask] = flat_p
+    emb = None
     if variants is not None and variants.embeddings is not None and (variant >= -1).all():
         emb = variants.embeddings
-        pad = np.vstack([emb, np.zeros((1, emb.shape[1]), np.float32)])
-        feats = pad[np.where(variant >= 0, variant, emb.shape[0])]
     return BanditFeedback(
         context=log.context.astype(np.float64),
         mask=mask,
@@ -157,9 +173,9 @@ def feedback_from_log(log: DecisionLog, variants: VariantsTable | None = None) -
         reward=r,
         pscore=log.propensity,
         logging_probs=probs,
-        candidate_features=feats,
         variant=variant if variants is not None else None,
         position=None if log.position is None else log.position.astype(np.int64),
+        variant_embeddings=emb,
     )
 
 

@@ -435,21 +435,26 @@ def embedding_categories(
     if n_categories is None and data.variant is not None:
         cat[data.mask] = data.variant[data.mask]
         return cat
-    if data.candidate_features is None:
+    if data.candidate_features is not None:
+        feats = data.candidate_features[data.mask]
+        uniq, inv = np.unique(feats, axis=0, return_inverse=True)
+        inv = inv.ravel()
+    elif data.variant is not None and data.variant_embeddings is not None:
+        used, inv = np.unique(data.variant[data.mask], return_inverse=True)
+        uniq, inv = data.variant_embeddings[used], inv.ravel()
+    else:
         raise ValueError(
             "MIPS needs candidate embeddings — pass the variants table (with "
             "embeddings) when building the feedback"
         )
-    feats = data.candidate_features[data.mask]
-    uniq, inv = np.unique(feats, axis=0, return_inverse=True)
     if n_categories is None:
-        cat[data.mask] = inv.ravel()
+        cat[data.mask] = inv
         return cat
     from sklearn.cluster import KMeans
 
     k = min(n_categories, uniq.shape[0])
     km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(uniq.astype(np.float64))
-    cat[data.mask] = km.labels_[inv.ravel()]
+    cat[data.mask] = km.labels_[inv]
     return cat
 
 

@@ -32,20 +32,28 @@ def gate(
     estimator: str = "dr",
     q: npt.NDArray | None = None,
     alpha: float = 0.05,
+    method: str | None = None,
+    seed: int = 0,
 ) -> GateDecision:
-    """Compare two target policies (per-row distributions, (n, K)) on one log."""
+    """Compare two target policies (per-row distributions, (n, K)) on one log.
+
+    ``method``: the interval method of :meth:`~copyloop.ope.estimators.Estimator.interval`
+    (None: the estimator's default, the studentised bootstrap for the weighting estimators).
+    """
     est = get_estimator(estimator)
-    cand = est.interval(data, candidate, q, alpha)
-    inc = est.interval(data, incumbent, q, alpha)
+    cand = est.interval(data, candidate, q, alpha, method=method, seed=seed)
+    inc = est.interval(data, incumbent, q, alpha, method=method, seed=seed)
     level = f"{1 - alpha:.0%}"
     if cand.lower > inc.estimate:
         reason = (
-            f"promote: the candidate's {level} lower bound {cand.lower:.5f} ({estimator}) "
+            f"promote: the candidate's {level} lower bound {cand.lower:.5f} ({estimator}, "
+            f"{cand.method}) "
             f"beats the incumbent's estimate {inc.estimate:.5f}"
         )
         return GateDecision(True, cand, inc, reason)
     reason = (
-        f"hold: the candidate's {level} lower bound {cand.lower:.5f} ({estimator}) does not "
+        f"hold: the candidate's {level} lower bound {cand.lower:.5f} ({estimator}, {cand.method}) "
+        "does not "
         f"beat the incumbent's estimate {inc.estimate:.5f}"
         + (
             " (the candidate's estimate is higher, but not by enough evidence)"

@@ -8,7 +8,6 @@ the model fixed).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -22,6 +21,8 @@ Array = npt.NDArray[np.float64]
 MODELS = ("logistic", "ridge", "gbm", "mlp")
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 SELECT_ROWS = 20_000
+PREDICT_CELLS = 4_000_000
+"""Design cells (rows × slots × features) per prediction block: bounds the memory of a fit."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class RewardModel:
             model with user × copy features is worse than the base rate).
         embedding_dim: PCA components of the candidates' embeddings used as action features.
         seed: fold assignment and model seeds.
+        max_train_rows: each fold's model trains on at most this many rows (a seeded subsample
+            of the other folds); every row still gets an out-of-fold prediction. None: all.
     """
 
     kind: str = "logistic"
@@ -44,12 +47,15 @@ class RewardModel:
     c: float | None = None
     embedding_dim: int = 8
     seed: int = 0
+    max_train_rows: int | None = 200_000
 
     def __post_init__(self) -> None:
         if self.kind not in MODELS:
             raise ValueError(f"`kind` must be one of {MODELS}, got {self.kind!r}")
         if self.folds < 2:
             raise ValueError(f"`folds` must be >= 2 for cross-fitting, got {self.folds}")
+        if self.max_train_rows is not None and self.max_train_rows < 1:
+            raise ValueError(f"`max_train_rows` must be >= 1 or None, got {self.max_train_rows}")
         if self.c is not None and self.c <= 0:
             raise ValueError(f"`c` must be > 0 or None (choose by cross-validation), got {self.c}")
 
@@ -64,51 +70,127 @@ class CrossFit:
     c: float | None = None  # the regularisation used (chosen by cross-validation when auto)
 
 
-def _action_features(data: BanditFeedback, dim: int) -> npt.NDArray[np.float64]:
-    """Per row and slot, features of the candidate: PCA of its embedding, else a slot one-hot."""
-    n, k = data.mask.shape
-    if data.candidate_features is not None and dim > 0:
-        feats = data.candidate_features.astype(np.float64)
-        valid = feats[data.mask]
-        mean = valid.mean(0)
-        _, _, vt = np.linalg.svd(valid - mean, full_matrices=False)
-        comp = (feats - mean) @ vt[: min(dim, vt.shape[0])].T
-        comp = comp / (comp[data.mask].std(0) + 1e-9)
-        return np.where(data.mask[..., None], comp, 0.0)
-    return np.broadcast_to(np.eye(k), (n, k, k)).astype(np.float64)
+@dataclass(frozen=True)
+class Design:
+    """φ(x, a) = [1, x] ⊗ [1, action features] (+ position one-hot), built block by block.
+
+    Fitted once on a log (context standardisation, the PCA of the candidates' embeddings), then
+    evaluated on any rows: :meth:`rows` gives (m, K, p) for prediction, :meth:`logged` (m, p)
+    at the logged slot for training — so a large log never holds its (n, K, p) design. Action
+    features are the first ``dim`` principal components of the candidates' embeddings (per
+    row and slot, or from ``variant`` + ``variant_embeddings`` weighted by how often each
+    variant is a candidate), scaled to unit variance; without embeddings, a slot one-hot.
+    """
+
+    x_mean: Array
+    x_std: Array
+    k: int
+    source: str  # "features", "variant" or "slot"
+    center: Array | None = None  # embedding mean (e,)
+    basis: Array | None = None  # (e, a) principal directions
+    scale: Array | None = None  # (a,)
+    table: Array | None = None  # (V, a) scaled components of each variant ("variant")
+    n_pos: int = 0
+
+    @staticmethod
+    def fit(data: BanditFeedback, dim: int) -> Design:
+        x = data.context
+        k = data.mask.shape[1]
+        n_pos = 0
+        if data.position is not None and data.position.max() > 0:
+            n_pos = int(data.position.max()) + 1
+        base = {"x_mean": x.mean(0), "x_std": x.std(0) + 1e-9, "k": k, "n_pos": n_pos}
+        if data.candidate_features is not None and dim > 0:
+            valid = data.candidate_features[data.mask].astype(np.float64)
+            center = valid.mean(0)
+            _, _, vt = np.linalg.svd(valid - center, full_matrices=False)
+            basis = vt[: min(dim, vt.shape[0])].T
+            scale = ((valid - center) @ basis).std(0) + 1e-9
+            return Design(**base, source="features", center=center, basis=basis, scale=scale)
+        if data.variant is not None and data.variant_embeddings is not None and dim > 0:
+            emb = data.variant_embeddings.astype(np.float64)
+            cnt = np.bincount(data.variant[data.mask], minlength=emb.shape[0]).astype(np.float64)
+            center = cnt @ emb / cnt.sum()
+            dev = emb - center
+            cov = (dev * cnt[:, None]).T @ dev / cnt.sum()
+            vecs = np.linalg.eigh(cov)[1]
+            basis = vecs[:, ::-1][:, : min(dim, emb.shape[1])]
+            comp = dev @ basis
+            scale = np.sqrt(cnt @ comp**2 / cnt.sum()) + 1e-9
+            table = np.vstack([comp / scale, np.zeros((1, basis.shape[1]))])  # row -1: unused
+            return Design(**base, source="variant", table=table)
+        return Design(**base, source="slot")
+
+    def _actions(self, data: BanditFeedback, rows: npt.NDArray[np.intp]) -> Array:
+        """[1, action features] per row and slot, (m, K, 1 + a); zeros on unused slots."""
+        m, k = rows.size, self.k
+        if self.source == "features":
+            assert data.candidate_features is not None and self.basis is not None
+            comp = (data.candidate_features[rows].astype(np.float64) - self.center) @ self.basis
+            a = comp / self.scale
+        elif self.source == "variant":
+            assert data.variant is not None and self.table is not None
+            a = self.table[data.variant[rows]]
+        else:
+            a = np.broadcast_to(np.eye(k), (m, k, k))
+        a = np.where(data.mask[rows][..., None], a, 0.0)
+        return np.concatenate([np.ones((m, k, 1)), a], axis=2)
+
+    def _x1(self, data: BanditFeedback, rows: npt.NDArray[np.intp]) -> Array:
+        x = (data.context[rows] - self.x_mean) / self.x_std
+        return np.concatenate([np.ones((rows.size, 1)), x], axis=1)
+
+    def _pos(self, data: BanditFeedback, rows: npt.NDArray[np.intp]) -> Array | None:
+        if self.n_pos == 0 or data.position is None:
+            return None
+        return np.eye(self.n_pos)[np.minimum(data.position[rows], self.n_pos - 1)]
+
+    def rows(self, data: BanditFeedback, rows: npt.NDArray[np.intp]) -> Array:
+        """φ for every slot of ``rows``, (m, K, p)."""
+        x1, a1 = self._x1(data, rows), self._actions(data, rows)
+        phi = (x1[:, None, :, None] * a1[:, :, None, :]).reshape(rows.size, self.k, -1)
+        pos = self._pos(data, rows)
+        if pos is not None:
+            phi = np.concatenate(
+                [phi, np.broadcast_to(pos[:, None, :], (rows.size, self.k, self.n_pos))], 2
+            )
+        return phi
+
+    def logged(self, data: BanditFeedback, rows: npt.NDArray[np.intp]) -> Array:
+        """φ at the logged slot of ``rows``, (m, p)."""
+        x1 = self._x1(data, rows)
+        a1 = self._actions(data, rows)[np.arange(rows.size), data.action[rows]]
+        phi = (x1[:, :, None] * a1[:, None, :]).reshape(rows.size, -1)
+        pos = self._pos(data, rows)
+        return phi if pos is None else np.concatenate([phi, pos], axis=1)
 
 
-def design(data: BanditFeedback, dim: int) -> npt.NDArray[np.float64]:
-    """φ(x, a) = [1, x] ⊗ [1, action features] (+ position one-hot), shape (n, K, p)."""
-    n, k = data.mask.shape
-    x = data.context
-    x = (x - x.mean(0)) / (x.std(0) + 1e-9)
-    x1 = np.concatenate([np.ones((n, 1)), x], axis=1)
-    a = _action_features(data, dim)
-    a1 = np.concatenate([np.ones((n, k, 1)), a], axis=2)
-    phi = (x1[:, None, :, None] * a1[:, :, None, :]).reshape(n, k, -1)
-    if data.position is not None and data.position.max() > 0:
-        pos = np.eye(int(data.position.max()) + 1)[data.position]
-        phi = np.concatenate([phi, np.broadcast_to(pos[:, None, :], (n, k, pos.shape[1]))], 2)
-    return phi
+def design(data: BanditFeedback, dim: int) -> Array:
+    """The whole design (n, K, p) of a (small) log; see :class:`Design`."""
+    return Design.fit(data, dim).rows(data, np.arange(data.n_rows))
 
 
-def _fit_predict(model: RewardModel, x_train: Array, y: Array, x_pred: Array) -> Array:
+Predictor = Callable[[Array], Array]
+
+
+def _fit(model: RewardModel, x_train: Array, y: Array) -> Predictor:
+    """Fit on (x_train, y); return a function predicting q̂ for rows of features."""
     c = 1.0 if model.c is None else model.c
     binary = bool(np.isin(y, (0.0, 1.0)).all())
     if (model.kind == "logistic" or (model.kind == "gbm" and binary)) and np.unique(y).size < 2:
-        return np.full(x_pred.shape[0], float(y.mean()))
+        const = float(y.mean())
+        return lambda x: np.full(x.shape[0], const)
     if model.kind == "logistic":
         if not binary:
             raise ValueError("the logistic reward model needs 0/1 rewards — use kind='ridge'")
         from sklearn.linear_model import LogisticRegression
 
-        clf = LogisticRegression(C=c, max_iter=300)
-        return clf.fit(x_train, y).predict_proba(x_pred)[:, 1]
+        clf = LogisticRegression(C=c, max_iter=300).fit(x_train, y)
+        return lambda x: clf.predict_proba(x)[:, 1]
     if model.kind == "ridge":
         from sklearn.linear_model import Ridge
 
-        return Ridge(alpha=1.0 / c).fit(x_train, y).predict(x_pred)
+        return Ridge(alpha=1.0 / c).fit(x_train, y).predict  # type: ignore[no-any-return]
     if model.kind == "gbm":
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
@@ -119,17 +201,17 @@ def _fit_predict(model: RewardModel, x_train: Array, y: Array, x_pred: Array) ->
                 min_samples_leaf=100,
                 l2_regularization=1.0,
                 random_state=model.seed,
-            )
-            return g.fit(x_train, y).predict_proba(x_pred)[:, 1]
-        return (
+            ).fit(x_train, y)
+            return lambda x: g.predict_proba(x)[:, 1]
+        return (  # type: ignore[no-any-return]
             HistGradientBoostingRegressor(max_iter=100, random_state=model.seed)
             .fit(x_train, y)
-            .predict(x_pred)
+            .predict
         )
-    return _mlp(model, x_train, y, x_pred, binary)
+    return _mlp(model, x_train, y, binary)
 
 
-def _mlp(model: RewardModel, x_train: Array, y: Array, x_pred: Array, binary: bool) -> Array:
+def _mlp(model: RewardModel, x_train: Array, y: Array, binary: bool) -> Predictor:
     import torch
 
     gen = torch.Generator().manual_seed(model.seed)
@@ -150,10 +232,14 @@ def _mlp(model: RewardModel, x_train: Array, y: Array, x_pred: Array, binary: bo
             opt.zero_grad()
             loss_fn(net(xt[idx]).squeeze(-1), yt[idx]).backward()
             opt.step()
-    with torch.no_grad():
-        out = net(torch.from_numpy(x_pred.astype(np.float32))).squeeze(-1)
-        out = torch.sigmoid(out) if binary else out
-    return out.numpy().astype(np.float64)
+
+    def predict(x: Array) -> Array:
+        with torch.no_grad():
+            out = net(torch.from_numpy(x.astype(np.float32))).squeeze(-1)
+            out = torch.sigmoid(out) if binary else out
+        return out.numpy().astype(np.float64)
+
+    return predict
 
 
 def fit_reward_model(
@@ -202,23 +288,28 @@ def _cross_fit(
 def _cross_fit_1(
     data: BanditFeedback, m: RewardModel, fold: npt.NDArray[np.int64] | None
 ) -> CrossFit:
-    phi = design(data, m.embedding_dim)
-    n, k, p = phi.shape
+    des = Design.fit(data, m.embedding_dim)
+    n, k = data.mask.shape
     if fold is None:
         fold = np.random.default_rng(m.seed).permutation(n) % m.folds
     q = np.zeros((n, k))
-    rows = np.arange(n)
+    rng = np.random.default_rng([m.seed, 1])
     for f in range(m.folds):
-        test = fold == f
-        train = ~test
-        xa = phi[rows[train], data.action[train]]
-        flat_pred = phi[test].reshape(-1, p)
-        q[test] = _fit_predict(m, xa, data.reward[train], flat_pred).reshape(-1, k)
+        test = np.flatnonzero(fold == f)
+        train = np.flatnonzero(fold != f)
+        if m.max_train_rows is not None and train.size > m.max_train_rows:
+            train = np.sort(rng.choice(train, m.max_train_rows, replace=False))
+        predict = _fit(m, des.logged(data, train), data.reward[train])
+        p = des.logged(data, train[:1]).shape[1]
+        step = max(1, PREDICT_CELLS // (k * p))
+        for s in range(0, test.size, step):
+            rows = test[s : s + step]
+            q[rows] = predict(des.rows(data, rows).reshape(-1, p)).reshape(-1, k)
     q = np.where(data.mask, q, 0.0)
     r = data.reward
     oof = base = None
     if np.isin(r, (0.0, 1.0)).all():
-        qa = np.clip(q[rows, data.action], 1e-6, 1 - 1e-6)
+        qa = np.clip(q[np.arange(n), data.action], 1e-6, 1 - 1e-6)
         oof = float(-np.mean(r * np.log(qa) + (1 - r) * np.log(1 - qa)))
         pbar = np.clip(r.mean(), 1e-6, 1 - 1e-6)
         base = float(-np.mean(r * np.log(pbar) + (1 - r) * np.log(1 - pbar)))
@@ -244,12 +335,10 @@ def bootstrap_interval(
     For model-based estimators, ``refit=True`` refits the cross-fitted reward model on every
     resample (so the interval includes the model's uncertainty); ``refit=False`` reuses ``q``.
 
-    Without refitting, resampling works on per-row sufficient statistics
-    (:meth:`Estimator.parts`) with the Poisson bootstrap (each row, or group, enters a resample
-    Poisson(1) times — the large-sample equivalent of multinomial resampling), so no resampled
-    copy of the data is ever built. Logs larger than ``blocks`` rows are resampled in
-    ``blocks`` random groups of rows (iid rows make the groups iid, so the bootstrap's limit is
-    the same); smaller logs are resampled row by row, the textbook bootstrap.
+    Without refitting this is ``estimator.interval(method="bootstrap")``: resampling on per-row
+    sufficient statistics (:mod:`copyloop.ope.resample`; rows up to ``blocks``, Poisson weights
+    over ``blocks`` random row groups beyond), no resampled copy of the data is built. For the
+    studentised bootstrap with the model fixed use ``estimator.interval(method="bootstrap-t")``.
     """
     if n_boot < 2:
         raise ValueError(f"`n_boot` must be >= 2, got {n_boot}")
@@ -259,10 +348,12 @@ def bootstrap_interval(
         # Resamples reuse the regularisation chosen on the full data (choosing it again on
         # every resample would multiply the cost by the grid size).
         model = replace(model or RewardModel(), c=first.c)
+    if not (refit and estimator.needs_reward_model):
+        return estimator.interval(
+            data, target, q, alpha, method="bootstrap", n_boot=n_boot, seed=seed, blocks=blocks
+        )
     rng = np.random.default_rng(seed)
     n = data.n_rows
-    if not (refit and estimator.needs_reward_model):
-        return _resample_sums(estimator, data, target, q, alpha, n_boot, blocks, rng, progress)
     point = estimator.estimate(data, target, q)
     m = model or RewardModel()
     base_fold = np.random.default_rng(m.seed).permutation(n) % m.folds
@@ -282,57 +373,3 @@ def bootstrap_interval(
         ess, wmax = weight_diagnostics(importance_weights(data, target))
     method = "bootstrap-refit" if (refit and estimator.needs_reward_model) else "bootstrap"
     return Interval(estimator.name, point, float(lo), float(hi), alpha, method, n, ess, wmax)
-
-
-def _resample_sums(
-    estimator: Estimator,
-    data: BanditFeedback,
-    target: Array,
-    q: Array | None,
-    alpha: float,
-    n_boot: int,
-    blocks: int,
-    rng: np.random.Generator,
-    progress: Callable[[int], None] | None,
-) -> Interval:
-    parts = estimator.parts(data, target, q)  # (n, p)
-    n = data.n_rows
-    point = float(estimator.combine(parts.sum(axis=0), np.asarray(float(n))))
-    if blocks < 1:
-        raise ValueError(f"`blocks` must be >= 1, got {blocks}")
-    stats = np.empty(n_boot)
-    if n <= blocks:
-        # Small logs: the textbook row bootstrap, exactly (n rows drawn with replacement).
-        for b in range(n_boot):
-            idx = rng.integers(0, n, size=n)
-            stats[b] = estimator.combine(parts[idx].sum(axis=0), np.asarray(float(n)))
-            if progress is not None:
-                progress(b + 1)
-    else:
-        # Large logs: Poisson bootstrap over random groups of rows (sufficient statistics).
-        group = rng.integers(0, blocks, size=n)
-        group_sums = np.column_stack(
-            [
-                np.bincount(group, weights=parts[:, j], minlength=blocks)
-                for j in range(parts.shape[1])
-            ]
-        )
-        sizes = np.bincount(group, minlength=blocks).astype(np.float64)
-        chunk = max(1, 2_000_000 // blocks)  # bound the (resamples × groups) count matrix
-        for start in range(0, n_boot, chunk):
-            m = min(chunk, n_boot - start)
-            counts = rng.poisson(1.0, size=(m, blocks)).astype(np.float64)
-            stats[start : start + m] = estimator.combine(counts @ group_sums, counts @ sizes)
-            if progress is not None:
-                progress(start + m)
-    if np.isnan(stats).any():
-        warnings.warn(
-            f"{estimator.name}: {int(np.isnan(stats).sum())} of {n_boot} resamples had no "
-            "weight (0/0) and were dropped — the log is too small for this estimator",
-            stacklevel=3,
-        )
-    lo, hi = np.nanquantile(stats, [alpha / 2, 1 - alpha / 2])
-    ess = wmax = None
-    if estimator.uses_weights:
-        ess, wmax = weight_diagnostics(importance_weights(data, target))
-    return Interval(estimator.name, point, float(lo), float(hi), alpha, "bootstrap", n, ess, wmax)

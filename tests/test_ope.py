@@ -252,3 +252,60 @@ def test_cli_ope_and_gate(market, tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 1 and "HOLD" in res.output
+
+
+def test_feedback_from_log_is_compact_and_matches_the_variants(market, tmp_path: Path) -> None:
+    """Slots carry variant indices (no (n, K, e) embedding copy); the logged slot's variant is
+    the logged action; a reward model from ``variant`` + ``variant_embeddings`` predicts what
+    one from per-slot embeddings does."""
+    from copyloop import DecisionLog, VariantsTable
+    from copyloop.agents import UniformPolicy
+    from copyloop.envs.simulate import simulate
+    from copyloop.ope import feedback_from_log
+
+    simulate(market, UniformPolicy(seed=0), 3000, seed=1, out=tmp_path / "l.parquet")
+    var = VariantsTable.read(tmp_path / "l.variants.parquet")
+    log = DecisionLog.read(tmp_path / "l.parquet", variants=var)
+    data = feedback_from_log(log, var)
+    assert data.candidate_features is None and data.variant_embeddings is not None
+    ids = np.array(var.variant_ids)
+    logged_variant = data.variant[np.arange(data.n_rows), data.action]
+    assert (ids[logged_variant] == np.array(log.column("action"))).all()
+    assert ((data.variant >= 0) == data.mask).all()
+    full = BanditFeedback(
+        context=data.context,
+        mask=data.mask,
+        action=data.action,
+        reward=data.reward,
+        pscore=data.pscore,
+        candidate_features=np.where(
+            data.mask[..., None], data.variant_embeddings[data.variant], 0.0
+        ).astype(np.float32),
+    )
+    m = RewardModel(folds=3, c=0.01)
+    q_compact = fit_reward_model(data, m).q
+    q_full = fit_reward_model(full, m).q
+    np.testing.assert_allclose(q_compact, q_full, atol=2e-4)
+
+
+def test_cli_interval_methods(market, tmp_path: Path) -> None:
+    from copyloop.agents import UniformPolicy
+    from copyloop.envs.simulate import simulate
+
+    simulate(market, UniformPolicy(seed=0), 2000, seed=0, out=tmp_path / "l.parquet")
+    from copyloop import DecisionLog
+
+    log = DecisionLog.read(tmp_path / "l.parquet")
+    probs = np.zeros((log.n_rows, market.max_candidates))
+    for i, p in enumerate(log.column("action_probs")):
+        probs[i, : len(p)] = p
+    np.save(tmp_path / "same.npy", probs)
+    base = ["ope", "--logs", str(tmp_path / "l.parquet"), "--target-probs"]
+    base += [str(tmp_path / "same.npy"), "--estimators", "ipw,snipw", "--json"]
+    for method, expected in (("auto", "bootstrap-t"), ("clt", "clt"), ("bootstrap", "bootstrap")):
+        res = runner.invoke(app, [*base, "--interval", method, "--resamples", "199"])
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.output[res.output.index("{") :])
+        assert {e["interval"] for e in out["estimates"]} == {expected}
+    res = runner.invoke(app, [*base, "--interval", "wald"])
+    assert res.exit_code == 2 and "--interval must be auto or one of" in res.output
