@@ -7,12 +7,15 @@ is the winner of one of those samples picked uniformly at random. The logged pro
 therefore *exactly* the probability with which the agent chose — the Monte-Carlo error
 (standard error ≤ 0.5/√n_draws, 0.044 at the default 128) is only the distance to idealised TS,
 never a mismatch between what was done and what was logged. Draws use the policy's per-call
-generator, so a decision replays exactly from a saved policy.
+generator, so a decision replays exactly from a saved policy. The Gaussian-head agents can stop
+early (``min_draws``): a row whose first draws all agree acts on that slot with probability 1,
+which is again exactly what is done; only the distance to idealised TS grows (see
+:class:`LinearTSPolicy`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -213,6 +216,7 @@ class _GaussianHeadTS(Policy):
         self,
         features: str = "interaction",
         n_draws: int = 128,
+        min_draws: int | None = None,
         *,
         seed: int | None = None,
         exploration_floor: float = 0.0,
@@ -220,9 +224,12 @@ class _GaussianHeadTS(Policy):
         if features not in FEATURE_MAPS:
             raise ValueError(f"`features` must be one of {FEATURE_MAPS}, got {features!r}")
         _check_draws(n_draws)
+        if min_draws is not None and not 1 <= min_draws <= n_draws:
+            raise ValueError(f"`min_draws` must be in [1, n_draws={n_draws}], got {min_draws}")
         super().__init__(seed=seed, exploration_floor=exploration_floor)
         self.features = features
         self.n_draws = n_draws
+        self.min_draws = min_draws
 
     def _phi(self, obs: dict[str, npt.NDArray[Any]]) -> npt.NDArray[np.float32]:
         return features(obs, self.features)
@@ -233,30 +240,60 @@ class _GaussianHeadTS(Policy):
             f"{type(self).__name__} must implement _draw_heads (its posterior draws)"
         )
 
-    def _decide(self, obs, mask, rng):  # type: ignore[no-untyped-def]
+    def _scorer(
+        self, obs: dict[str, npt.NDArray[Any]]
+    ) -> tuple[int, Callable[[npt.NDArray[np.float32], Any], npt.NDArray[np.float32]]]:
+        """(head width d, ``score(theta (M, d), rows)`` → sampled scores (R, K, M) of ``rows``)."""
         if type(self)._phi is not _GaussianHeadTS._phi:  # a learned representation
             phi = self._phi(obs)
-            b, k, d = phi.shape
-            theta = self._draw_heads(d, self.n_draws, rng).astype(np.float32)  # (M, d)
-            scores = (phi.reshape(b * k, d) @ theta.T).reshape(b, k, self.n_draws)
-            return choose_from_draws(scores, mask, rng)
+            k, d = phi.shape[1:]
+
+            def score_phi(theta: npt.NDArray[np.float32], rows: Any) -> npt.NDArray[np.float32]:
+                p = phi[rows]
+                return (p.reshape(-1, d) @ theta.T).reshape(p.shape[0], k, theta.shape[0])
+
+            return d, score_phi
         c1 = _with_one(candidate_block(obs))  # (B, K, dc + 1)
-        b, k, dc1 = c1.shape
+        k, dc1 = c1.shape[1:]
         if self.features == "candidate":
-            theta = self._draw_heads(dc1, self.n_draws, rng).astype(np.float32)
-            scores = (c1.reshape(b * k, dc1) @ theta.T).reshape(b, k, self.n_draws)
-            return choose_from_draws(scores, mask, rng)
+
+            def score_c(theta: npt.NDArray[np.float32], rows: Any) -> npt.NDArray[np.float32]:
+                c = c1[rows]
+                return (c.reshape(-1, dc1) @ theta.T).reshape(c.shape[0], k, theta.shape[0])
+
+            return dc1, score_c
         u1 = _with_one(np.asarray(obs["user"], np.float32))  # (B, du + 1)
         du1 = u1.shape[1]
-        m = self.n_draws
-        theta = self._draw_heads(du1 * dc1, m, rng).astype(np.float32)
-        # φ = u1 ⊗ c1, so φ·θ = u1ᵀ Θ c1 with Θ = θ as (du+1, dc+1): contract the user side
-        # once per row and draw (B, M, dc+1), then the candidates — never building φ (B, K, d).
-        # ~K·du/(du + K) fewer flops (5x at K = du = 10) than scoring φ.
-        w = theta.reshape(m, du1, dc1).transpose(1, 0, 2).reshape(du1, m * dc1)
-        g = (u1 @ w).reshape(b, m, dc1)
-        scores = np.matmul(c1, g.transpose(0, 2, 1))  # (B, K, M)
-        return choose_from_draws(scores, mask, rng)
+
+        def score_uc(theta: npt.NDArray[np.float32], rows: Any) -> npt.NDArray[np.float32]:
+            # φ = u1 ⊗ c1, so φ·θ = u1ᵀ Θ c1 with Θ = θ as (du+1, dc+1): contract the user
+            # side once per row and draw (R, M, dc+1), then the candidates — never building
+            # φ (B, K, d): ~K·du/(du + K) fewer flops (5x at K = du = 10) than scoring φ.
+            m = theta.shape[0]
+            w = theta.reshape(m, du1, dc1).transpose(1, 0, 2).reshape(du1, m * dc1)
+            u, c = u1[rows], c1[rows]
+            g = (u @ w).reshape(u.shape[0], m, dc1)
+            return np.matmul(c, g.transpose(0, 2, 1))  # (R, K, M)
+
+        return du1 * dc1, score_uc
+
+    def _decide(self, obs, mask, rng):  # type: ignore[no-untyped-def]
+        d, score = self._scorer(obs)
+        theta = self._draw_heads(d, self.n_draws, rng).astype(np.float32)  # (M, d)
+        m0 = self.min_draws
+        if m0 is None or m0 >= self.n_draws:
+            return choose_from_draws(score(theta, slice(None)), mask, rng)
+        # Early stop: rows whose first m0 draws all pick one slot act on it (probability 1:
+        # exactly what is done); the others are scored on all n_draws draws.
+        s0, probs = masked_win_frequencies(score(theta[:m0], slice(None)), mask)
+        actions = probs.argmax(axis=1)
+        open_rows = np.flatnonzero(probs.max(axis=1) < 1.0)
+        if open_rows.size:
+            full = np.concatenate([s0[open_rows], score(theta[m0:], open_rows)], axis=2)
+            a_open, p_open = choose_from_draws(full, mask[open_rows], rng)
+            actions[open_rows] = a_open
+            probs[open_rows] = p_open
+        return actions.astype(np.int64), probs
 
     def _chosen_phi(
         self, obs: dict[str, npt.NDArray[Any]], actions: npt.NDArray[np.int64]
@@ -280,6 +317,12 @@ class LinearTSPolicy(_GaussianHeadTS):
         reg: ``λ``, the ridge prior precision.
         features: ``"interaction"`` (user × copy) or ``"candidate"``.
         n_draws: posterior draws per decision batch.
+        min_draws: early stop (None = off): every row is first scored on this many draws;
+            rows whose draws all pick one slot act on it with probability 1 (exactly what is
+            done), only the others are scored on all ``n_draws``. Cheaper when the posterior
+            is concentrated; the distance to idealised TS for a stopped row is then one-sided:
+            with 95 % confidence its slot's TS probability is ≥ 0.05^(1/min_draws) (0.91 at
+            32, 0.95 at 64), against a standard error ≤ 0.5/√n_draws for the others.
     """
 
     policy_id = "linear_ts"
@@ -290,13 +333,16 @@ class LinearTSPolicy(_GaussianHeadTS):
         reg: float = 1.0,
         features: str = "interaction",
         n_draws: int = 128,
+        min_draws: int | None = None,
         *,
         seed: int | None = None,
         exploration_floor: float = 0.0,
     ) -> None:
         if noise <= 0 or reg <= 0:
             raise ValueError(f"`noise` and `reg` must be > 0, got {noise}, {reg}")
-        super().__init__(features, n_draws, seed=seed, exploration_floor=exploration_floor)
+        super().__init__(
+            features, n_draws, min_draws, seed=seed, exploration_floor=exploration_floor
+        )
         self.noise = noise
         self.reg = reg
         self._A: npt.NDArray[np.float64] | None = None
@@ -364,6 +410,7 @@ class LogisticTSPolicy(_GaussianHeadTS):
         features: ``"interaction"`` (user × copy) or ``"candidate"``.
         n_draws: posterior draws per decision batch.
         max_iter: L-BFGS iterations per batch update.
+        min_draws: early stop, as in :class:`LinearTSPolicy`.
     """
 
     policy_id = "logistic_ts"
@@ -375,6 +422,7 @@ class LogisticTSPolicy(_GaussianHeadTS):
         features: str = "interaction",
         n_draws: int = 128,
         max_iter: int = 20,
+        min_draws: int | None = None,
         *,
         seed: int | None = None,
         exploration_floor: float = 0.0,
@@ -383,7 +431,9 @@ class LogisticTSPolicy(_GaussianHeadTS):
             raise ValueError(f"`max_iter` must be >= 1, got {max_iter}")
         if reg <= 0 or alpha <= 0:
             raise ValueError(f"`reg` and `alpha` must be > 0, got {reg}, {alpha}")
-        super().__init__(features, n_draws, seed=seed, exploration_floor=exploration_floor)
+        super().__init__(
+            features, n_draws, min_draws, seed=seed, exploration_floor=exploration_floor
+        )
         self.reg = reg
         self.alpha = alpha
         self.max_iter = max_iter
@@ -442,7 +492,7 @@ class NeuralLinearTSPolicy(LinearTSPolicy):
         epochs: passes over the buffer per retraining.
         buffer_size: most recent observations kept.
         lr: Adam learning rate.
-        noise, reg, n_draws: as in :class:`LinearTSPolicy`.
+        noise, reg, n_draws, min_draws: as in :class:`LinearTSPolicy`.
     """
 
     policy_id = "neural_linear_ts"
@@ -458,6 +508,7 @@ class NeuralLinearTSPolicy(LinearTSPolicy):
         noise: float = 0.15,
         reg: float = 1.0,
         n_draws: int = 128,
+        min_draws: int | None = None,
         *,
         seed: int | None = None,
         exploration_floor: float = 0.0,
@@ -467,7 +518,13 @@ class NeuralLinearTSPolicy(LinearTSPolicy):
         if retrain_every < 1 or epochs < 1 or buffer_size < 1:
             raise ValueError("`retrain_every`, `epochs` and `buffer_size` must be >= 1")
         super().__init__(
-            noise, reg, "candidate", n_draws, seed=seed, exploration_floor=exploration_floor
+            noise,
+            reg,
+            "candidate",
+            n_draws,
+            min_draws,
+            seed=seed,
+            exploration_floor=exploration_floor,
         )
         del self.features  # the representation is learned; not a constructor argument here
         self.hidden = tuple(hidden)
@@ -606,7 +663,7 @@ class LinUCBPolicy(_GaussianHeadTS):
         if alpha < 0 or reg <= 0:
             raise ValueError(f"`alpha` must be >= 0 and `reg` > 0, got {alpha}, {reg}")
         super().__init__(features, 1, seed=seed, exploration_floor=exploration_floor)
-        del self.n_draws
+        del self.n_draws, self.min_draws
         self.alpha = alpha
         self.reg = reg
         self._lin = LinearTSPolicy(noise=1.0, reg=reg, features=features)

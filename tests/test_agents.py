@@ -232,3 +232,32 @@ def test_factorised_scores_match_scoring_phi(name, kind, batches) -> None:
     got = pol.act(obs)
     np.testing.assert_array_equal(got.actions, ref_a)
     np.testing.assert_allclose(got.probs, ref_p, atol=1e-12)
+
+
+def test_early_stop_draws_keep_propensities_exact(batches) -> None:
+    """``min_draws``: rows whose first draws agree act with probability 1, the others on all
+    ``n_draws``; either way 20k seeded draws of a row match the probabilities it reported."""
+    from copyloop.agents import LinearTSPolicy
+
+    pol = LinearTSPolicy(noise=0.05, n_draws=64, min_draws=8, seed=2)
+    for obs, a, r in batches[0]:
+        pol.update(obs, a, r)
+    obs = batches[1]
+    d = pol.act(obs)
+    settled = d.probs.max(axis=1) == 1.0
+    assert settled.any() and (~settled).any()  # both paths are exercised
+    np.testing.assert_allclose(d.probs.sum(axis=1), 1.0, atol=1e-12)
+    assert (d.propensity[settled] == 1.0).all()
+    # the open rows' frequencies are over all 64 draws
+    assert np.allclose((d.probs[~settled] * 64) % 1, 0) and not np.allclose(
+        (d.probs[~settled] * 8) % 1, 0
+    )
+    for row in (np.flatnonzero(settled)[0], np.flatnonzero(~settled)[0]):
+        many = {k: np.repeat(v[row : row + 1], 20_000, axis=0) for k, v in obs.items()}
+        dm = pol.act(many)
+        p = dm.probs[0]
+        freq = np.bincount(dm.actions, minlength=p.size) / dm.actions.size
+        se = np.sqrt(p * (1 - p) / dm.actions.size)
+        assert (np.abs(freq - p) <= 4.5 * se + 0.002).all(), (row, freq, p)
+    with pytest.raises(ValueError, match="min_draws"):
+        LinearTSPolicy(n_draws=16, min_draws=32)
