@@ -617,6 +617,12 @@ def demo(
     console.print(f"plots and tables in {res.out_dir}")
 
 
+# Sub-apps living in their own modules (they import this module's helpers, so they come last).
+from copyloop.cli_clicksim import clicksim_app  # noqa: E402
+
+app.add_typer(clicksim_app, name="clicksim")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -511,6 +511,18 @@ def _metadata(kind: str, extra: Mapping[str, str] | None = None) -> dict[bytes, 
     return meta
 
 
+def log_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The key/value metadata a copyloop Parquet file was written with (the ``metadata=`` given
+    to :class:`DecisionLogWriter`, e.g. ``context_names``), without reading its rows."""
+    p = _existing(path, "log")
+    prefix = b"copyloop."
+    return {
+        k[len(prefix) :].decode(): v.decode()
+        for k, v in (pq.read_schema(p).metadata or {}).items()
+        if k.startswith(prefix) and k not in (_META_KIND, _META_VERSION)
+    }
+
+
 def _check_file_kind(path: Path, schema: pa.Schema, kind: str) -> None:
     meta = schema.metadata or {}
     found = meta.get(_META_KIND)

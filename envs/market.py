@@ -11,7 +11,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -22,6 +22,9 @@ from copyloop.envs.catalog import CANDIDATE_BOUND, Catalog, CatalogConfig, build
 from copyloop.envs.embed import TextEncoder
 from copyloop.envs.users import PopulationConfig, UserPopulation
 from copyloop.envs.world import ClickWorld, SegmentTaste, WorldConfig
+
+if TYPE_CHECKING:
+    from copyloop.envs.clicksim import BoundSimulator, ClickSimulator
 
 USER_FEATURE_MAX = 20.0
 """Upper bound of user features (log1p purchase counts stay far below it)."""
@@ -38,6 +41,11 @@ class MarketConfig:
         session_length: impressions per session (1 = contextual bandit). Within a session one
             user sees one campaign's slot repeatedly, so fatigue matters.
         seed: seed of the population; the catalog and world carry their own seeds.
+        click_model: directory of a learned click simulator (``copyloop clicksim fit``) to draw
+            clicks from instead of the click world; None = the world. Fatigue still follows
+            ``world.fatigue_*`` (the simulator models first impressions).
+        pessimism: with ``click_model``, subtract this many ensemble standard deviations from
+            every CTR (floored at 0), so agents do not exploit the simulator's errors.
 
     Example:
         >>> cfg = MarketConfig.from_dict({"session_length": 5, "world": {"drift_period": 10000}})
@@ -50,10 +58,20 @@ class MarketConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     session_length: int = 1
     seed: int = 0
+    click_model: str | None = None
+    pessimism: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.session_length <= 1000:
             raise ValueError(f"`session_length` must be in [1, 1000], got {self.session_length}")
+        if not 0.0 <= self.pessimism <= 10.0:
+            raise ValueError(
+                f"`pessimism` must be in [0, 10] (standard deviations), got {self.pessimism}"
+            )
+        if self.pessimism and self.click_model is None:
+            raise ValueError(
+                "`pessimism` needs a `click_model` (it penalises simulator uncertainty)"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MarketConfig:
@@ -124,6 +142,11 @@ class Market:
         self.population = UserPopulation(self.config.population, seed=self.config.seed)
         self.catalog: Catalog = build_catalog(self.config.catalog, encoder=encoder)
         self.world = ClickWorld(self.catalog, self.population, self.config.world)
+        self.click_model: BoundSimulator | None = None
+        if self.config.click_model is not None:
+            from copyloop.envs.clicksim import ClickSimulator
+
+            self.click_model = self._bind(ClickSimulator.load(self.config.click_model))
         cat = self.catalog
         pad = np.where(cat.slots >= 0, cat.slots, cat.n_variants)  # zero row for unused slots
         # Per-campaign observation tables, so a batch of sessions gathers whole rows.
@@ -154,7 +177,51 @@ class Market:
         other.population, other.catalog, other.world = self.population, self.catalog, self.world
         other.slot_features, other.slot_mask = self.slot_features, self.slot_mask
         other.user_pack = self.user_pack
+        other.click_model = self.click_model
         return other
+
+    def _bind(self, sim: ClickSimulator) -> BoundSimulator:
+        if sim.context_dim != self.user_dim:
+            raise ValueError(
+                f"the click simulator reads {sim.context_dim} context features but this market's "
+                f"users have {self.user_dim} — fit it on a log of this market"
+            )
+        return sim.bind_catalog(self.catalog)
+
+    def with_click_model(
+        self, click_model: ClickSimulator | str | Path | None, pessimism: float = 0.0
+    ) -> Market:
+        """The same market (shared users and catalog) with clicks drawn from a learned click
+        simulator (an object or its directory) instead of the world; None = back to the world."""
+        from copyloop.envs.clicksim import ClickSimulator
+
+        sim = (
+            ClickSimulator.load(click_model)
+            if isinstance(click_model, (str, Path))
+            else click_model
+        )
+        path = None
+        if sim is not None:
+            path = str(sim.path) if sim.path is not None else f"<in-memory {id(sim):x}>"
+        other = object.__new__(Market)
+        other.__dict__.update(self.__dict__)
+        other.config = replace(self.config, click_model=path, pessimism=pessimism)
+        other.click_model = None if sim is None else self._bind(sim)
+        return other
+
+    def first_ctr_rows(
+        self,
+        user_feats: npt.NDArray[np.float32],
+        world_rows: npt.NDArray[np.float32],
+        campaigns: npt.NDArray[np.int64],
+        t: float | npt.NDArray[np.float64],
+    ) -> npt.NDArray[np.float32]:
+        """First-impression CTRs ``(n, K)`` of users (their features and world rows) for their
+        campaigns' slots: from the click simulator when the market has one, else the world."""
+        if self.click_model is None:
+            return self.world.first_ctr_rows(world_rows, campaigns, t)
+        pred = self.click_model.predict(user_feats, self.catalog.slots[campaigns])
+        return pred.pessimistic(self.config.pessimism)
 
     @property
     def user_dim(self) -> int:
@@ -213,12 +280,34 @@ def draw_sessions(market: Market, n: int, rng: np.random.Generator, clock: float
     return SessionBlock(
         users=users,
         campaigns=campaigns,
-        first_ctr=world.first_ctr_rows(rows[:, du : du + world.user_table.shape[1]], campaigns, t),
+        first_ctr=market.first_ctr_rows(
+            rows[:, :du], rows[:, du : du + world.user_table.shape[1]], campaigns, t
+        ),
         user_feats=rows[:, :du],
         cand_feats=np.take(market.slot_features, campaigns, axis=0),
         mask=np.take(market.slot_mask, campaigns, axis=0),
         uniforms=uniforms,
     )
+
+
+def resolve_market(
+    config: MarketConfig | None,
+    market: Market | None,
+    session_length: int | None,
+    click_model: ClickSimulator | str | Path | None,
+    pessimism: float,
+) -> Market:
+    """The market an env runs on, from its constructor arguments."""
+    if market is not None and config is not None and market.config != config:
+        raise ValueError("pass either `config` or `market`, not both with different configs")
+    base = market if market is not None else Market.get(config)
+    if session_length is not None:
+        base = base.with_session_length(session_length)
+    if click_model is not None:
+        base = base.with_click_model(click_model, pessimism)
+    elif pessimism:
+        raise ValueError("`pessimism` needs a `click_model` (it penalises simulator uncertainty)")
+    return base
 
 
 class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
@@ -263,7 +352,10 @@ class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
 
     ## Arguments
     ``gym.make("copyloop/CopyMarket-v0", config=MarketConfig(...))`` or ``market=Market(...)``;
-    ``session_length`` overrides the config's.
+    ``session_length`` overrides the config's; ``click_model`` (a fitted
+    :class:`~copyloop.envs.clicksim.ClickSimulator` or its directory) draws clicks from the
+    learned simulator instead of the world, with ``pessimism`` ensemble standard deviations
+    taken off every CTR. ``info["true_ctr"]`` is then the simulator's CTR.
 
     ## Version History
     * v0: initial version.
@@ -278,12 +370,11 @@ class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
         *,
         market: Market | None = None,
         session_length: int | None = None,
+        click_model: ClickSimulator | str | Path | None = None,
+        pessimism: float = 0.0,
         render_mode: str | None = None,
     ) -> None:
-        if market is not None and config is not None and market.config != config:
-            raise ValueError("pass either `config` or `market`, not both with different configs")
-        base = market if market is not None else Market.get(config)
-        self.market = base if session_length is None else base.with_session_length(session_length)
+        self.market = resolve_market(config, market, session_length, click_model, pessimism)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"`render_mode` must be one of {self.metadata['render_modes']} or None"

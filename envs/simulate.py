@@ -145,6 +145,9 @@ def simulate(
             market.user_dim,
             metadata={
                 "context_names": _json(market.population.feature_names),
+                # The ground truth behind the log: lets `copyloop clicksim report` rebuild the
+                # world and measure a simulator fit on this log against it.
+                "market_config": _json(market.config.to_dict()),
                 "policy": repr(policy),
                 "seed": str(seed),
             },

@@ -10,7 +10,8 @@ change within the session).
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -18,7 +19,17 @@ import numpy.typing as npt
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from copyloop.envs.market import CopyMarketEnv, Market, MarketConfig, SessionBlock, draw_sessions
+from copyloop.envs.market import (
+    CopyMarketEnv,
+    Market,
+    MarketConfig,
+    SessionBlock,
+    draw_sessions,
+    resolve_market,
+)
+
+if TYPE_CHECKING:
+    from copyloop.envs.clicksim import ClickSimulator
 
 
 class CopyMarketVectorEnv(
@@ -50,13 +61,12 @@ class CopyMarketVectorEnv(
         *,
         market: Market | None = None,
         session_length: int | None = None,
+        click_model: ClickSimulator | str | Path | None = None,
+        pessimism: float = 0.0,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"`num_envs` must be >= 1, got {num_envs}")
-        if market is not None and config is not None and market.config != config:
-            raise ValueError("pass either `config` or `market`, not both with different configs")
-        base = market if market is not None else Market.get(config)
-        self.market = base if session_length is None else base.with_session_length(session_length)
+        self.market = resolve_market(config, market, session_length, click_model, pessimism)
         self.num_envs = num_envs
         self.session_length = self.market.config.session_length
         k = self.market.max_candidates

@@ -1,0 +1,1020 @@
+"""The learned click simulator: a CTR model fit on any DecisionLog and its variants table.
+
+Users have their own click logs, not our click world. :class:`ClickSimulator` learns
+CTR(user, copy) from such a log so the market env, the agents and the generator can run on it,
+and :mod:`copyloop.envs.clicksim_report` says how far to trust it.
+
+The model is a two-tower factorisation machine over the log's context features and the copy's
+text (its MiniLM embedding plus the readable text features of :mod:`copyloop.envs.text`)::
+
+    logit(u, v, c) = b + w_u(u)  + w_v(v) + w_c[c]                 (first-order terms)
+                   + < U(u),  V(v) + C[c] >                         (user × copy × campaign)
+
+with ``U``, ``V`` small MLP towers and ``C`` a learned vector per campaign (the product's own
+appeal and who it appeals to). Texts the log never showed are scored through their text tower,
+which is what lets the generator be rewarded by the simulator.
+
+Training:
+
+- an ensemble of ``members`` models, each on a Poisson(1) bootstrap of the training rows with its
+  own initialisation; their disagreement (standard deviation of the calibrated CTRs) is the
+  simulator's epistemic uncertainty;
+- optional propensity weighting (``weighting="ipw"``): each row is weighted by
+  ``(1/K) / propensity`` (self-normalised, clipped at ``max_weight``), so the fit targets the
+  uniform-logging distribution instead of the logging policy's, which corrects the bias a skewed
+  (e.g. Thompson-sampling) logger leaves in a naive fit;
+- early stopping and calibration on a held-out slice of the log: Platt scaling of the ensemble's
+  mean logit (temperature and bias), or isotonic regression.
+
+Example:
+    >>> sim = ClickSimulator.fit(log, variants)                      # doctest: +SKIP
+    >>> sim.save("clicksim/")                                         # doctest: +SKIP
+    >>> sim = ClickSimulator.load("clicksim/")                        # doctest: +SKIP
+    >>> sim.click_reward(["Save 20% today!"], campaign="p123", segment="bargain_hunter")
+    ... # doctest: +SKIP
+    [0.031]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from copyloop.contract import (
+    DecisionLog,
+    LogValidationError,
+    VariantsTable,
+    atomic_path,
+    log_metadata,
+)
+from copyloop.envs.text import N_TEXT_FEATURES, text_features
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.pt"
+CONFIG_FILE = "clicksim.json"
+VARIANTS_FILE = "variants.parquet"
+CONTEXTS_FILE = "contexts.npy"
+METRICS_FILE = "metrics.json"
+CONTEXT_SAMPLE = 4096
+"""Context rows kept with the model, so :meth:`ClickSimulator.click_reward` can average over
+realistic users of a segment."""
+
+_F32 = npt.NDArray[np.float32]
+
+
+class ClickSimError(ValueError):
+    """A click simulator could not be fit, loaded or used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class ClickSimConfig:
+    """How to fit a :class:`ClickSimulator`.
+
+    Attributes:
+        members: ensemble size (>= 1; their spread is the epistemic uncertainty, 5+ recommended).
+        hidden: width of each tower's hidden layer.
+        factors: dimension of the user × copy interaction.
+        epochs: most passes over the training rows (early stopping usually ends sooner).
+        patience: epochs without validation improvement before a member stops.
+        batch_size: rows per gradient step.
+        lr: Adam learning rate.
+        weight_decay: L2 penalty (AdamW).
+        embedding_pca: principal components of the text embeddings (over the log's variants)
+            the copy tower reads (0 = the full embedding). Fewer inputs, less memorisation of
+            individual variants, better generalisation to new copy.
+        weighting: ``"none"`` (plain likelihood) or ``"ipw"`` (propensity weights, see module doc).
+        max_weight: clip of the self-normalised propensity weights.
+        calibration: ``"platt"`` (temperature + bias on the ensemble logit), ``"isotonic"`` or
+            ``"none"``.
+        holdout: fraction of rows held out for early stopping and calibration.
+        bootstrap: train each member on a Poisson(1) bootstrap of the rows.
+        seed: seed of the split, the bootstraps, the initialisations and the batch order.
+    """
+
+    members: int = 5
+    hidden: int = 64
+    factors: int = 16
+    epochs: int = 30
+    patience: int = 3
+    batch_size: int = 2048
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    embedding_pca: int = 32
+    weighting: str = "none"
+    max_weight: float = 50.0
+    calibration: str = "platt"
+    holdout: float = 0.1
+    bootstrap: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "members": self.members >= 1,
+            "hidden": self.hidden >= 1,
+            "factors": self.factors >= 1,
+            "epochs": self.epochs >= 1,
+            "patience": self.patience >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "embedding_pca": self.embedding_pca >= 0,
+            "max_weight": self.max_weight >= 1,
+            "holdout": 0.0 < self.holdout < 0.5,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"ClickSimConfig: invalid `{name}`={getattr(self, name)!r}")
+        if self.weighting not in ("none", "ipw"):
+            raise ValueError(f"`weighting` must be 'none' or 'ipw', got {self.weighting!r}")
+        if self.calibration not in ("platt", "isotonic", "none"):
+            raise ValueError(
+                f"`calibration` must be 'platt', 'isotonic' or 'none', got {self.calibration!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClickSimConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown click-simulator setting(s) {unknown}; known: {sorted(known)}"
+            )
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+
+
+def copy_inputs(texts: Sequence[str], embeddings: _F32 | None = None) -> _F32:
+    """The copy-side input of the model: ``[MiniLM embedding | readable text features]``."""
+    if embeddings is None:
+        from copyloop.envs.embed import default_encoder
+
+        embeddings = default_encoder().encode(list(texts))
+    emb = np.asarray(embeddings, np.float32)
+    if emb.shape[0] != len(texts):
+        raise ClickSimError(f"{len(texts)} texts but {emb.shape[0]} embeddings — pass one per text")
+    return np.hstack([emb, text_features(list(texts))]).astype(np.float32)
+
+
+@dataclass
+class ClickData:
+    """A log joined to its variants table: what the model trains and is scored on.
+
+    Attributes:
+        context: user features, ``(n, du)``.
+        variant: row of each shown variant in the variants table, ``(n,)``.
+        campaign: index of each row's campaign in :attr:`campaign_ids`, ``(n,)``.
+        reward: clicks in [0, 1], ``(n,)``.
+        propensity: logged propensity of the shown variant, ``(n,)``.
+        n_candidates: number of candidates each decision chose among, ``(n,)``.
+        copy: model input of every variant, ``(V, e + text features)``.
+        variant_campaign: campaign index of every variant, ``(V,)``.
+        campaign_ids: campaign ids in variants-table order.
+        variant_ids: variant ids in table order.
+        texts: variant texts in table order.
+        context_names: names of the context features when the log says (else None).
+        user_id: the log's user ids (for ground-truth checks on simulated logs), or None.
+        action_index: the logged slot of each row.
+        metadata: the log file's key/value metadata.
+    """
+
+    context: _F32
+    variant: npt.NDArray[np.int64]
+    campaign: npt.NDArray[np.int64]
+    reward: npt.NDArray[np.float32]
+    propensity: npt.NDArray[np.float64]
+    n_candidates: npt.NDArray[np.int64]
+    copy: _F32
+    variant_campaign: npt.NDArray[np.int64]
+    campaign_ids: list[str]
+    variant_ids: list[str]
+    texts: list[str]
+    embeddings: _F32 | None
+    context_names: list[str] | None = None
+    user_id: list[str | None] | None = None
+    action_index: npt.NDArray[np.int64] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.reward.size)
+
+    @classmethod
+    def from_files(
+        cls, logs: str | Path, variants: str | Path | None = None, *, need_reward: bool = True
+    ) -> ClickData:
+        """Read a DecisionLog Parquet file and its variants table (default
+        ``<logs>.variants.parquet``, as ``copyloop simulate`` writes it)."""
+        lp = Path(logs)
+        vp = Path(variants) if variants is not None else lp.with_suffix(".variants.parquet")
+        if not vp.is_file():
+            raise ClickSimError(
+                f"variants table {vp} does not exist — pass --variants with the variants table "
+                "the log's actions refer to"
+            )
+        vt = VariantsTable.read(vp)
+        log = DecisionLog.read(lp)
+        return cls.from_log(log, vt, metadata=log_metadata(lp), need_reward=need_reward)
+
+    @classmethod
+    def from_log(
+        cls,
+        log: DecisionLog,
+        variants: VariantsTable,
+        *,
+        metadata: dict[str, str] | None = None,
+        need_reward: bool = True,
+    ) -> ClickData:
+        """Join ``log`` to ``variants``; clear errors when they do not belong together."""
+        if log.n_rows == 0:
+            raise ClickSimError("the log is empty — a click simulator needs logged impressions")
+        reward = log.reward
+        if need_reward:
+            missing = np.isnan(reward)
+            if missing.all():
+                raise ClickSimError(
+                    "the log has no rewards (`reward` is null in every row) — a click simulator "
+                    "learns from observed clicks; log rewards or join them in before fitting"
+                )
+            if missing.any():
+                rows = np.flatnonzero(missing)[:5].tolist()
+                raise ClickSimError(
+                    f"`reward` is null in {int(missing.sum())} rows (e.g. rows {rows}) — drop "
+                    "unobserved rows before fitting"
+                )
+            bad = (reward < 0) | (reward > 1)
+            if bad.any():
+                rows = np.flatnonzero(bad)[:5].tolist()
+                raise ClickSimError(
+                    f"`reward` must be a click in [0, 1]; rows {rows} have "
+                    f"{reward[bad][:5].tolist()} — the click simulator models click probabilities"
+                )
+        vids = variants.variant_ids
+        index = {v: i for i, v in enumerate(vids)}
+        actions = log.column("action")
+        row = np.fromiter((index.get(a, -1) for a in actions), np.int64, len(actions))
+        if (row < 0).any():
+            bad_rows = np.flatnonzero(row < 0)
+            shown = [actions[i] for i in bad_rows[:5].tolist()]
+            raise ClickSimError(
+                f"{bad_rows.size} logged actions are not in the variants table (e.g. {shown} in "
+                f"rows {bad_rows[:5].tolist()}) — pass the variants table the log was written "
+                "with (`copyloop simulate` writes it next to the log as *.variants.parquet)"
+            )
+        camps, _starts, counts = variants.campaign_index()
+        camp_ids = [str(c) for c in camps.to_pylist()]
+        variant_campaign = np.repeat(np.arange(len(camp_ids)), counts).astype(np.int64)
+        camp_index = {c: i for i, c in enumerate(camp_ids)}
+        log_camp = log.column("campaign_id")
+        campaign = np.fromiter((camp_index.get(c, -1) for c in log_camp), np.int64, len(log_camp))
+        mismatch = campaign != variant_campaign[row]
+        if mismatch.any():
+            bad_rows = np.flatnonzero(mismatch)
+            i = int(bad_rows[0])
+            raise ClickSimError(
+                f"{bad_rows.size} rows show a variant of another campaign (row {i}: campaign "
+                f"{log_camp[i]!r}, variant {actions[i]!r} belongs to "
+                f"{camp_ids[int(variant_campaign[row[i]])]!r}) — the variants table does not "
+                "match the log"
+            )
+        cands = log.column("candidates")
+        n_cand = np.asarray(
+            [
+                int(counts[c]) if cd is None else len(cd)
+                for c, cd in zip(campaign, cands, strict=True)
+            ],
+            np.int64,
+        )
+        meta = dict(metadata or {})
+        names = None
+        if "context_names" in meta:
+            try:
+                names = [str(x) for x in json.loads(meta["context_names"])]
+            except (json.JSONDecodeError, TypeError):
+                names = None
+            if names is not None and len(names) != log.context_dim:
+                names = None
+        texts = variants.texts
+        emb = variants.embeddings
+        return cls(
+            context=np.ascontiguousarray(log.context, np.float32),
+            variant=row,
+            campaign=campaign,
+            reward=np.nan_to_num(reward).astype(np.float32),
+            propensity=log.propensity.astype(np.float64),
+            n_candidates=n_cand,
+            copy=copy_inputs(texts, emb),
+            variant_campaign=variant_campaign,
+            campaign_ids=camp_ids,
+            variant_ids=vids,
+            texts=texts,
+            embeddings=emb,
+            context_names=names,
+            user_id=log.column("user_id"),
+            action_index=log.action_index.astype(np.int64),
+            metadata=meta,
+        )
+
+    def ipw_weights(self, max_weight: float) -> npt.NDArray[np.float64]:
+        """Self-normalised weights ``(1/K) / propensity`` (target: uniform over candidates),
+        clipped at ``max_weight`` and renormalised to mean 1."""
+        w = (1.0 / self.n_candidates) / self.propensity
+        w = w / w.mean()
+        w = np.minimum(w, max_weight)
+        return w / w.mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# the model
+# ----------------------------------------------------------------------------------------------
+
+
+def _embedding_pca(copy: _F32, k: int) -> tuple[_F32, _F32]:
+    """Mean and top-``k`` principal axes of the embedding part of copy inputs (over distinct
+    variants; signs fixed so the largest loading is positive). ``k=0``: no projection."""
+    emb = copy[:, :-N_TEXT_FEATURES].astype(np.float64)
+    if k == 0:
+        return np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
+    mean = emb.mean(0)
+    _, _, vt = np.linalg.svd(emb - mean, full_matrices=False)
+    vt = vt[: min(k, vt.shape[0])]
+    vt = vt * np.sign(vt[np.arange(vt.shape[0]), np.abs(vt).argmax(axis=1)])[:, None]
+    return mean.astype(np.float32), vt.astype(np.float32)
+
+
+def _project(copy: _F32, mean: _F32, components: _F32) -> _F32:
+    """``[PCA(embedding) | text features]``; identity when there are no components."""
+    if components.size == 0:
+        return copy
+    emb = copy[:, :-N_TEXT_FEATURES]
+    if emb.shape[1] != mean.size:
+        raise ClickSimError(
+            f"text embeddings have {emb.shape[1]} dimensions, the simulator was fit on "
+            f"{mean.size} — use the same text encoder"
+        )
+    return np.hstack([(emb - mean) @ components.T, copy[:, -N_TEXT_FEATURES:]]).astype(np.float32)
+
+
+class _TwoTower(nn.Module):
+    """One ensemble member (see the module docstring for the logit)."""
+
+    def __init__(self, du: int, dv: int, n_campaigns: int, hidden: int, factors: int) -> None:
+        super().__init__()
+        out = factors + 1  # column 0: first-order term, the rest: interaction factors
+        self.user = nn.Sequential(nn.Linear(du, hidden), nn.ReLU(), nn.Linear(hidden, out))
+        self.copy = nn.Sequential(nn.Linear(dv, hidden), nn.ReLU(), nn.Linear(hidden, out))
+        # Row n_campaigns is the "unknown campaign" (always zero: never trained).
+        self.campaign = nn.Embedding(n_campaigns + 1, out)
+        nn.init.zeros_(self.campaign.weight)
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        uu = self.user(u)
+        vv = self.copy(v) + self.campaign(c)
+        return self.bias + uu[:, 0] + vv[:, 0] + (uu[:, 1:] * vv[:, 1:]).sum(1)
+
+
+def _np_mlp(seq: nn.Sequential) -> Callable[[_F32], _F32]:
+    w1 = seq[0].weight.detach().numpy().T.copy()
+    b1 = seq[0].bias.detach().numpy().copy()
+    w2 = seq[2].weight.detach().numpy().T.copy()
+    b2 = seq[2].bias.detach().numpy().copy()
+
+    def f(x: _F32) -> _F32:
+        h = x @ w1
+        h += b1
+        np.maximum(h, 0.0, out=h)
+        y = h @ w2
+        y += b2
+        return y.astype(np.float32, copy=False)
+
+    return f
+
+
+def _sigmoid(x: npt.NDArray[np.floating]) -> _F32:
+    y = np.tanh(np.asarray(x, np.float32) * np.float32(0.5))
+    return ((y + 1.0) * 0.5).astype(np.float32)
+
+
+def _logloss(p: npt.NDArray[np.floating], y: npt.NDArray[np.floating], w: Any = None) -> float:
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    ll = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+    return float(np.average(ll, weights=w))
+
+
+@dataclass
+class Calibrator:
+    """Maps an uncalibrated logit to a calibrated probability (Platt, isotonic or identity)."""
+
+    kind: str = "none"
+    a: float = 1.0
+    b: float = 0.0
+    x: list[float] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+
+    def __call__(self, logit: npt.NDArray[np.floating]) -> _F32:
+        if self.kind == "isotonic":
+            p = _sigmoid(logit)
+            return np.interp(p, self.x, self.y).astype(np.float32)
+        return _sigmoid(self.a * np.asarray(logit, np.float32) + self.b)
+
+    @classmethod
+    def fit(
+        cls, kind: str, logit: npt.NDArray[np.floating], y: npt.NDArray[np.floating], w: Any
+    ) -> Calibrator:
+        if kind == "none":
+            return cls("none")
+        if kind == "isotonic":
+            from sklearn.isotonic import IsotonicRegression
+
+            iso = IsotonicRegression(out_of_bounds="clip", y_min=1e-6, y_max=1 - 1e-6)
+            iso.fit(_sigmoid(logit), y, sample_weight=w)
+            return cls("isotonic", x=iso.X_thresholds_.tolist(), y=iso.y_thresholds_.tolist())
+        from scipy.optimize import minimize
+
+        z = np.asarray(logit, np.float64)
+        yy = np.asarray(y, np.float64)
+        ww = np.ones_like(z) if w is None else np.asarray(w, np.float64)
+
+        def loss(ab: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
+            t = ab[0] * z + ab[1]
+            p = 1.0 / (1.0 + np.exp(-t))
+            ll = np.sum(ww * (np.logaddexp(0.0, t) - yy * t)) / ww.sum()
+            g = ww * (p - yy) / ww.sum()
+            return float(ll), np.array([np.sum(g * z), np.sum(g)])
+
+        res = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+        return cls("platt", a=float(res.x[0]), b=float(res.x[1]))
+
+
+@dataclass
+class CTRPrediction:
+    """Calibrated CTR predictions: ensemble mean and standard deviation (epistemic)."""
+
+    mean: _F32
+    std: _F32
+
+    def pessimistic(self, penalty: float) -> _F32:
+        """``mean − penalty · std``, floored at 0."""
+        if penalty == 0:
+            return self.mean
+        return np.maximum(self.mean - np.float32(penalty) * self.std, 0.0).astype(np.float32)
+
+
+class ClickSimulator:
+    """A fitted click simulator (use :meth:`fit` or :meth:`load`; see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        config: ClickSimConfig,
+        members: list[_TwoTower],
+        calibrator: Calibrator,
+        user_mean: _F32,
+        user_scale: _F32,
+        copy_mean: _F32,
+        copy_scale: _F32,
+        pca_mean: _F32,
+        pca_components: _F32,
+        campaign_ids: list[str],
+        variants: VariantsTable,
+        contexts: _F32,
+        context_names: list[str] | None,
+        base_rate: float,
+        metrics: dict[str, Any],
+    ) -> None:
+        self.config = config
+        self._members = members
+        self.calibrator = calibrator
+        self._user_mean, self._user_scale = user_mean, user_scale
+        self._copy_mean, self._copy_scale = copy_mean, copy_scale
+        self._pca_mean, self._pca_components = pca_mean, pca_components
+        self.campaign_ids = campaign_ids
+        self._campaign_index = {c: i for i, c in enumerate(campaign_ids)}
+        self.variants = variants
+        self.contexts = contexts
+        self.context_names = context_names
+        self.base_rate = base_rate
+        self.metrics = metrics
+        self.path: Path | None = None
+        for m in members:
+            m.eval()
+        self._user_fns = [_np_mlp(m.user) for m in members]
+        self._copy_fns = [_np_mlp(m.copy) for m in members]
+        self._camp_w = [m.campaign.weight.detach().numpy().copy() for m in members]
+        self._bias = np.array([float(m.bias.detach()) for m in members], np.float32)
+        self._variant_copy = copy_inputs(variants.texts, variants.embeddings)
+        camps, _, counts = variants.campaign_index()
+        self._variant_campaign = np.repeat(
+            [self._campaign_index[str(c)] for c in camps.to_pylist()], counts
+        ).astype(np.int64)
+
+    # ---- shapes ----------------------------------------------------------------------------
+    @property
+    def context_dim(self) -> int:
+        return int(self._user_mean.size)
+
+    @property
+    def copy_dim(self) -> int:
+        return int(self._copy_mean.size)
+
+    @property
+    def n_members(self) -> int:
+        return len(self._members)
+
+    def campaign_index(self, campaign: str | int) -> int:
+        """Index of a campaign id (or pass an index through, range-checked)."""
+        if isinstance(campaign, (int, np.integer)):
+            if not 0 <= int(campaign) < len(self.campaign_ids):
+                raise ClickSimError(
+                    f"campaign index {campaign} is out of range [0, {len(self.campaign_ids)})"
+                )
+            return int(campaign)
+        if campaign not in self._campaign_index:
+            raise ClickSimError(
+                f"campaign {campaign!r} was not in the simulator's training log — known "
+                f"campaigns include {self.campaign_ids[:5]}"
+            )
+        return self._campaign_index[campaign]
+
+    # ---- scoring ---------------------------------------------------------------------------
+    def _check_context(self, context: npt.ArrayLike) -> _F32:
+        u = np.asarray(context, np.float32)
+        if u.ndim == 1:
+            u = u[None, :]
+        if u.ndim != 2 or u.shape[1] != self.context_dim:
+            raise ClickSimError(
+                f"context must have shape (n, {self.context_dim}) (the training log's context "
+                f"width), got {np.shape(context)}"
+            )
+        if not np.all(np.isfinite(u)):
+            raise ClickSimError("context has NaN or infinite values — clean the features")
+        return u
+
+    def _user_terms(self, context: _F32) -> list[_F32]:
+        z = (context - self._user_mean) / self._user_scale
+        return [f(z) for f in self._user_fns]
+
+    def _copy_terms(self, copy: _F32, campaign: npt.NDArray[np.int64]) -> list[_F32]:
+        x = _project(np.asarray(copy, np.float32), self._pca_mean, self._pca_components)
+        if x.shape[1] != self.copy_dim:
+            raise ClickSimError(
+                f"copy inputs have {x.shape[1]} features after projection, the model reads "
+                f"{self.copy_dim} — embed texts with the encoder the simulator was fit with"
+            )
+        z = (x - self._copy_mean) / self._copy_scale
+        return [f(z) + w[campaign] for f, w in zip(self._copy_fns, self._camp_w, strict=True)]
+
+    def _combine(self, logits: list[_F32]) -> CTRPrediction:
+        probs = np.stack([self.calibrator(z) for z in logits])
+        return CTRPrediction(probs.mean(0), probs.std(0))
+
+    def predict_pairs(
+        self,
+        context: npt.ArrayLike,
+        copy: npt.ArrayLike,
+        campaign: npt.ArrayLike,
+    ) -> CTRPrediction:
+        """CTR of row ``i``'s user ``context[i]`` seeing copy input ``copy[i]`` (see
+        :func:`copy_inputs`) in campaign index ``campaign[i]``."""
+        u = self._check_context(context)
+        c = np.asarray(campaign, np.int64)
+        vt = self._copy_terms(np.asarray(copy, np.float32), c)
+        ut = self._user_terms(u)
+        logits = [
+            b + uu[:, 0] + vv[:, 0] + np.einsum("nf,nf->n", uu[:, 1:], vv[:, 1:])
+            for b, uu, vv in zip(self._bias, ut, vt, strict=True)
+        ]
+        return self._combine(logits)
+
+    def predict_variants(self, context: npt.ArrayLike, variant: npt.ArrayLike) -> CTRPrediction:
+        """CTR of users ``context`` ``(n, du)`` seeing the simulator's own variants (rows of
+        :attr:`variants`) ``variant`` ``(n,)``."""
+        v = np.asarray(variant, np.int64)
+        return self.predict_pairs(context, self._variant_copy[v], self._variant_campaign[v])
+
+    def predict_texts(
+        self,
+        context: npt.ArrayLike,
+        texts: Sequence[str],
+        campaign: str | int,
+        *,
+        embeddings: _F32 | None = None,
+    ) -> CTRPrediction:
+        """CTR matrix ``(n users, len(texts))`` of arbitrary copy shown in ``campaign``."""
+        u = self._check_context(context)
+        if len(texts) == 0:
+            raise ClickSimError("`texts` is empty — pass at least one text to score")
+        c = self.campaign_index(campaign)
+        copy = copy_inputs(texts, embeddings)
+        return self.bind(copy, np.full(len(texts), c, np.int64)).predict(
+            u, np.arange(len(texts))[None, :].repeat(u.shape[0], 0)
+        )
+
+    def bind(self, copy: _F32, campaign: npt.NDArray[np.int64]) -> BoundSimulator:
+        """Precompute the copy towers of a fixed set of variants (e.g. the env's catalog)."""
+        return BoundSimulator(self, self._copy_terms(copy, np.asarray(campaign, np.int64)))
+
+    def bind_catalog(self, catalog: Any) -> BoundSimulator:
+        """Bind to a :class:`~copyloop.envs.catalog.Catalog` (campaigns matched by id;
+        campaigns the log never showed get the unknown-campaign term)."""
+        unknown = len(self.campaign_ids)
+        camp = np.array(
+            [self._campaign_index.get(cid, unknown) for cid in catalog.campaign_ids], np.int64
+        )
+        copy = copy_inputs(catalog.variants.texts, catalog.embeddings)
+        return self.bind(copy, camp[catalog.variant_campaign])
+
+    def segment_contexts(self, segment: str | int) -> _F32:
+        """The stored context rows of one segment (a one-hot context feature ``segment=NAME``)."""
+        names = self.context_names
+        if not names:
+            raise ClickSimError(
+                "the training log did not name its context features, so segments are unknown — "
+                "pass `users=` (a context matrix) instead of `segment=`"
+            )
+        seg_cols = [i for i, n in enumerate(names) if n.startswith("segment=")]
+        seg_names = [names[i].split("=", 1)[1] for i in seg_cols]
+        if isinstance(segment, (int, np.integer)):
+            if not 0 <= int(segment) < len(seg_cols):
+                raise ClickSimError(f"segment index {segment} out of range [0, {len(seg_cols)})")
+            col = seg_cols[int(segment)]
+        elif segment in seg_names:
+            col = seg_cols[seg_names.index(segment)]
+        else:
+            raise ClickSimError(f"unknown segment {segment!r}; known segments: {seg_names}")
+        rows = self.contexts[self.contexts[:, col] > 0.5]
+        if rows.shape[0] == 0:
+            raise ClickSimError(f"no stored users of segment {segment!r} to average over")
+        return rows
+
+    def click_reward(
+        self,
+        texts: Sequence[str],
+        *,
+        campaign: str | int,
+        segment: str | int | None = None,
+        users: npt.ArrayLike | None = None,
+        pessimism: float = 0.0,
+        embeddings: _F32 | None = None,
+    ) -> list[float]:
+        """Expected CTR of each text in ``campaign`` for ``users`` (a context matrix) or for the
+        stored users of ``segment`` (default: all stored users) — the generator's reward.
+
+        ``pessimism`` subtracts that many ensemble standard deviations (floored at 0), so a text
+        the members disagree on is not rewarded for the simulator's error.
+        """
+        if users is not None and segment is not None:
+            raise ClickSimError("pass `segment` or `users`, not both")
+        if users is not None:
+            u = self._check_context(users)
+        elif segment is not None:
+            u = self.segment_contexts(segment)
+        else:
+            u = self.contexts
+        pred = self.predict_texts(u, texts, campaign, embeddings=embeddings)
+        return [float(x) for x in pred.pessimistic(pessimism).mean(0)]
+
+    # ---- fitting ---------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        data: ClickData,
+        config: ClickSimConfig | None = None,
+        *,
+        progress: Callable[[int, int, str], None] | None = None,
+    ) -> ClickSimulator:
+        """Fit the ensemble on ``data`` (see :class:`ClickSimConfig`).
+
+        ``progress(done, total, what)`` is called after every epoch of every member.
+        """
+        cfg = config or ClickSimConfig()
+        n = data.n_rows
+        if n < 100:
+            raise ClickSimError(f"the log has {n} rows; fit a click simulator on at least 100")
+        clicks = float(data.reward.sum())
+        if clicks < 1 or clicks > n - 1:
+            raise ClickSimError(
+                f"the log has {clicks:g} clicks in {n} rows — a CTR model needs both clicks and "
+                "non-clicks"
+            )
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, 2718])
+        perm = rng.permutation(n)
+        n_val = max(round(cfg.holdout * n), 50)
+        val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        weights = (
+            data.ipw_weights(cfg.max_weight) if cfg.weighting == "ipw" else np.ones(n, np.float64)
+        )
+        u_all = data.context
+        user_mean = u_all[train].mean(0).astype(np.float32)
+        user_scale = np.maximum(u_all[train].std(0), 1e-3).astype(np.float32)
+        pca_mean, pca_comp = _embedding_pca(data.copy, cfg.embedding_pca)
+        copy_x = _project(data.copy, pca_mean, pca_comp)
+        copy_used = copy_x[data.variant[train]]
+        copy_mean = copy_used.mean(0).astype(np.float32)
+        copy_scale = np.maximum(copy_used.std(0), 1e-3).astype(np.float32)
+        uz = torch.from_numpy((u_all - user_mean) / user_scale)
+        vz = torch.from_numpy((copy_x - copy_mean) / copy_scale)
+        var_t = torch.from_numpy(data.variant)
+        camp_t = torch.from_numpy(data.campaign)
+        y_t = torch.from_numpy(data.reward.astype(np.float32))
+        n_camp = len(data.campaign_ids)
+        total = cfg.members * cfg.epochs
+        done = 0
+        members: list[_TwoTower] = []
+        member_epochs: list[int] = []
+        val_t = torch.from_numpy(val)
+        train_t = torch.from_numpy(train)
+        w_val = weights[val]
+        for m in range(cfg.members):
+            boot = (
+                rng.poisson(1.0, size=train.size).astype(np.float64)
+                if cfg.bootstrap and cfg.members > 1
+                else np.ones(train.size)
+            )
+            w_train = torch.from_numpy((weights[train] * boot).astype(np.float32))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(2**31)))
+                net = _TwoTower(u_all.shape[1], copy_x.shape[1], n_camp, cfg.hidden, cfg.factors)
+            # Start from the base rate so early epochs are not spent learning the intercept.
+            with torch.no_grad():
+                base = float(np.average(data.reward[train], weights=weights[train]))
+                net.bias.fill_(math.log(base / (1 - base)))
+            opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            best, best_state, stale, epochs = math.inf, None, 0, 0
+            for _epoch in range(cfg.epochs):
+                net.train()
+                pos = torch.from_numpy(rng.permutation(train.size))
+                for s in range(0, train.size, cfg.batch_size):
+                    idx_local = pos[s : s + cfg.batch_size]
+                    idx = train_t[idx_local]
+                    logit = net(uz[idx], vz[var_t[idx]], camp_t[idx])
+                    loss = nn.functional.binary_cross_entropy_with_logits(
+                        logit, y_t[idx], weight=w_train[idx_local], reduction="sum"
+                    ) / w_train[idx_local].sum().clamp_min(1e-6)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                epochs += 1
+                net.eval()
+                with torch.no_grad():
+                    z = net(uz[val_t], vz[var_t[val_t]], camp_t[val_t]).numpy()
+                vl = _logloss(_sigmoid(z), data.reward[val], w_val)
+                done += 1
+                if progress is not None:
+                    progress(done, total, f"member {m + 1}/{cfg.members} val log-loss {vl:.5f}")
+                if vl < best - 1e-6:
+                    best, stale = vl, 0
+                    best_state = {k: v.clone() for k, v in net.state_dict().items()}
+                else:
+                    stale += 1
+                    if stale >= cfg.patience:
+                        break
+            done += cfg.epochs - epochs
+            if progress is not None:
+                progress(done, total, f"member {m + 1}/{cfg.members} done")
+            assert best_state is not None
+            net.load_state_dict(best_state)
+            net.eval()
+            members.append(net)
+            member_epochs.append(epochs)
+        # Calibrate the ensemble's mean logit on the held-out rows.
+        with torch.no_grad():
+            zs = np.stack(
+                [mm(uz[val_t], vz[var_t[val_t]], camp_t[val_t]).numpy() for mm in members]
+            )
+        calib = Calibrator.fit(cfg.calibration, zs.mean(0), data.reward[val], w_val)
+        raw_ll = _logloss(_sigmoid(zs.mean(0)), data.reward[val], w_val)
+        cal_ll = _logloss(np.mean([calib(z) for z in zs], 0), data.reward[val], w_val)
+        base_rate = float(data.reward[train].mean())
+        rs = np.random.default_rng([cfg.seed, 31337])
+        keep = rs.choice(n, size=min(CONTEXT_SAMPLE, n), replace=False)
+        variants = VariantsTable.from_records(
+            [
+                {
+                    "variant_id": vid,
+                    "campaign_id": data.campaign_ids[int(c)],
+                    "text": t,
+                    "embedding": None if data.embeddings is None else data.embeddings[i],
+                    "origin": "clicksim-training-log",
+                }
+                for i, (vid, c, t) in enumerate(
+                    zip(data.variant_ids, data.variant_campaign, data.texts, strict=True)
+                )
+            ]
+        )
+        metrics = {
+            "rows": n,
+            "train_rows": int(train.size),
+            "holdout_rows": int(val.size),
+            "clicks": clicks,
+            "base_rate": base_rate,
+            "holdout_logloss_raw": raw_ll,
+            "holdout_logloss_calibrated": cal_ll,
+            "holdout_logloss_base_rate": _logloss(
+                np.full(val.size, base_rate), data.reward[val], w_val
+            ),
+            "member_epochs": member_epochs,
+            "fit_seconds": time.perf_counter() - t0,
+            "torch_threads": torch.get_num_threads(),
+        }
+        return cls(
+            config=cfg,
+            members=members,
+            calibrator=calib,
+            user_mean=user_mean,
+            user_scale=user_scale,
+            copy_mean=copy_mean,
+            copy_scale=copy_scale,
+            pca_mean=pca_mean,
+            pca_components=pca_comp,
+            campaign_ids=list(data.campaign_ids),
+            variants=variants,
+            contexts=data.context[np.sort(keep)].copy(),
+            context_names=data.context_names,
+            base_rate=base_rate,
+            metrics=metrics,
+        )
+
+    # ---- persistence -----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write weights, config, variants, stored contexts and metrics to ``directory``
+        (each file atomically; a sha256 of the weights guards against corruption)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {
+            f"member{i}.{k}": v
+            for i, m in enumerate(self._members)
+            for k, v in m.state_dict().items()
+        }
+        with atomic_path(d / WEIGHTS_FILE) as tmp:
+            torch.save(state, tmp)
+        digest = hashlib.sha256((d / WEIGHTS_FILE).read_bytes()).hexdigest()
+        with atomic_path(d / CONTEXTS_FILE) as tmp, open(tmp, "wb") as f:
+            np.save(f, self.contexts)
+        self.variants.write(d / VARIANTS_FILE)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": "copyloop.ClickSimulator",
+            "config": asdict(self.config),
+            "context_dim": self.context_dim,
+            "copy_dim": self.copy_dim,
+            "campaign_ids": self.campaign_ids,
+            "context_names": self.context_names,
+            "base_rate": self.base_rate,
+            "calibrator": asdict(self.calibrator),
+            "user_mean": self._user_mean.tolist(),
+            "user_scale": self._user_scale.tolist(),
+            "copy_mean": self._copy_mean.tolist(),
+            "copy_scale": self._copy_scale.tolist(),
+            "pca_mean": self._pca_mean.tolist(),
+            "pca_components": self._pca_components.tolist(),
+            "weights_sha256": digest,
+        }
+        for name, obj in ((CONFIG_FILE, meta), (METRICS_FILE, self.metrics)):
+            with atomic_path(d / name) as tmp:
+                tmp.write_text(json.dumps(obj, indent=1))
+        self.path = d
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ClickSimulator:
+        """Restore a simulator saved with :meth:`save` (exactly: same predictions)."""
+        d = Path(directory)
+        if not d.is_dir():
+            raise ClickSimError(
+                f"click simulator directory {d} does not exist — fit one with "
+                "`copyloop clicksim fit --logs LOGS --out DIR`"
+            )
+        missing = [
+            f
+            for f in (CONFIG_FILE, WEIGHTS_FILE, VARIANTS_FILE, CONTEXTS_FILE)
+            if not (d / f).is_file()
+        ]
+        if missing:
+            raise ClickSimError(
+                f"{d} is not a complete click simulator: missing {missing} — refit it with "
+                "`copyloop clicksim fit`"
+            )
+        try:
+            meta = json.loads((d / CONFIG_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ClickSimError(
+                f"{d / CONFIG_FILE} is corrupted ({e}) — refit the simulator"
+            ) from e
+        if not isinstance(meta, dict) or meta.get("kind") != "copyloop.ClickSimulator":
+            raise ClickSimError(f"{d / CONFIG_FILE} does not describe a copyloop click simulator")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ClickSimError(
+                f"{d} has format version {meta.get('format_version')}; this copyloop reads "
+                f"version {FORMAT_VERSION} — refit the simulator"
+            )
+        raw = (d / WEIGHTS_FILE).read_bytes()
+        if hashlib.sha256(raw).hexdigest() != meta.get("weights_sha256"):
+            raise ClickSimError(
+                f"{d / WEIGHTS_FILE} does not match its checksum in {CONFIG_FILE}: the file is "
+                "corrupted or was replaced — refit the simulator"
+            )
+        try:
+            cfg = ClickSimConfig.from_dict(meta["config"])
+            state = torch.load(d / WEIGHTS_FILE, weights_only=True)
+            n_camp = len(meta["campaign_ids"])
+            members = []
+            for i in range(cfg.members):
+                net = _TwoTower(
+                    meta["context_dim"], meta["copy_dim"], n_camp, cfg.hidden, cfg.factors
+                )
+                prefix = f"member{i}."
+                net.load_state_dict(
+                    {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+                )
+                members.append(net)
+            variants = VariantsTable.read(d / VARIANTS_FILE)
+            contexts = np.load(d / CONTEXTS_FILE, allow_pickle=False)
+            metrics = (
+                json.loads((d / METRICS_FILE).read_text()) if (d / METRICS_FILE).is_file() else {}
+            )
+            sim = cls(
+                config=cfg,
+                members=members,
+                calibrator=Calibrator(**meta["calibrator"]),
+                user_mean=np.asarray(meta["user_mean"], np.float32),
+                user_scale=np.asarray(meta["user_scale"], np.float32),
+                copy_mean=np.asarray(meta["copy_mean"], np.float32),
+                copy_scale=np.asarray(meta["copy_scale"], np.float32),
+                pca_mean=np.asarray(meta["pca_mean"], np.float32),
+                pca_components=np.asarray(meta["pca_components"], np.float32).reshape(
+                    -1, len(meta["pca_mean"])
+                ),
+                campaign_ids=[str(c) for c in meta["campaign_ids"]],
+                variants=variants,
+                contexts=np.asarray(contexts, np.float32),
+                context_names=meta.get("context_names"),
+                base_rate=float(meta["base_rate"]),
+                metrics=metrics,
+            )
+        except (KeyError, TypeError, RuntimeError, ValueError, LogValidationError) as e:
+            if isinstance(e, ClickSimError):
+                raise
+            raise ClickSimError(f"{d} is corrupted or from another version ({e}) — refit it") from e
+        sim.path = d
+        return sim
+
+
+class BoundSimulator:
+    """A simulator with the copy towers of a fixed variant set precomputed: scoring a batch of
+    users against their candidate slots is a few small matrix products (the env's fast path)."""
+
+    def __init__(self, sim: ClickSimulator, copy_terms: list[_F32]) -> None:
+        self.sim = sim
+        self._copy_terms = copy_terms
+        self.n_variants = int(copy_terms[0].shape[0])
+
+    def predict(self, context: npt.ArrayLike, slots: npt.ArrayLike) -> CTRPrediction:
+        """CTRs ``(n, K)`` of users ``context`` ``(n, du)`` for bound variants ``slots``
+        ``(n, K)`` (−1 = unused slot, CTR 0)."""
+        sim = self.sim
+        u = sim._check_context(context)
+        s = np.asarray(slots, np.int64)
+        if s.ndim != 2 or s.shape[0] != u.shape[0]:
+            raise ClickSimError(f"`slots` must have shape ({u.shape[0]}, K), got {s.shape}")
+        if s.size and s.max() >= self.n_variants:
+            raise ClickSimError(f"`slots` refer to variant {s.max()} of {self.n_variants} bound")
+        used = s >= 0
+        idx = np.where(used, s, 0)
+        logits = []
+        for b, uu, vt in zip(sim._bias, sim._user_terms(u), self._copy_terms, strict=True):
+            vv = vt[idx]  # (n, K, f+1)
+            z = b + uu[:, None, 0] + vv[..., 0] + np.einsum("nf,nkf->nk", uu[:, 1:], vv[..., 1:])
+            logits.append(z.astype(np.float32))
+        pred = sim._combine(logits)
+        pred.mean[~used] = 0.0
+        pred.std[~used] = 0.0
+        return pred
+
+
+__all__ = [
+    "BoundSimulator",
+    "CTRPrediction",
+    "Calibrator",
+    "ClickData",
+    "ClickSimConfig",
+    "ClickSimError",
+    "ClickSimulator",
+    "copy_inputs",
+]
