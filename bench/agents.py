@@ -19,8 +19,14 @@ choose alike are rewarded alike):
    (``predict``/``partial_fit`` per batch of ``--batch``), obp ``LinTS`` (per round, refreshed
    every ``--batch`` rounds) and Vowpal Wabbit ``--cb_explore_adf --squarecb -q ua`` (per example:
    predict the pmf, sample from it, learn ``0:cost:prob`` with ``cost = -reward``). The linear
-   peers see the context as ``[1, u]``. Diagnostics (no goal): our LinTS with ``n_draws=1``
-   (what the Monte-Carlo propensities cost) and MABWiser fed one row at a time.
+   peers see the context as ``[1, u]``. Diagnostics (no goal): our LinTS at its library
+   default ``noise=0.15``, with early-stopped draws (``min_draws=32``) and with ``n_draws=1``
+   (what the Monte-Carlo propensities cost); MABWiser fed one row at a time, and MABWiser with
+   an independent generator per arm (shipped MABWiser, batched, draws the same standard normals
+   for every arm of a row: see :func:`mabwiser_lints`).
+
+Exploration scales are tuned before the run, for ours and the peers alike, on a different
+stream (seed ``--seed + 1000``): :func:`tune`. ``--tune-repeats 0`` skips it (library defaults).
 
 Every agent runs ``--repeats`` times on the same stream with agent seeds ``seed + 1, seed + 2,
 ...`` (once if its first run took over ``--repeat-below`` s). Throughput = rounds / wall seconds
@@ -680,6 +686,16 @@ def specs(args: argparse.Namespace, tuned: dict[str, Any]) -> dict[str, list[Spe
             "copyloop",
             f"noise=0.15, reg={reg:g}, interaction, n_draws=128, batch {b}",
             tunable("ours_linear_ts", 0.15, b),
+            False,
+            True,
+        ),
+        Spec(
+            "ours_linear_ts_min32",
+            f"ours LinearTSPolicy noise={noise:g} min_draws=32",
+            "diagnostic",
+            "copyloop",
+            "as ours LinearTS, with early stop: rows whose first 32 draws agree act on them",
+            ours(lambda sd: LinearTSPolicy(noise=noise, reg=reg, min_draws=32, seed=sd), b),
             False,
             True,
         ),
