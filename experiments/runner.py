@@ -84,8 +84,8 @@ if TYPE_CHECKING:
     from copyloop.envs.market import Market, MarketConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-"""The shipped experiment configs (``smoke``, ``contextual``, ``drift``, ``fatigue``,
-``large_candidates``)."""
+"""The shipped experiment configs (``smoke``, ``contextual``, ``drift``, ``drift_sweep``,
+``fatigue``, ``large_candidates``)."""
 
 METRICS = ("clicks", "expected_clicks", "oracle_clicks", "regret", "ctr")
 """Metric columns of ``metrics.parquet`` (cumulative at impression ``t``; ``ctr`` = clicks/t)."""
