@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from copyloop import cli_generator
 from copyloop.contract import LogValidationError
 
 app = typer.Typer(
@@ -34,6 +35,9 @@ ope_app = typer.Typer(
 )
 app.add_typer(ope_app, name="ope")
 app.add_typer(experiment_app, name="experiment")
+app.add_typer(cli_generator.generator_app, name="generator")
+app.command("generate")(cli_generator.generate)
+app.command("loop")(cli_generator.loop)
 
 console = Console()
 err = Console(stderr=True)

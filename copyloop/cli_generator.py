@@ -1,0 +1,510 @@
+"""``copyloop generate``, ``copyloop generator tune|compare`` and ``copyloop loop``: the copy
+generator on the command line (registered by :mod:`copyloop.cli`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+generator_app = typer.Typer(
+    help="Tune and compare copy-generator versions (causal LMs).", no_args_is_help=True
+)
+
+console = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="HF model folder, saved copyloop version or .gguf file (default: embedded "
+        "SmolLM2-135M-Instruct).",
+    ),
+]
+ConfigOpt = Annotated[Path | None, typer.Option(help="Market config (TOML).")]
+
+
+def _fail(msg: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err,
+    )
+
+
+def _market(config: Path | None) -> Any:
+    from copyloop.envs import Market, MarketConfig
+
+    cfg = MarketConfig.from_toml(config) if config is not None else MarketConfig()
+    with err.status("building the market (real ad corpus, MiniLM embeddings)…"):
+        return Market.get(cfg)
+
+
+def _load(model: str | None, device: str | None = None) -> Any:
+    from copyloop.generator.models import load_model
+
+    with err.status(f"loading {model or 'SmolLM2-135M-Instruct'}…"):
+        return load_model(model, device=device)
+
+
+def _ints(spec: str, upper: int, what: str) -> list[int]:
+    """``"0-11"``, ``"0,3,5"``, ``"even"``, ``"odd"`` or ``"all"`` as indices below ``upper``."""
+    spec = spec.strip()
+    if spec == "all":
+        return list(range(upper))
+    if spec in ("even", "odd"):
+        return list(range(0 if spec == "even" else 1, upper, 2))
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            if "-" in part:
+                a, b = part.split("-")
+                out.extend(range(int(a), int(b) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise ValueError(
+            f"`{what}` must look like 0-11, 0,3,5, even, odd or all; got {spec!r}"
+        ) from None
+    bad = [i for i in out if not 0 <= i < upper]
+    if bad:
+        raise ValueError(f"`{what}` {bad[:5]} outside [0, {upper})")
+    return out
+
+
+def _segment(market: Any, segment: str) -> int:
+    names = market.population.segment_names
+    if segment in names:
+        return int(names.index(segment))
+    try:
+        s = int(segment)
+    except ValueError:
+        raise ValueError(f"--segment must be an index or one of {names}, got {segment!r}") from None
+    if not 0 <= s < len(names):
+        raise ValueError(f"--segment must be in [0, {len(names)}) or one of {names}, got {s}")
+    return s
+
+
+def generate(
+    campaign: Annotated[int, typer.Option(help="Campaign index in the catalog.")],
+    segment: Annotated[str, typer.Option(help="Target segment (index or name).")],
+    n: Annotated[int, typer.Option(help="Variants to sample.")] = 16,
+    model: ModelOpt = None,
+    tone: Annotated[str | None, typer.Option(help="Tone (default: the segment's).")] = None,
+    max_words: Annotated[int, typer.Option(help="Target length in words.")] = 14,
+    urgency: Annotated[bool, typer.Option(help="Ask for a reason to act now.")] = False,
+    cta: Annotated[bool, typer.Option(help="Ask for a call to action.")] = True,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.9,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write the kept variants (Parquet).")] = None,
+    show_rejected: Annotated[bool, typer.Option(help="List rejected lines too.")] = False,
+    device: Annotated[str | None, typer.Option(help="torch device (default cuda if any).")] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Write copy variants for a campaign and target segment; scores them in the true world."""
+    from copyloop.generator.generate import CopyGenerator, SamplingConfig
+    from copyloop.generator.models import ModelLoadError
+    from copyloop.generator.prompts import CopyRequest, Style
+    from copyloop.generator.reward import WorldReward
+
+    try:
+        market = _market(config)
+        seg = _segment(market, segment)
+        req = CopyRequest(
+            campaign, seg, Style(tone=tone, max_words=max_words, urgency=urgency, cta=cta)
+        )
+        lm = _load(model, device)
+        gen = CopyGenerator(lm, market, sampling=SamplingConfig(temperature=temperature))
+        gen.prompt(req)  # validates campaign / segment before sampling
+        with _progress() as prog:
+            task = prog.add_task(f"sampling {n} variants", total=1, info="")
+            res = gen.generate(
+                [req], n, seed=seed, progress=lambda d: prog.update(task, completed=d)
+            )
+        judge = WorldReward(market, users_per_segment=512, seed=1)
+        kept = res.kept
+        ctr = judge([v.text for v in kept], campaign, seg) if kept else []
+        if out is not None:
+            gen.variants_table(res).write(out)
+    except (ModelLoadError, ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    product = market.catalog.products[campaign]
+    rows = [
+        {
+            "text": v.text,
+            "kept": v.rejected is None,
+            "rejected": v.rejected,
+            "world_ctr": float(ctr[kept.index(v)]) if v.rejected is None else None,
+            "model": v.model,
+            "version": v.version,
+            "seed": v.seed,
+            "sample": v.sample,
+        }
+        for v in res.variants
+        if v.rejected is None or show_rejected or as_json
+    ]
+    if as_json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "campaign": campaign,
+                    "campaign_id": market.catalog.campaign_ids[campaign],
+                    "product": product.title,
+                    "segment": market.population.segment_names[seg],
+                    "prompt": gen.prompt(req),
+                    "variants": rows,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        return
+    t = Table(
+        title=f"{escape(product.title[:70])} → {market.population.segment_names[seg]} "
+        f"({lm.name}@{lm.version})"
+    )
+    t.add_column("#", justify="right")
+    t.add_column("variant")
+    t.add_column("world CTR", justify="right")
+    if show_rejected:
+        t.add_column("rejected")
+    for r in rows:
+        cells = [
+            str(r["sample"]),
+            escape(r["text"]),
+            "" if r["world_ctr"] is None else f"{r['world_ctr']:.4f}",
+        ]
+        if show_rejected:
+            cells.append(escape(r["rejected"] or ""))
+        t.add_row(*cells)
+    console.print(t)
+    rej = ", ".join(f"{k} {v}" for k, v in res.report.rejected.items()) or "none"
+    console.print(f"kept {res.report.kept}/{res.report.total}; rejected: {rej}")
+    if out is not None:
+        console.print(f"wrote {out}")
+
+
+@generator_app.command("tune")
+def tune(
+    out: Annotated[Path, typer.Option(help="Folder of the new model version.")],
+    mode: Annotated[
+        str, typer.Option(help="online (RLOO on a reward) or offline (a log).")
+    ] = "online",
+    model: ModelOpt = None,
+    reward: Annotated[
+        str, typer.Option(help="Online reward: world, clicksim:DIR or proxy:SEED.")
+    ] = "world",
+    logs: Annotated[Path | None, typer.Option(help="Offline: DecisionLog Parquet.")] = None,
+    variants: Annotated[
+        Path | None, typer.Option(help="Offline: variants table (default <logs>.variants.parquet).")
+    ] = None,
+    campaigns: Annotated[
+        str, typer.Option(help="Online: training campaigns (0-59, even, all).")
+    ] = "even",
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 40,
+    prompts_per_step: Annotated[int, typer.Option(help="Online: prompts per step.")] = 4,
+    samples_per_prompt: Annotated[
+        int, typer.Option(help="Online: samples per prompt (RLOO group).")
+    ] = 4,
+    batch_size: Annotated[int, typer.Option(help="Offline: variants per step.")] = 8,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-5,
+    kl_coef: Annotated[
+        float, typer.Option(help="Initial KL coefficient (offline: KTO beta).")
+    ] = 0.05,
+    kl_budget: Annotated[float, typer.Option(help="KL budget, nats per sequence.")] = 6.0,
+    train_layers: Annotated[
+        int, typer.Option(help="Train the top N decoder layers (0 = all).")
+    ] = 8,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    version: Annotated[str | None, typer.Option(help="Version id of the new model.")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Fine-tune the generator from clicks and save a new model version (weights, metrics.json,
+    tune.png with reward, KL and distinct-2 per step)."""
+    from copyloop.contract import DecisionLog, LogValidationError, VariantsTable
+    from copyloop.generator.models import ModelLoadError
+    from copyloop.generator.prompts import CopyRequest
+    from copyloop.generator.reward import WorldReward, parse_reward
+    from copyloop.generator.tune import TuneConfig, offline_tune, online_tune, variant_feedback
+
+    if mode not in ("online", "offline"):
+        raise _fail(f"--mode must be online or offline, got {mode!r}")
+    try:
+        cfg = TuneConfig(
+            steps=steps,
+            prompts_per_step=prompts_per_step,
+            samples_per_prompt=samples_per_prompt,
+            batch_size=batch_size,
+            lr=lr,
+            kl_coef=kl_coef,
+            kl_budget=kl_budget,
+            train_layers=train_layers or None,
+            seed=seed,
+        )
+        market = _market(config)
+        if mode == "offline":
+            if logs is None:
+                raise ValueError(
+                    "--mode offline needs --logs (a DecisionLog of generated variants)"
+                )
+            vpath = variants or logs.with_suffix(".variants.parquet")
+            vt = VariantsTable.read(vpath)
+            fb = variant_feedback(DecisionLog.read(logs), vt, prior_strength=cfg.prior_strength)
+        rfn = parse_reward(reward, market)
+        camps = _ints(campaigns, market.catalog.n_campaigns, "--campaigns")
+        lm = _load(model, device)
+    except (ModelLoadError, LogValidationError, ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    with _progress() as prog:
+        task = prog.add_task(f"{mode} tuning", total=steps, info="")
+
+        def tick(done: int, m: dict[str, float]) -> None:
+            info = " ".join(
+                f"{k} {m[k]:.4g}" for k in ("reward", "kl", "distinct2", "valid") if k in m
+            )
+            prog.update(task, completed=done, info=info)
+
+        try:
+            if mode == "online":
+                res = online_tune(
+                    lm,
+                    market,
+                    rfn,
+                    out,
+                    campaigns=camps,
+                    config=cfg,
+                    version=version,
+                    progress=tick,
+                )
+            else:
+                judge = WorldReward(market, users_per_segment=256, seed=1)
+                ereq = [
+                    CopyRequest(c, s)
+                    for c in camps[:8]
+                    for s in range(market.population.n_segments)
+                ]
+                res = offline_tune(
+                    lm,
+                    market,
+                    fb,
+                    out,
+                    config=cfg,
+                    reward=judge,
+                    eval_requests=ereq,
+                    version=version,
+                    progress=tick,
+                )
+        except ValueError as e:
+            raise _fail(str(e)) from None
+    s = res.summary
+    console.print(
+        f"saved {lm.name}@{res.version} to {res.out} ({s['steps']} steps, {s['seconds']:.0f} s); "
+        f"reward {s['first_reward']} → {s['final_reward']:.4g} (last 20 % of steps), "
+        f"KL {s['final_kl']:.3g} nats/seq (budget {s['kl_budget']}); plot {res.out / 'tune.png'}"
+    )
+
+
+@generator_app.command("compare")
+def compare(
+    tuned: Annotated[str, typer.Option(help="Tuned model version folder.")],
+    base: ModelOpt = None,
+    campaigns: Annotated[
+        str, typer.Option(help="Campaigns to judge on (e.g. odd = held out).")
+    ] = "odd",
+    limit: Annotated[int, typer.Option(help="Use at most this many of those campaigns.")] = 12,
+    n: Annotated[int, typer.Option(help="Variants per (campaign, segment).")] = 8,
+    judge_users: Annotated[int, typer.Option(help="Held-out users per segment judging.")] = 512,
+    judge: Annotated[
+        str, typer.Option(help="world, or proxy:SEED to see a proxy's view.")
+    ] = "world",
+    seed: Annotated[int, typer.Option(help="Sampling seed (same for both models).")] = 123,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Judge base vs tuned variants in the true click world on the same requests: CTR lift with
+    a paired bootstrap interval, validity, distinct-2 and KL(tuned ‖ base)."""
+    from copyloop.generator.evaluate import (
+        evaluate,
+        kl_between,
+        paired_lift_interval,
+        relative_lift,
+    )
+    from copyloop.generator.models import ModelLoadError
+    from copyloop.generator.prompts import CopyRequest
+    from copyloop.generator.reward import WorldReward, proxy_world
+
+    try:
+        market = _market(config)
+        camps = _ints(campaigns, market.catalog.n_campaigns, "--campaigns")[:limit]
+        world = None
+        if judge != "world":
+            if not judge.startswith("proxy:"):
+                raise ValueError(f"--judge must be world or proxy:SEED, got {judge!r}")
+            world = proxy_world(market, int(judge.split(":", 1)[1]))
+        jr = WorldReward(market, users_per_segment=judge_users, seed=seed + 1, world=world)
+        b = _load(base)
+        t = _load(tuned)
+    except (ModelLoadError, ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    reqs = [CopyRequest(c, s) for c in camps for s in range(market.population.n_segments)]
+    evs = []
+    with _progress() as prog:
+        for lm in (b, t):
+            task = prog.add_task(f"{lm.name}@{lm.version}", total=len(reqs), info="")
+            evs.append(
+                evaluate(
+                    lm,
+                    market,
+                    reqs,
+                    n,
+                    judge=jr,
+                    seed=seed,
+                    progress=lambda d, task=task: prog.update(task, completed=d),
+                )
+            )
+    with err.status("measuring KL(tuned ‖ base)…"):
+        kl = kl_between(t, b, market, reqs[: min(len(reqs), 20)], 4, seed=seed)
+    eb, et = evs
+    lift = relative_lift(eb, et)
+    lo, hi = paired_lift_interval(eb, et)
+    out = {
+        "judge": judge,
+        "campaigns": camps,
+        "requests": len(reqs),
+        "n": n,
+        "base": {
+            "model": eb.model,
+            "ctr": eb.ctr,
+            "best_ctr": eb.best_ctr,
+            "valid": eb.valid,
+            "distinct2": eb.distinct2,
+        },
+        "tuned": {
+            "model": et.model,
+            "ctr": et.ctr,
+            "best_ctr": et.best_ctr,
+            "valid": et.valid,
+            "distinct2": et.distinct2,
+        },
+        "relative_ctr_lift": lift,
+        "lift_ci95": [lo, hi],
+        "distinct2_ratio": et.distinct2 / eb.distinct2 if eb.distinct2 else float("nan"),
+        "kl_tuned_base": kl,
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return
+    tab = Table(
+        title=f"{judge} CTR of generated variants on {len(reqs)} requests ({n} samples each)"
+    )
+    for c in ("model", "mean CTR (kept)", "best-of-n CTR", "kept", "distinct-2"):
+        tab.add_column(c)
+    for ev in evs:
+        tab.add_row(
+            ev.model,
+            f"{ev.ctr:.4f}",
+            f"{ev.best_ctr:.4f}",
+            f"{ev.valid:.0%}",
+            f"{ev.distinct2:.3f}",
+        )
+    console.print(tab)
+    console.print(
+        f"relative CTR lift {lift:+.1%} (95 % paired bootstrap over requests "
+        f"{lo:+.1%} … {hi:+.1%}); "
+        f"distinct-2 ratio {out['distinct2_ratio']:.2f}; KL(tuned ‖ base) {kl:.2f} nats/seq"
+    )
+
+
+def loop(
+    rounds: Annotated[int, typer.Option(help="Generate → allocate → tune rounds.")] = 3,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/loop"),
+    model: ModelOpt = None,
+    campaigns: Annotated[str, typer.Option(help="Campaigns in the loop.")] = "0-11",
+    n: Annotated[int, typer.Option(help="Variants per (campaign, segment) per round.")] = 8,
+    impressions: Annotated[int, typer.Option(help="Simulated impressions per round.")] = 300_000,
+    agent: Annotated[
+        str, typer.Option(help="bernoulli_ts, linear_ts or uniform.")
+    ] = "bernoulli_ts",
+    steps: Annotated[int, typer.Option(help="Offline tuning steps per round.")] = 20,
+    lr: Annotated[float, typer.Option(help="Tuning learning rate.")] = 3e-5,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    config: ConfigOpt = None,
+) -> None:
+    """The closed loop: generate variants, allocate simulated traffic with an agent, log, tune the
+    generator on the clicks, regenerate; prints the true-world CTR of each round's variants."""
+    from copyloop.generator.loop import LoopConfig, run_loop
+    from copyloop.generator.models import ModelLoadError
+    from copyloop.generator.tune import TuneConfig
+
+    try:
+        market = _market(config)
+        camps = _ints(campaigns, market.catalog.n_campaigns, "--campaigns")
+        cfg = LoopConfig(
+            rounds=rounds,
+            campaigns=tuple(camps),
+            n=n,
+            impressions=impressions,
+            agent=agent,
+            tune=TuneConfig(steps=steps, lr=lr),
+            seed=seed,
+        )
+        lm = _load(model)
+    except (ModelLoadError, ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    with err.status("loop…") as st:
+        results = run_loop(lm, market, cfg, out, progress=lambda m: st.update(escape(m)))
+    print_rounds(results)
+    console.print(f"logs, variants and model versions in {out}/round*/; summary {out}/rounds.json")
+
+
+def print_rounds(results: list[Any]) -> None:
+    t = Table(title="closed loop: true-world CTR of each round's generated variants")
+    for c in (
+        "round",
+        "generator",
+        "mean CTR",
+        "best-of-n CTR",
+        "served CTR",
+        "clicks",
+        "kept",
+        "distinct-2",
+    ):
+        t.add_column(c)
+    for r in results:
+        t.add_row(
+            str(r.round),
+            r.model,
+            f"{r.true_ctr:.4f}",
+            f"{r.best_ctr:.4f}",
+            f"{r.served_ctr:.4f}",
+            f"{r.clicks:,}/{r.impressions:,}",
+            f"{r.valid:.0%}",
+            f"{r.distinct2:.3f}",
+        )
+    console.print(t)
