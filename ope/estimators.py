@@ -110,13 +110,23 @@ def row_terms(data: BanditFeedback, target: Array, q: Array) -> tuple[Array, Arr
     return dm, t_a, q_a
 
 
+def _columns(*cols: Array) -> Array:
+    """Columns side by side, (n, m), column-major: the bootstrap reads each column as one
+    contiguous vector (no per-column copy)."""
+    out = np.empty((cols[0].shape[0], len(cols)), order="F")
+    for j, c in enumerate(cols):
+        out[:, j] = c
+    return out
+
+
 def weight_diagnostics(w: Array) -> tuple[float, float]:
     """(effective sample size ``(Σw)²/Σw²``, max weight)."""
-    s2 = float(np.dot(w, w))
+    s2 = float(np.einsum("i,i->", w, w))
     return (float(w.sum() ** 2 / s2) if s2 > 0 else 0.0), float(w.max())
 
 
-def _warn_weights(name: str, w: Array) -> None:
+def _warn_weights(name: str, w: Array) -> tuple[float, float]:
+    """Warn when the weights are extreme; return their (ESS, max weight)."""
     ess, wmax = weight_diagnostics(w)
     n = w.size
     if ess < ESS_WARN_SHARE * n:
@@ -126,6 +136,7 @@ def _warn_weights(name: str, w: Array) -> None:
             "intervals, prefer DR/SNDR/Switch-DR, or log with more exploration",
             stacklevel=3,
         )
+    return ess, wmax
 
 
 @dataclass(frozen=True)
@@ -248,8 +259,7 @@ class Estimator(ABC):
             )
         ess = wmax = None
         if w is not None:
-            _warn_weights(self.label, w)
-            ess, wmax = weight_diagnostics(w)
+            ess, wmax = _warn_weights(self.label, w)
         return Interval(self.label, est, lo, hi, alpha, method, n, ess, wmax)
 
     def _diagnostic_weights(self, data: BanditFeedback, target: Array) -> Array:
@@ -328,7 +338,7 @@ class SNIPW(Estimator):
 
     def _parts(self, data, target, q):  # type: ignore[no-untyped-def]
         w = importance_weights(data, target)
-        return np.column_stack([w * data.reward, w]), w
+        return _columns(w * data.reward, w), w
 
     @staticmethod
     def combine(sums: Array, n: Array) -> Array:
@@ -380,7 +390,7 @@ class SNDR(Estimator):
     def _parts(self, data, target, q):  # type: ignore[no-untyped-def]
         dm, t_a, q_a = row_terms(data, target, q)
         w = t_a / data.pscore
-        return np.column_stack([dm, w * (data.reward - q_a), w]), w
+        return _columns(dm, w * (data.reward - q_a), w), w
 
     @staticmethod
     def combine(sums: Array, n: Array) -> Array:
@@ -501,7 +511,7 @@ class MIPS(Estimator):
 
     def _parts(self, data, target, q):  # type: ignore[no-untyped-def]
         w = self.weights(data, target)
-        return np.column_stack([w * data.reward, w]), w
+        return _columns(w * data.reward, w), w
 
     def combine(self, sums: Array, n: Array) -> Array:  # type: ignore[override]
         return sums[..., 0] / (sums[..., 1] if self.self_normalize else n)

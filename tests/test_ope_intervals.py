@@ -145,3 +145,17 @@ def test_dros_and_switch_use_raw_weights_for_diagnostics() -> None:
     a = DRos(lambda_=1.0).interval(data, target, q, method="clt")
     b = DR().interval(data, target, q, method="clt")
     assert a.ess == pytest.approx(b.ess) and a.max_weight == pytest.approx(b.max_weight)
+
+
+def test_poisson1_sampler_has_the_poisson_law() -> None:
+    """400k draws: each P(X = k), k <= 5, within 5 SE of e^-1/k!; mean and variance 1."""
+    import math
+
+    from copyloop.ope.resample import poisson1
+
+    x = poisson1(np.random.default_rng(0), (400, 1000))
+    assert x.dtype == np.uint8
+    for k in range(6):
+        p = math.exp(-1) / math.factorial(k)
+        assert abs((x == k).mean() - p) < 5 * math.sqrt(p * (1 - p) / x.size), k
+    assert abs(x.mean() - 1) < 0.01 and abs(x.var() - 1) < 0.02
