@@ -156,13 +156,38 @@ class Design:
             )
         return phi
 
+    def _logged_actions(self, data: BanditFeedback, rows: npt.NDArray[np.intp]) -> Array:
+        """[1, action features] at the logged slot of ``rows``, (m, 1 + a)."""
+        slot = data.action[rows]
+        if self.source == "features":
+            assert data.candidate_features is not None and self.basis is not None
+            f = data.candidate_features[rows, slot].astype(np.float64)
+            a = (f - self.center) @ self.basis / self.scale
+        elif self.source == "variant":
+            assert data.variant is not None and self.table is not None
+            a = self.table[data.variant[rows, slot]]
+        else:
+            a = np.eye(self.k)[slot]
+        return np.concatenate([np.ones((rows.size, 1)), a], axis=1)
+
     def logged(self, data: BanditFeedback, rows: npt.NDArray[np.intp]) -> Array:
         """φ at the logged slot of ``rows``, (m, p)."""
         x1 = self._x1(data, rows)
-        a1 = self._actions(data, rows)[np.arange(rows.size), data.action[rows]]
+        a1 = self._logged_actions(data, rows)
         phi = (x1[:, :, None] * a1[:, None, :]).reshape(rows.size, -1)
         pos = self._pos(data, rows)
         return phi if pos is None else np.concatenate([phi, pos], axis=1)
+
+    def linear(self, data: BanditFeedback, rows: npt.NDArray[np.intp], coef: Array) -> Array:
+        """``φ(x, a)·coef`` for every slot of ``rows``, (m, K), without building φ: with
+        ``W = coef[:(1+d)(1+a)]`` reshaped (1+d, 1+a), ``φ·coef = (x1 W)·a1`` (+ position)."""
+        x1, a1 = self._x1(data, rows), self._actions(data, rows)
+        w = coef[: x1.shape[1] * a1.shape[2]].reshape(x1.shape[1], a1.shape[2])
+        z = np.einsum("mj,mkj->mk", x1 @ w, a1)
+        pos = self._pos(data, rows)
+        if pos is not None:
+            z += (pos @ coef[x1.shape[1] * a1.shape[2] :])[:, None]
+        return z
 
 
 def design(data: BanditFeedback, dim: int) -> Array:
@@ -171,6 +196,22 @@ def design(data: BanditFeedback, dim: int) -> Array:
 
 
 Predictor = Callable[[Array], Array]
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """A fitted linear predictor ``link(x·coef + intercept)`` (logistic, ridge): evaluated per
+    slot through :meth:`Design.linear`, never through an (n, K, p) design."""
+
+    coef: Array
+    intercept: float
+    logistic: bool
+
+    def link(self, z: Array) -> Array:
+        return 1.0 / (1.0 + np.exp(-z)) if self.logistic else z
+
+    def __call__(self, x: Array) -> Array:
+        return self.link(x @ self.coef + self.intercept)
 
 
 def _fit(model: RewardModel, x_train: Array, y: Array) -> Predictor:
@@ -186,11 +227,12 @@ def _fit(model: RewardModel, x_train: Array, y: Array) -> Predictor:
         from sklearn.linear_model import LogisticRegression
 
         clf = LogisticRegression(C=c, max_iter=300).fit(x_train, y)
-        return lambda x: clf.predict_proba(x)[:, 1]
+        return _Linear(clf.coef_[0].astype(np.float64), float(clf.intercept_[0]), True)
     if model.kind == "ridge":
         from sklearn.linear_model import Ridge
 
-        return Ridge(alpha=1.0 / c).fit(x_train, y).predict  # type: ignore[no-any-return]
+        rg = Ridge(alpha=1.0 / c).fit(x_train, y)
+        return _Linear(np.asarray(rg.coef_, np.float64), float(rg.intercept_), False)
     if model.kind == "gbm":
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
@@ -304,7 +346,10 @@ def _cross_fit_1(
         step = max(1, PREDICT_CELLS // (k * p))
         for s in range(0, test.size, step):
             rows = test[s : s + step]
-            q[rows] = predict(des.rows(data, rows).reshape(-1, p)).reshape(-1, k)
+            if isinstance(predict, _Linear):
+                q[rows] = predict.link(des.linear(data, rows, predict.coef) + predict.intercept)
+            else:
+                q[rows] = predict(des.rows(data, rows).reshape(-1, p)).reshape(-1, k)
     q = np.where(data.mask, q, 0.0)
     r = data.reward
     oof = base = None

@@ -309,3 +309,21 @@ def test_cli_interval_methods(market, tmp_path: Path) -> None:
         assert {e["interval"] for e in out["estimates"]} == {expected}
     res = runner.invoke(app, [*base, "--interval", "wald"])
     assert res.exit_code == 2 and "--interval must be auto or one of" in res.output
+
+
+@pytest.mark.parametrize("kind", ["logistic", "ridge"])
+def test_linear_reward_model_predicts_without_building_the_design(logged, kind) -> None:
+    """Per-slot predictions through ``Design.linear`` ((x1 W)·a1) equal predicting on the full
+    (n, K, p) design; the logged-slot design equals the full design at the logged slot."""
+    from copyloop.ope.reward_models import Design, _fit
+
+    data = logged[0]
+    des = Design.fit(data, 8)
+    rows = np.arange(300)
+    x = des.logged(data, np.arange(data.n_rows))
+    pred = _fit(RewardModel(kind=kind, c=0.1), x, data.reward)
+    full_design = des.rows(data, rows)
+    np.testing.assert_allclose(full_design[rows, data.action[rows]], x[rows], rtol=1e-12)
+    full = pred(full_design.reshape(-1, x.shape[1])).reshape(rows.size, -1)
+    fast = pred.link(des.linear(data, rows, pred.coef) + pred.intercept)
+    np.testing.assert_allclose(fast, full, rtol=1e-9, atol=1e-12)
