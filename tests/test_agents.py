@@ -212,17 +212,22 @@ def test_warm_start_refuses_foreign_log(market) -> None:
 
 @pytest.mark.parametrize("name", ["linear_ts", "logistic_ts"])
 @pytest.mark.parametrize("kind", ["interaction", "candidate"])
-def test_factorised_scores_match_scoring_phi(name, kind, batches) -> None:
-    """The TS agents score u1ᵀΘc1 without building φ = u1 ⊗ c1; the decision must be the one
-    that scoring φ directly gives (same draws, same pick; float32 rounding may differ by ~1e-6,
-    far below the gaps between draws' scores here)."""
+@pytest.mark.parametrize("one_campaign", [False, True])
+def test_factorised_scores_match_scoring_phi(name, kind, one_campaign, batches) -> None:
+    """The TS agents score u1ᵀΘc1 without building φ = u1 ⊗ c1 (with a shortcut when every row
+    has the same candidates); the decision must be the one that scoring φ directly gives (same
+    draws, same pick; float32 rounding may differ by ~1e-6, far below the gaps between draws'
+    scores here)."""
     from copyloop.agents.features import features
     from copyloop.agents.ts import choose_from_draws
 
     pol = POLICIES[name](features=kind, seed=4)
     for obs, a, r in batches[0]:
         pol.update(obs, a, r)
-    obs = batches[1]
+    obs = dict(batches[1])
+    if one_campaign:
+        for key in ("candidates", "action_mask"):
+            obs[key] = np.repeat(obs[key][:1], len(obs["user"]), axis=0)
     mask = obs["action_mask"].astype(bool)
     phi = features(obs, kind)
     b, k, d = phi.shape
