@@ -126,6 +126,7 @@ class Design:
         m, k = rows.size, self.k
         if self.source == "features":
             assert data.candidate_features is not None and self.basis is not None
+            assert self.center is not None and self.scale is not None
             comp = (data.candidate_features[rows].astype(np.float64) - self.center) @ self.basis
             a = comp / self.scale
         elif self.source == "variant":
@@ -161,6 +162,7 @@ class Design:
         slot = data.action[rows]
         if self.source == "features":
             assert data.candidate_features is not None and self.basis is not None
+            assert self.center is not None and self.scale is not None
             f = data.candidate_features[rows, slot].astype(np.float64)
             a = (f - self.center) @ self.basis / self.scale
         elif self.source == "variant":
@@ -245,7 +247,7 @@ def _fit(model: RewardModel, x_train: Array, y: Array) -> Predictor:
                 random_state=model.seed,
             ).fit(x_train, y)
             return lambda x: g.predict_proba(x)[:, 1]
-        return (  # type: ignore[no-any-return]
+        return (
             HistGradientBoostingRegressor(max_iter=100, random_state=model.seed)
             .fit(x_train, y)
             .predict
