@@ -94,8 +94,11 @@ class ClickSimConfig:
         embedding_pca: principal components of the text embeddings (over the log's variants)
             the copy tower reads (0 = the full embedding). Fewer inputs, less memorisation of
             individual variants, better generalisation to new copy.
-        weighting: ``"none"`` (plain likelihood) or ``"ipw"`` (propensity weights, see module doc).
+        weighting: ``"none"`` (plain likelihood), ``"ipw"`` (propensity weights on the likelihood,
+            early stopping and calibration, see the module doc) or ``"ipw-select"`` (plain
+            likelihood; propensity weights on early stopping and calibration only).
         max_weight: clip of the self-normalised propensity weights.
+        weight_power: flattening exponent of the weights (1 = plain importance weights).
         calibration: ``"platt"`` (temperature + bias on the ensemble logit), ``"isotonic"`` or
             ``"none"``.
         holdout: fraction of rows held out for early stopping and calibration.
@@ -116,6 +119,7 @@ class ClickSimConfig:
     embedding_pca: int = 8
     weighting: str = "none"
     max_weight: float = 50.0
+    weight_power: float = 1.0
     calibration: str = "platt"
     holdout: float = 0.1
     bootstrap: bool = False
@@ -138,8 +142,12 @@ class ClickSimConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"ClickSimConfig: invalid `{name}`={getattr(self, name)!r}")
-        if self.weighting not in ("none", "ipw"):
-            raise ValueError(f"`weighting` must be 'none' or 'ipw', got {self.weighting!r}")
+        if self.weighting not in ("none", "ipw", "ipw-select"):
+            raise ValueError(
+                f"`weighting` must be 'none', 'ipw' or 'ipw-select', got {self.weighting!r}"
+            )
+        if not 0.0 < self.weight_power <= 1.0:
+            raise ValueError(f"`weight_power` must be in (0, 1], got {self.weight_power}")
         if self.calibration not in ("platt", "isotonic", "none"):
             raise ValueError(
                 f"`calibration` must be 'platt', 'isotonic' or 'none', got {self.calibration!r}"
@@ -332,10 +340,11 @@ class ClickData:
             metadata=meta,
         )
 
-    def ipw_weights(self, max_weight: float) -> npt.NDArray[np.float64]:
-        """Self-normalised weights ``(1/K) / propensity`` (target: uniform over candidates),
-        clipped at ``max_weight`` and renormalised to mean 1."""
-        w = (1.0 / self.n_candidates) / self.propensity
+    def ipw_weights(self, max_weight: float, power: float = 1.0) -> npt.NDArray[np.float64]:
+        """Self-normalised weights ``((1/K) / propensity) ** power`` (target: uniform over
+        candidates; ``power < 1`` flattens them, Shimodaira 2000), clipped at ``max_weight`` and
+        renormalised to mean 1."""
+        w = ((1.0 / self.n_candidates) / self.propensity) ** power
         w = w / w.mean()
         w = np.minimum(w, max_weight)
         return w / w.mean()
@@ -723,8 +732,13 @@ class ClickSimulator:
         n_val = max(round(cfg.holdout * n), 50)
         val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         weights = (
-            data.ipw_weights(cfg.max_weight) if cfg.weighting == "ipw" else np.ones(n, np.float64)
+            data.ipw_weights(cfg.max_weight, cfg.weight_power)
+            if cfg.weighting != "none"
+            else np.ones(n, np.float64)
         )
+        # "ipw-select": the likelihood stays unweighted (the conditional CTR is what the logger
+        # does not bias); the weights re-target early stopping and calibration.
+        fit_weights = weights if cfg.weighting == "ipw" else np.ones(n, np.float64)
         u_all = data.context
         user_mean = u_all[train].mean(0).astype(np.float32)
         user_scale = np.maximum(u_all[train].std(0), 1e-3).astype(np.float32)
@@ -752,13 +766,13 @@ class ClickSimulator:
                 if cfg.bootstrap and cfg.members > 1
                 else np.ones(train.size)
             )
-            w_train = torch.from_numpy((weights[train] * boot).astype(np.float32))
+            w_train = torch.from_numpy((fit_weights[train] * boot).astype(np.float32))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(rng.integers(2**31)))
                 net = _TwoTower(u_all.shape[1], copy_x.shape[1], n_camp, cfg.hidden, cfg.factors)
             # Start from the base rate so early epochs are not spent learning the intercept.
             with torch.no_grad():
-                base = float(np.average(data.reward[train], weights=weights[train]))
+                base = float(np.average(data.reward[train], weights=fit_weights[train]))
                 net.bias.fill_(math.log(base / (1 - base)))
             opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             best, best_state, stale, epochs = math.inf, None, 0, 0

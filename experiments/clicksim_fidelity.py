@@ -9,7 +9,9 @@ Setup (all seeded; the numbers of a run are in ``docs/clicksim.md``):
   ``--rows`` impressions logged by a linear Thompson-sampling policy that learns as it goes
   (skewed propensities: the "skewed logger").
 * **Fits** (``ClickSimConfig`` defaults, 5-member ensembles): on the uniform log; on the skewed
-  log naively; on the skewed log with propensity weighting (``weighting="ipw"``); and, with
+  log naively; on the skewed log with propensity weighting (``weighting="ipw"``, also with
+  flattened weights ``weight_power=0.5``, and ``"ipw-select"``: weights only in early stopping
+  and calibration); and, with
   ``--big-rows``, on a larger uniform log (how the gap to the world shrinks with data).
 * **Fidelity** (:func:`copyloop.envs.clicksim_report.fidelity_report` on the held-out log):
   AUC beside the world's own (Bayes) AUC, ECE as a share of the CTR, per-segment Spearman rank
@@ -198,6 +200,12 @@ def main(argv: list[str] | None = None) -> None:
         ("uniform", uniform, cfg),
         ("skewed, naive", skewed, cfg),
         ("skewed, ipw", skewed, ClickSimConfig(members=a.members, weighting="ipw")),
+        (
+            "skewed, ipw^0.5",
+            skewed,
+            ClickSimConfig(members=a.members, weighting="ipw", weight_power=0.5),
+        ),
+        ("skewed, ipw-select", skewed, ClickSimConfig(members=a.members, weighting="ipw-select")),
     ]
     if a.big_rows:
         plan.append(

@@ -77,6 +77,13 @@ def test_same_seed_same_model_and_exact_reload(sim, data, tmp_path: Path) -> Non
     assert not np.array_equal(p1.mean, other.predict_variants(u, v).mean)
 
 
+def test_ipw_on_a_uniform_log_is_the_plain_fit(sim, data) -> None:
+    # Uniform logging: every weight is exactly 1, so weighting must change nothing.
+    ipw = ClickSimulator.fit(data, ClickSimConfig(members=3, epochs=6, patience=2, weighting="ipw"))
+    u, v = data.context[:300], data.variant[:300]
+    np.testing.assert_array_equal(ipw.predict_variants(u, v).mean, sim.predict_variants(u, v).mean)
+
+
 def test_ensemble_spread_and_pessimism(sim, data) -> None:
     pred = sim.predict_variants(data.context[:2000], data.variant[:2000])
     assert np.all(pred.std >= 0) and pred.std.mean() > 0  # members disagree somewhat
@@ -170,6 +177,8 @@ def test_ipw_weights_hand_computed() -> None:
     clipped = d.ipw_weights(1.5)  # 5/2.25 = 2.22 is clipped at 1.5, then renormalised
     c = np.minimum(raw / raw.mean(), 1.5)
     np.testing.assert_allclose(clipped, c / c.mean())
+    flat = d.ipw_weights(100.0, power=0.5)  # flattened: sqrt of the raw weights
+    np.testing.assert_allclose(flat, np.sqrt(raw) / np.sqrt(raw).mean())
 
 
 def test_platt_recovers_a_known_miscalibration() -> None:
@@ -256,6 +265,8 @@ def test_corrupted_model_dir(sim, tmp_path: Path, damage: str) -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="`weighting`"):
         ClickSimConfig(weighting="magic")
+    with pytest.raises(ValueError, match="`weight_power`"):
+        ClickSimConfig(weight_power=0.0)
     with pytest.raises(ValueError, match="`members`"):
         ClickSimConfig(members=0)
     with pytest.raises(ValueError, match="unknown click-simulator setting"):
