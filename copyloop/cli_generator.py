@@ -148,13 +148,13 @@ def generate(
             )
         judge = WorldReward(market, users_per_segment=512, seed=1)
         kept = res.kept
-        ctr = judge([v.text for v in kept], campaign, seg) if kept else []
+        ctr: Any = judge([v.text for v in kept], campaign, seg) if kept else []
         if out is not None:
             gen.variants_table(res).write(out)
     except (ModelLoadError, ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
     product = market.catalog.products[campaign]
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "text": v.text,
             "kept": v.rejected is None,
@@ -325,8 +325,8 @@ def tune(
     s = res.summary
     console.print(
         f"saved {lm.name}@{res.version} to {res.out} ({s['steps']} steps, {s['seconds']:.0f} s); "
-        f"reward {s['first_reward']} → {s['final_reward']:.4g} (last 20 % of steps), "
-        f"KL {s['final_kl']:.3g} nats/seq (budget {s['kl_budget']}); plot {res.out / 'tune.png'}"
+        f"reward {s['first_reward']} → {s['final_reward']} (last 20 % of steps), "
+        f"KL {s['final_kl']} nats/seq (budget {s['kl_budget']}); plot {res.out / 'tune.png'}"
     )
 
 
@@ -385,7 +385,7 @@ def compare(
                     n,
                     judge=jr,
                     seed=seed,
-                    progress=lambda d, task=task: prog.update(task, completed=d),
+                    progress=_ticker(prog, task),
                 )
             )
     with err.status("measuring KL(tuned ‖ base)…"):
@@ -439,6 +439,10 @@ def compare(
         f"{lo:+.1%} … {hi:+.1%}); "
         f"distinct-2 ratio {out['distinct2_ratio']:.2f}; KL(tuned ‖ base) {kl:.2f} nats/seq"
     )
+
+
+def _ticker(prog: Progress, task: Any) -> Any:
+    return lambda done: prog.update(task, completed=done)
 
 
 def loop(

@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from copyloop.contract import DecisionLog, DecisionLogWriter, VariantsTable
 from copyloop.generator.evaluate import Evaluation, GroupScore
+from copyloop.generator.filters import FilterConfig
 from copyloop.generator.generate import CopyGenerator, Generation, SamplingConfig, distinct_n
 from copyloop.generator.models import LoadedModel
 from copyloop.generator.prompts import CopyRequest
@@ -104,10 +105,10 @@ def _candidate_features(gen: Generation, idx: Sequence[int]) -> npt.NDArray[np.f
 
 
 def _make_policy(name: str, n_segments: int, seed: int) -> Any:
-    from copyloop.agents import POLICIES
+    from copyloop.agents import POLICIES, BernoulliTSPolicy
 
     if name == "bernoulli_ts":
-        return POLICIES[name](seed=seed, segment_columns=(0, n_segments))
+        return BernoulliTSPolicy(seed=seed, segment_columns=(0, n_segments))
     return POLICIES[name](seed=seed)
 
 
@@ -228,6 +229,7 @@ def run_loop(
     out: str | Path,
     *,
     sampling: SamplingConfig | None = None,
+    filters: FilterConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[RoundResult]:
     """Run the loop; ``lm`` is tuned in place. Writes ``round<r>/`` folders (log, variants,
@@ -248,7 +250,7 @@ def run_loop(
         rdir = out_p / f"round{rnd}"
         rdir.mkdir(parents=True, exist_ok=True)
         say(f"round {rnd}: generating {cfg.n} variants × {len(requests)} requests")
-        g = CopyGenerator(lm, market, sampling=sampling)
+        g = CopyGenerator(lm, market, sampling=sampling, filters=filters)
         gen = g.generate(requests, cfg.n, seed=cfg.seed + 7919 * rnd)
         vt = g.variants_table(gen)
         vt.write(rdir / "variants.parquet")

@@ -322,11 +322,29 @@ def _prepare_tokenizer(tok: Any) -> None:
 
 
 def default_tokenizer() -> Any:
-    """The embedded SmolLM2 tokenizer (from the cached converted copy)."""
+    """The embedded SmolLM2 tokenizer: from the converted model copy when there is one, else
+    from a tokenizer-only cache (reading it from the GGUF takes ~5 s once; the full conversion
+    is not needed for it)."""
     _offline()
     from transformers import AutoTokenizer
 
-    folder, _ = resolve_model_dir(None)
+    gguf = default_gguf()
+    key = _gguf_key(gguf)
+    full = model_cache_dir() / key
+    folder = model_cache_dir() / f"{key}-tokenizer"
+    if (full / "config.json").is_file():
+        folder = full
+    elif not (folder / "tokenizer_config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            tok.save_pretrained(tmp)
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     tok = AutoTokenizer.from_pretrained(folder)
     _prepare_tokenizer(tok)
     return tok
@@ -337,6 +355,7 @@ def tiny_model(
     seed: int = 0,
     hidden_size: int = 64,
     layers: int = 2,
+    init_std: float = 0.02,
     tokenizer: Any = None,
 ) -> LoadedModel:
     """A tiny random Llama with the real SmolLM2 tokenizer, for fast tests (CPU, fp32).
@@ -346,6 +365,8 @@ def tiny_model(
             is restored afterwards).
         hidden_size: width (heads of 16 dims).
         layers: decoder layers.
+        init_std: standard deviation of the initial weights (larger = a peakier, lower-entropy
+            next-token distribution, which a few tuning steps can visibly move).
         tokenizer: a tokenizer to reuse (default :func:`default_tokenizer`).
     """
     _offline()
@@ -361,6 +382,7 @@ def tiny_model(
         num_attention_heads=max(hidden_size // 16, 1),
         num_key_value_heads=max(hidden_size // 32, 1),
         max_position_embeddings=1024,
+        initializer_range=init_std,
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
