@@ -553,9 +553,13 @@ def demo(
     out_dir: Annotated[Path, typer.Option(help="Where to write the demo's files.")] = Path(
         "runs/demo"
     ),
+    generator_rounds: Annotated[
+        int, typer.Option(help="Rounds of the closing generator loop (0 = skip).")
+    ] = 2,
 ) -> None:
     """The main job on the embedded defaults: build the market from the real ad corpus, simulate
-    uniform traffic, write the DecisionLog, then compare agents and name the winner."""
+    uniform traffic, write the DecisionLog, then compare agents and name the winner; ends with a
+    short closed loop in which SmolLM2 writes copy, an agent serves it and the generator learns."""
     from copyloop.agents import UniformPolicy
     from copyloop.envs.simulate import simulate as run
     from copyloop.stats import segment_table
@@ -619,6 +623,8 @@ def demo(
     res = run_experiment(cfg, out_dir / "compare", workers=1, progress=True, overwrite=True)
     console.print(summary_text(res))
     console.print(f"plots and tables in {res.out_dir}")
+    if generator_rounds > 0:
+        cli_generator.demo_loop(market, out_dir / "loop", rounds=generator_rounds, seed=seed)
 
 
 # Sub-apps living in their own modules (they import this module's helpers, so they come last).

@@ -487,6 +487,37 @@ def loop(
     console.print(f"logs, variants and model versions in {out}/round*/; summary {out}/rounds.json")
 
 
+def demo_loop(market: Any, out: Path, *, rounds: int = 2, seed: int = 0) -> None:
+    """The demo's short closed loop: 2 campaigns × all segments × 6 variants per round, 100k
+    impressions of Bernoulli TS per round, 4 offline tuning steps between rounds."""
+    from copyloop.generator.loop import LoopConfig, run_loop
+    from copyloop.generator.models import ModelLoadError
+    from copyloop.generator.tune import TuneConfig
+
+    try:
+        lm = _load(None)
+    except ModelLoadError as e:
+        console.print(f"[yellow]skipping the generator loop:[/] {escape(str(e))}")
+        return
+    cfg = LoopConfig(
+        rounds=rounds,
+        campaigns=(0, 1),
+        n=6,
+        impressions=100_000,
+        tune=TuneConfig(steps=4, batch_size=6),
+        seed=seed,
+    )
+    console.print(
+        f"closed loop: {lm.name} writes {cfg.n} variants × {len(cfg.campaigns)} campaigns × "
+        f"{market.population.n_segments} segments per round; {cfg.agent} serves "
+        f"{cfg.impressions:,} impressions; the generator is tuned on the clicks (KTO) …"
+    )
+    with err.status("loop…") as st:
+        results = run_loop(lm, market, cfg, out, progress=lambda m: st.update(escape(m)))
+    print_rounds(results)
+    console.print(f"logs, variants and model versions in {out}")
+
+
 def print_rounds(results: list[Any]) -> None:
     t = Table(title="closed loop: true-world CTR of each round's generated variants")
     for c in (

@@ -37,6 +37,7 @@ class SamplingConfig:
         top_p: nucleus sampling mass (1 = off).
         batch_size: most sequences decoded together.
         stop_at_newline: a token containing a newline ends a completion (the ad is one line).
+        ignore_eos: never stop early: every row gets exactly ``max_new_tokens`` (benchmarks).
     """
 
     max_new_tokens: int = 24
@@ -44,6 +45,7 @@ class SamplingConfig:
     top_p: float = 0.95
     batch_size: int = 64
     stop_at_newline: bool = True
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -122,8 +124,9 @@ def sample(
         config: sampling settings (``batch_size`` is not used here: this is one batch).
         seed: seed of the local torch generator; the same seed, prompts and settings give the
             same completions on the same device.
-        static_cache: decode with a static KV cache (and ``torch.compile``-friendly shapes);
-            for CUDA.
+        static_cache: decode with a preallocated static KV cache (fixed shapes, so a
+            ``torch.compile``-d forward with CUDA graphs can replay); prompts are then repeated
+            ``n`` times instead of sharing one prefill.
     """
     import torch
 
@@ -137,8 +140,14 @@ def sample(
     enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
     ids = enc["input_ids"].to(dev)
     attn = enc["attention_mask"].to(dev)
+    if static_cache and n > 1:
+        ids, attn, n = ids.repeat_interleave(n, 0), attn.repeat_interleave(n, 0), 1
     gen = torch.Generator(device=dev).manual_seed(int(seed))
-    stops = torch.tensor(stop_token_ids(tok, cfg.stop_at_newline), device=dev)
+    stops = torch.tensor(
+        [] if cfg.ignore_eos else stop_token_ids(tok, cfg.stop_at_newline),
+        dtype=torch.long,
+        device=dev,
+    )
     pad = int(tok.pad_token_id)
     b = ids.shape[0] * n
     steps = cfg.max_new_tokens
@@ -149,9 +158,7 @@ def sample(
         if static_cache:
             from transformers import StaticCache
 
-            cache = StaticCache(
-                config=model.config, max_batch_size=ids.shape[0], max_cache_len=ids.shape[1]
-            )
+            cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + steps)
         out = model(
             input_ids=ids,
             attention_mask=attn,
