@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -117,6 +118,39 @@ def _columns(*cols: Array) -> Array:
     for j, c in enumerate(cols):
         out[:, j] = c
     return out
+
+
+_SUM_BLOCK = 65_536
+
+
+def block_sums(
+    data: BanditFeedback,
+    target: Array,
+    q: Array | None,
+    weights: Callable[[Array], Array] | None = None,
+) -> tuple[float, float, float, float]:
+    """``(Σ w r, Σ w, Σ_i Σ_a π q̂, Σ w (r − q̂(a_i)))`` over all rows, ``w = weights(π/p)``, in
+    one pass over row blocks: a point estimate never allocates an n-long temporary (the last
+    two are 0 without ``q``)."""
+    target = np.asarray(target, np.float64)
+    n, k = target.shape
+    wr = sw = dm = corr = 0.0
+    off = np.arange(_SUM_BLOCK, dtype=np.int64) * k
+    for s in range(0, n, _SUM_BLOCK):
+        e = min(n, s + _SUM_BLOCK)
+        idx = off[: e - s] + data.action[s:e]
+        tb = target[s:e]
+        w = tb.reshape(-1).take(idx) / data.pscore[s:e]
+        if weights is not None:
+            w = weights(w)
+        r = data.reward[s:e]
+        wr += float(np.einsum("i,i->", w, r))
+        sw += float(w.sum())
+        if q is not None:
+            qb = np.asarray(q[s:e], np.float64)
+            dm += float(np.einsum("nk,nk->", tb, qb))
+            corr += float(np.einsum("i,i->", w, r - qb.reshape(-1).take(idx)))
+    return wr, sw, dm, corr
 
 
 def weight_diagnostics(w: Array) -> tuple[float, float]:
@@ -283,6 +317,10 @@ class DM(Estimator):
     def _parts(self, data, target, q):  # type: ignore[no-untyped-def]
         return np.einsum("nk,nk->n", target, q)[:, None], None
 
+    def estimate(self, data: BanditFeedback, target: Array, q: Array | None = None) -> float:
+        q = self._check(q, data)
+        return float(np.einsum("nk,nk->", target, q)) / data.n_rows
+
 
 @dataclass(frozen=True)
 class IPW(Estimator):
@@ -333,8 +371,8 @@ class SNIPW(Estimator):
         return est, w * (data.reward - est) / mw
 
     def estimate(self, data: BanditFeedback, target: Array, q: Array | None = None) -> float:
-        w = importance_weights(data, target)
-        return float(np.dot(w, data.reward) / w.sum())
+        wr, sw, _, _ = block_sums(data, target, None)
+        return wr / sw
 
     def _parts(self, data, target, q):  # type: ignore[no-untyped-def]
         w = importance_weights(data, target)
@@ -366,6 +404,11 @@ class DR(Estimator):
         est = float(v.mean())
         return est, v - est
 
+    def estimate(self, data: BanditFeedback, target: Array, q: Array | None = None) -> float:
+        q = self._check(q, data)
+        _, _, dm, corr = block_sums(data, target, q, self._weights)
+        return (dm + corr) / data.n_rows
+
     def _parts(self, data, target, q):  # type: ignore[no-untyped-def]
         v, w = self._values(data, target, q)
         return v[:, None], w
@@ -395,6 +438,11 @@ class SNDR(Estimator):
     @staticmethod
     def combine(sums: Array, n: Array) -> Array:
         return sums[..., 0] / n + sums[..., 1] / sums[..., 2]
+
+    def estimate(self, data: BanditFeedback, target: Array, q: Array | None = None) -> float:
+        q = self._check(q, data)
+        _, sw, dm, corr = block_sums(data, target, q)
+        return dm / data.n_rows + corr / sw
 
 
 @dataclass(frozen=True)
