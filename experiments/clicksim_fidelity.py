@@ -156,6 +156,47 @@ def _agents(
     return rows
 
 
+def render(result: dict[str, Any]) -> str:
+    """The results as Markdown tables."""
+    lines = [
+        "| fit | rows | fit s | AUC | Bayes AUC | gap | ECE / CTR | ECE vs truth / CTR | "
+        "cell r | min Spearman | value gap |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["fidelity"]:
+        lines.append(
+            f"| {r['fit']} | {r['train_rows']:,} | {r['fit_seconds']:.0f} | {r['auc']:.4f} | "
+            f"{r['bayes_auc']:.4f} | {r['auc_gap']:.4f} | {100 * r['ece_over_base']:.1f} % | "
+            f"{100 * r['true_ece_over_base']:.1f} % | {r['cell_pearson']:.3f} | "
+            f"{r['min_spearman']:.3f} | {100 * r['value_gap']:.1f} % |"
+        )
+    segs = list(result["fidelity"][0]["spearman"])
+    lines += ["", "| fit | " + " | ".join(segs) + " |", "|---|" + "---:|" * len(segs)]
+    for r in result["fidelity"]:
+        cells = [f"{r['spearman'][s]:.3f} ({r['within_campaign_spearman'][s]:.2f})" for s in segs]
+        lines.append(f"| {r['fit']} | " + " | ".join(cells) + " |")
+    if "ceiling" in result:
+        lines += ["", f"Structure ceiling (200k rows): AUC {result['ceiling']['ceiling_auc']:.4f}"]
+    ag = result.get("agents", [])
+    if ag:
+        keys = ["world", "simulator", "simulator_pessimism1", "uniform", "oracle"]
+        lines += ["", "| trained in | " + " | ".join(f"seed {a['seed']}" for a in ag) + " | mean |"]
+        lines.append("|---|" + "---:|" * (len(ag) + 1))
+        for k in keys:
+            vals = [a[k] for a in ag]
+            lines.append(
+                f"| {k} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {np.mean(vals):.4f} |"
+            )
+        ratio = [a["simulator"] / a["world"] for a in ag]
+        lift = [(a["simulator"] - a["uniform"]) / (a["world"] - a["uniform"]) for a in ag]
+        lines.append(
+            f"\nSimulator-trained value / world-trained value: {np.mean(ratio):.3f} "
+            f"(min {min(ratio):.3f}); share of the world-trained lift over uniform: "
+            f"{np.mean(lift):.3f} (min {min(lift):.3f})"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     import torch
 
@@ -174,7 +215,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--agent-rounds", type=int, default=100_000)
     ap.add_argument("--eval-rounds", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--render-only", action="store_true", help="re-render OUT/results.json")
     a = ap.parse_args(argv)
+    if a.render_only:
+        res = json.loads((a.out / "results.json").read_text())
+        (a.out / "results.md").write_text(render(res))
+        print(render(res))
+        return
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     logs = a.out / "logs"
@@ -236,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     result["seconds"] = time.perf_counter() - t0
     (a.out / "results.json").write_text(json.dumps(result, indent=1))
+    (a.out / "results.md").write_text(render(result))
+    print(render(result))
     print(f"wrote {a.out / 'results.json'} in {result['seconds']:.0f} s")
 
 
