@@ -60,6 +60,7 @@ from copyloop.contract import (
     log_metadata,
 )
 from copyloop.envs.text import N_TEXT_FEATURES, text_features
+from copyloop.envs.world import sigmoid as _sigmoid
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.pt"
@@ -417,11 +418,6 @@ def _np_mlp(seq: nn.Sequential) -> Callable[[_F32], _F32]:
         return y.astype(np.float32, copy=False)
 
     return f
-
-
-def _sigmoid(x: npt.NDArray[np.floating]) -> _F32:
-    y = np.tanh(np.asarray(x, np.float32) * np.float32(0.5))
-    return ((y + 1.0) * 0.5).astype(np.float32)
 
 
 def _logloss(p: npt.NDArray[np.floating], y: npt.NDArray[np.floating], w: Any = None) -> float:
