@@ -74,23 +74,30 @@ the studentised bootstrap (bootstrap-t) and the percentile bootstrap (both on th
 sufficient statistics, the reward model held fixed; :mod:`copyloop.ope.resample`)."""
 
 _BLOCK = 4096
+_SUM_BLOCK = 65_536
 """Rows per block of the fused (n, K) passes: a block of two (n, K) float64 matrices stays in
 cache between the row sums and the logged-slot gathers."""
 
 
 def logged(data: BanditFeedback, m: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """``m[i, a_i]`` per row for an (n, K) matrix: a flat ``take`` (2–3× faster than
-    ``m[arange(n), a]``, which builds and broadcasts two index arrays)."""
-    k = m.shape[1]
-    flat = np.arange(data.n_rows, dtype=np.int64) * k + data.action
-    if m.flags.c_contiguous:
-        return m.reshape(-1).take(flat)
-    return m[np.arange(data.n_rows), data.action]
+    """``m[i, a_i]`` per row for an (n, K) matrix: flat ``take`` over blocks of rows (2–3×
+    faster than ``m[arange(n), a]``, which builds and broadcasts two n-long index arrays)."""
+    n, k = m.shape
+    if not m.flags.c_contiguous:
+        return m[np.arange(n), data.action]
+    out = np.empty(n, m.dtype)
+    off = np.arange(_SUM_BLOCK, dtype=np.int64) * k
+    for s in range(0, n, _SUM_BLOCK):
+        e = min(n, s + _SUM_BLOCK)
+        m[s:e].reshape(-1).take(off[: e - s] + data.action[s:e], out=out[s:e])
+    return out
 
 
 def importance_weights(data: BanditFeedback, target: Array) -> Array:
     """``π(a_i|x_i) / p_i`` per row."""
-    return logged(data, target) / data.pscore
+    w = logged(data, np.asarray(target, np.float64))
+    np.divide(w, data.pscore, out=w)
+    return w
 
 
 def row_terms(data: BanditFeedback, target: Array, q: Array) -> tuple[Array, Array, Array]:
@@ -118,9 +125,6 @@ def _columns(*cols: Array) -> Array:
     for j, c in enumerate(cols):
         out[:, j] = c
     return out
-
-
-_SUM_BLOCK = 65_536
 
 
 def block_sums(

@@ -8,11 +8,12 @@ bootstrap — ``Σ c_i p_i p_iᵀ``; no resampled copy of the data is ever built
 
 * Up to ``blocks`` rows the resamples are the textbook multinomial bootstrap of rows (each
   resample draws ``n`` row indices).
-* Beyond, rows are assigned to ``blocks`` random groups once (iid rows make the groups iid) and
-  each group enters a resample Poisson(1) times (Hanley & MacGibbon 2006; Chamandy et al. 2012):
-  the cost is one O(n) pass building the groups' sums and cross-products (a sparse matrix
-  product) plus O(B × blocks) for B resamples. Within a resample the rows of a group keep their
-  own parts, so the resample's variance (bootstrap-t) is still computed from rows.
+* Beyond, row ``i`` belongs to group ``i mod blocks`` (independent rows make the groups
+  independent; neighbouring rows land in different groups) and each group enters a resample
+  Poisson(1) times (Hanley & MacGibbon 2006; Chamandy et al. 2012): the cost is one O(n) pass
+  building the groups' sums and cross-products (contiguous reshape-sums) plus O(B × blocks) for
+  B resamples. Within a resample the rows of a group keep their own parts, so the resample's
+  variance (bootstrap-t) is still computed from rows.
 
 The **studentised bootstrap** (bootstrap-t; Efron 1981, Hall 1988, Hall 1992 *The Bootstrap and
 Edgeworth Expansion* §3.6, DiCiccio & Efron 1996 §2) resamples ``t* = (θ* − θ̂) / se*`` with
@@ -93,6 +94,13 @@ def poisson1(rng: np.random.Generator, shape: tuple[int, ...]) -> npt.NDArray[np
     return out
 
 
+def _group_sum(c: Array, blocks: int, full: int) -> Array:
+    """Sums of ``c`` over the groups ``i mod blocks`` (``full``: the rows in whole rounds)."""
+    out = c[:full].reshape(-1, blocks).sum(axis=0)
+    out[: c.size - full] += c[full:]
+    return out
+
+
 def _tri(m: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     return np.triu_indices(m)
 
@@ -123,12 +131,15 @@ def resample(
         gcross = gsum[:, iu] * gsum[:, ju] if studentize else None
         groups = n
     else:
-        # one pass per column: random groups, their sizes, sums and (bootstrap-t) raw
-        # cross-products, centred afterwards per group — no (n, ·) temporaries but one buffer
-        g = rng.integers(0, blocks, n, dtype=np.intp)
-        gsize = np.bincount(g, minlength=blocks).astype(np.float64)
+        # Row i joins group i mod blocks: for independent rows any partition that ignores the
+        # values is as good as a random one, and this one spreads neighbouring (e.g. same-hour)
+        # rows over different groups and makes every group sum one contiguous reshape-sum.
+        # Sums and (bootstrap-t) raw cross-products are centred per group afterwards.
+        full = n // blocks * blocks
+        gsize = np.full(blocks, float(n // blocks))
+        gsize[: n - full] += 1.0
         cols = [np.ascontiguousarray(parts[:, j]) for j in range(m)]
-        raw = np.column_stack([np.bincount(g, weights=c, minlength=blocks) for c in cols])
+        raw = np.column_stack([_group_sum(c, blocks, full) for c in cols])
         gsum = raw - gsize[:, None] * center
         gcross = None
         if studentize:
@@ -137,7 +148,7 @@ def resample(
             for t, (i, j) in enumerate(zip(iu.tolist(), ju.tolist(), strict=True)):
                 np.multiply(cols[i], cols[j], out=buf)
                 gcross[:, t] = (
-                    np.bincount(g, weights=buf, minlength=blocks)
+                    _group_sum(buf, blocks, full)
                     - center[i] * raw[:, j]
                     - center[j] * raw[:, i]
                     + gsize * center[i] * center[j]

@@ -159,3 +159,13 @@ def test_poisson1_sampler_has_the_poisson_law() -> None:
         p = math.exp(-1) / math.factorial(k)
         assert abs((x == k).mean() - p) < 5 * math.sqrt(p * (1 - p) / x.size), k
     assert abs(x.mean() - 1) < 0.01 and abs(x.var() - 1) < 0.02
+
+
+def test_group_sums_by_position() -> None:
+    """Row i joins group i mod blocks, including the rows of an incomplete last round."""
+    from copyloop.ope.resample import _group_sum
+
+    c = np.random.default_rng(0).random(10_007)
+    full = 10_007 // 100 * 100
+    expected = np.bincount(np.arange(10_007) % 100, weights=c, minlength=100)
+    np.testing.assert_allclose(_group_sum(c, 100, full), expected, rtol=1e-12)
