@@ -56,8 +56,8 @@ class TuneConfig:
         samples_per_prompt: lines sampled per prompt (the RLOO group, >= 2).
         lr: AdamW learning rate.
         kl_coef: initial β of the KL penalty (online) or KTO's β (offline).
-        kl_budget: most KL to the reference, in nats per sequence; online β grows when the
-            measured KL passes half of it.
+        kl_budget: most KL to the reference, in nats per sequence; online, β is steered so the
+            smoothed KL sits at half of it.
         adaptive_kl: adapt β online.
         train_layers: train only the top this many decoder layers (+ final norm); None = all
             parameters.
@@ -358,6 +358,7 @@ def online_tune(
     rng = np.random.default_rng([cfg.seed, 5381])
     k = cfg.samples_per_prompt
     beta = cfg.kl_coef
+    kl_ema = 0.0
     history: list[dict[str, float]] = []
     order = rng.permutation(len(reqs_all))
     cursor = 0
@@ -397,11 +398,12 @@ def online_tune(
         opt.step()
         model.eval()
         kl = float((lp.detach() - ref_lp).sum(1).mean())
+        kl_ema = kl if step == 0 else 0.7 * kl_ema + 0.3 * kl
         if cfg.adaptive_kl:
-            if kl > 0.5 * cfg.kl_budget:
-                beta = min(beta * 1.5, 10.0)
-            elif kl < 0.25 * cfg.kl_budget:
-                beta = max(beta / 1.2, 1e-3)
+            # Multiplicative controller towards half the budget on a smoothed KL (one step's
+            # estimate from 16 samples is noisy): at most ×1.35 or ÷1.35 per step.
+            err = float(np.clip(kl_ema / (0.5 * cfg.kl_budget) - 1.0, -1.0, 1.0))
+            beta = float(np.clip(beta * np.exp(0.3 * err), 1e-3, 1.0))
         d2 = float(np.mean([distinct_n(cleaned[g * k : (g + 1) * k], 2) for g in range(len(pick))]))
         m = {
             "step": float(step + 1),
@@ -494,6 +496,115 @@ def plot_history(history: list[dict[str, float]], path: Path, *, title: str = ""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def best_of_n_tune(
+    lm: LoadedModel,
+    market: Any,
+    reward: RewardFn,
+    out: str | Path,
+    *,
+    campaigns: Sequence[int],
+    segments: Sequence[int] | None = None,
+    n: int = 8,
+    keep: int = 2,
+    config: TuneConfig | None = None,
+    filters: FilterConfig | None = None,
+    version: str | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> TuneResult:
+    """Best-of-n distillation (expert iteration / ReST): sample ``n`` lines per training prompt
+    from the current model, keep the ``keep`` best valid ones by ``reward``, and fine-tune on
+    them (likelihood of the kept lines) for ``config.steps`` steps of ``config.batch_size``.
+
+    The cheapest policy improvement there is per sampled line: every line is scored once, and
+    the gradient only sees lines the reward ranks at the top of their own prompt's group (so the
+    per-prompt base rate cancels, as in RLOO). KL to the starting model is measured on each
+    batch (log-ratio of the kept lines) and reported; ``kl_budget`` stops training early when
+    it is passed.
+    """
+    import torch
+
+    cfg = config or TuneConfig()
+    if not 1 <= keep < n:
+        raise ValueError(f"need 1 <= keep < n, got keep={keep}, n={n}")
+    segs = list(range(market.population.n_segments)) if segments is None else list(segments)
+    reqs = _requests(market, campaigns, segs)
+    prompts = [_prompt(lm, market, r) for r in reqs]
+    filt = CopyFilter(filters)
+    samp = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    chosen: list[tuple[str, str]] = []
+    scored: list[float] = []
+    picked: list[float] = []
+    per = max(1, 64 // n)
+    t_sample = time.perf_counter()
+    for j, start in enumerate(range(0, len(reqs), per)):
+        idx = list(range(start, min(start + per, len(reqs))))
+        s = sample(lm, [prompts[i] for i in idx], n, config=samp, seed=cfg.seed * 1000 + j)
+        row_reqs = [reqs[idx[r // n]] for r in range(len(s.texts))]
+        r, valid, cleaned = score_lines(s.texts, row_reqs, market, reward, filt)
+        for g, i in enumerate(idx):
+            rows = [g * n + q for q in range(n) if valid[g * n + q]]
+            scored.extend(r[rows].tolist())
+            best = sorted(rows, key=lambda q: -r[q])[:keep]
+            picked.extend(r[best].tolist())
+            chosen.extend((prompts[i], cleaned[q]) for q in best)
+    t_sample = time.perf_counter() - t_sample
+    if len(chosen) < 2:
+        raise ValueError("fewer than 2 valid lines were sampled — nothing to distil")
+    ref = copy.deepcopy(lm.model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    model = lm.model
+    params = trainable_parameters(model, cfg.train_layers)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    rng = np.random.default_rng([cfg.seed, 2203])
+    history: list[dict[str, float]] = []
+    order = rng.permutation(len(chosen))
+    cursor = 0
+    for step in range(cfg.steps):
+        t0 = time.perf_counter()
+        if cursor + cfg.batch_size > len(order):
+            order, cursor = rng.permutation(len(chosen)), 0
+        batch = [chosen[i] for i in order[cursor : cursor + cfg.batch_size]]
+        cursor += cfg.batch_size
+        sm = samples_from_texts(lm, [b[0] for b in batch], [b[1] for b in batch])
+        with torch.inference_mode():
+            ref_lp = completion_logprobs(ref, sm, 1.0).sum(1)
+        model.train()
+        lp = completion_logprobs(model, sm, 1.0)
+        ntok = sm.completion_mask.sum().clamp(min=1)
+        loss = -lp.sum() / ntok
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        opt.step()
+        model.eval()
+        kl = float((lp.detach().sum(1) - ref_lp).mean())
+        m = {
+            "step": float(step + 1),
+            "reward": float(np.mean(picked)),
+            "kl": kl,
+            "loss": float(loss.detach()),
+            "grad_norm": gnorm,
+            "distinct2": distinct_n([b[1] for b in batch], 2),
+            "seconds": time.perf_counter() - t0 + (t_sample if step == 0 else 0.0),
+        }
+        history.append(m)
+        if progress is not None:
+            progress(step + 1, m)
+        if kl > cfg.kl_budget:
+            break
+    ver = version or f"bon-{n}x{keep}-{cfg.steps}x{cfg.batch_size}-s{cfg.seed}"
+    extra = {
+        "campaigns": [int(c) for c in campaigns],
+        "segments": segs,
+        "sampled_valid_mean_reward": float(np.mean(scored)) if scored else None,
+        "kept_mean_reward": float(np.mean(picked)),
+        "kept_lines": len(chosen),
+        "sampling_seconds": t_sample,
+    }
+    return _finish(lm, out, ver, f"best-of-{n} distillation (top {keep})", cfg, history, extra)
 
 
 # ---- offline ----------------------------------------------------------------------------

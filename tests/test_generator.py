@@ -306,6 +306,32 @@ def test_online_tuning_changes_weights_and_raises_reward(tiny, market, tmp_path)
     assert back.version == res.version == lm.version
 
 
+def test_best_of_n_distillation_learns_the_kept_lines(tiny, market, tmp_path):
+    from copyloop.generator.tune import best_of_n_tune
+
+    lm = tiny_model(seed=0, init_std=0.2, tokenizer=tiny.tokenizer)
+    reward = _side_reward(lm)
+    cfg = TuneConfig(steps=6, batch_size=4, lr=1e-2, max_new_tokens=4, train_layers=None)
+    res = best_of_n_tune(
+        lm,
+        market,
+        reward,
+        tmp_path / "bon",
+        campaigns=[0, 1],
+        segments=[0],
+        n=8,
+        keep=2,
+        config=cfg,
+        filters=OPEN,
+    )
+    assert res.summary["kept_mean_reward"] > res.summary["sampled_valid_mean_reward"]
+    losses = [h["loss"] for h in res.history]
+    assert losses[-1] < losses[0]  # the kept lines became likelier (4 lines, seen 6 times)
+    assert load_model(res.out, device="cpu").version.startswith("bon-")
+    with pytest.raises(ValueError, match="keep"):
+        best_of_n_tune(lm, market, reward, tmp_path / "x", campaigns=[0], n=4, keep=4)
+
+
 def test_train_layers_freezes_the_rest(tiny):
     from copyloop.generator.tune import trainable_parameters
 
