@@ -213,7 +213,11 @@ def generate(
 def tune(
     out: Annotated[Path, typer.Option(help="Folder of the new model version.")],
     mode: Annotated[
-        str, typer.Option(help="online (RLOO on a reward) or offline (a log).")
+        str,
+        typer.Option(
+            help="online (RLOO on a reward), bon (best-of-n distillation on a reward) or "
+            "offline (KTO on a DecisionLog)."
+        ),
     ] = "online",
     model: ModelOpt = None,
     reward: Annotated[
@@ -231,7 +235,9 @@ def tune(
     samples_per_prompt: Annotated[
         int, typer.Option(help="Online: samples per prompt (RLOO group).")
     ] = 4,
-    batch_size: Annotated[int, typer.Option(help="Offline: variants per step.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Offline / bon: lines per step.")] = 8,
+    bon_n: Annotated[int, typer.Option(help="bon: samples per prompt.")] = 8,
+    bon_keep: Annotated[int, typer.Option(help="bon: best samples kept per prompt.")] = 2,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-5,
     kl_coef: Annotated[
         float, typer.Option(help="Initial KL coefficient (offline: KTO beta).")
@@ -251,10 +257,16 @@ def tune(
     from copyloop.generator.models import ModelLoadError
     from copyloop.generator.prompts import CopyRequest
     from copyloop.generator.reward import WorldReward, parse_reward
-    from copyloop.generator.tune import TuneConfig, offline_tune, online_tune, variant_feedback
+    from copyloop.generator.tune import (
+        TuneConfig,
+        best_of_n_tune,
+        offline_tune,
+        online_tune,
+        variant_feedback,
+    )
 
-    if mode not in ("online", "offline"):
-        raise _fail(f"--mode must be online or offline, got {mode!r}")
+    if mode not in ("online", "bon", "offline"):
+        raise _fail(f"--mode must be online, bon or offline, got {mode!r}")
     try:
         cfg = TuneConfig(
             steps=steps,
@@ -291,7 +303,20 @@ def tune(
             prog.update(task, completed=done, info=info)
 
         try:
-            if mode == "online":
+            if mode == "bon":
+                res = best_of_n_tune(
+                    lm,
+                    market,
+                    rfn,
+                    out,
+                    campaigns=camps,
+                    n=bon_n,
+                    keep=bon_keep,
+                    config=cfg,
+                    version=version,
+                    progress=tick,
+                )
+            elif mode == "online":
                 res = online_tune(
                     lm,
                     market,
