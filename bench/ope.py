@@ -304,7 +304,9 @@ def bench_size(
             r["ours_boot"] = "skipped"
             r["ours_boot_predicted_s"] = t_cal * b / 2
         else:
-            tb, _, iv = timed(partial(ours_boot, n_boot=b), 1)
+            # median of 3 (one cold call on this VM can pay ~0.3 s of page faults for its
+            # fresh buffers); obp's 20-s runs are single
+            tb, _, iv = timed(partial(ours_boot, n_boot=b), 3)
             r["ours_boot_s"], r["ours_boot_iv"] = tb, [iv.lower, iv.upper]
         if obp_mod is None:
             r["obp_boot"] = "obp not importable"
@@ -330,7 +332,7 @@ def bench_size(
         # ours, studentised (bootstrap-t: also the resamples' standard errors)
         tf, _, fiv = timed(
             partial(est.interval, log.data, log.target, q, method="bootstrap-t", n_boot=b, seed=0),
-            1,
+            3,
         )
         r["boot_t_s"], r["boot_t_iv"] = tf, [fiv.lower, fiv.upper]
         if abs(fiv.estimate - r["ours_value"]) > 1e-9 * abs(r["ours_value"]):
@@ -681,7 +683,9 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "",
         f"Synthetic logs: {report['args']['actions']} actions, uniform logging, context dim "
         f"{report['args']['context_dim']}, softmax target, Bernoulli rewards (CTR ≈ 3%), a fixed "
-        "reward model q. Point times are medians; bootstrap times one run at "
+        "reward model q. Point times are medians; bootstrap times the median of 3 runs for ours "
+        "and "
+        "one run for obp (20+ s each at 10M rows), at "
         f"{report['args']['n_boot']} resamples (equal for both libraries). obp gets (n, K, 1) "
         "views of the same arrays. 'skipped' = predicted above the cap "
         f"({report['args']['obp_cap_s']:.0f} s for obp, {report['args']['ours_cap_s']:.0f} s "
