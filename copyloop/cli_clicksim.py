@@ -46,6 +46,9 @@ def clicksim_fit(
     weighting: Annotated[
         str, typer.Option(help="none, or ipw: propensity-weight rows to undo a skewed logger.")
     ] = "none",
+    weight_power: Annotated[
+        float, typer.Option(help="Flattening exponent of the weights (1 = plain IPW).")
+    ] = 0.5,
     calibration: Annotated[str, typer.Option(help="platt, isotonic or none.")] = "platt",
     epochs: Annotated[int, typer.Option(help="Most epochs per member (early stopping).")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of split, bootstraps and initialisation.")] = 0,
@@ -60,7 +63,12 @@ def clicksim_fit(
         torch.set_num_threads(threads)
     try:
         cfg = ClickSimConfig(
-            members=members, weighting=weighting, calibration=calibration, epochs=epochs, seed=seed
+            members=members,
+            weighting=weighting,
+            weight_power=weight_power,
+            calibration=calibration,
+            epochs=epochs,
+            seed=seed,
         )
         with err.status("reading the log and embedding its variants…"):
             data = ClickData.from_files(logs, variants)

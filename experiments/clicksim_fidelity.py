@@ -11,7 +11,8 @@ Setup (all seeded; the numbers of a run are in ``docs/clicksim.md``):
 * **Fits** (``ClickSimConfig`` defaults, 5-member ensembles): on the uniform log; on the skewed
   log naively; on the skewed log with propensity weighting (``weighting="ipw"``, also with
   flattened weights ``weight_power=0.5``, and ``"ipw-select"``: weights only in early stopping
-  and calibration); and, with
+  and calibration); the same four for a deliberately small model (4 hidden units, 1 factor,
+  2 embedding components: misspecified, where weighting should pay); and, with
   ``--big-rows``, on a larger uniform log (how the gap to the world shrinks with data).
 * **Fidelity** (:func:`copyloop.envs.clicksim_report.fidelity_report` on the held-out log):
   AUC beside the world's own (Bayes) AUC, ECE as a share of the CTR, per-segment Spearman rank
@@ -216,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-rounds", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--render-only", action="store_true", help="re-render OUT/results.json")
+    ap.add_argument(
+        "--reuse-agents", action="store_true", help="keep the agent runs of OUT/results.json"
+    )
     a = ap.parse_args(argv)
     if a.render_only:
         res = json.loads((a.out / "results.json").read_text())
@@ -246,13 +250,29 @@ def main(argv: list[str] | None = None) -> None:
     plan = [
         ("uniform", uniform, cfg),
         ("skewed, naive", skewed, cfg),
-        ("skewed, ipw", skewed, ClickSimConfig(members=a.members, weighting="ipw")),
+        ("skewed, ipw", skewed, ClickSimConfig(members=a.members, weighting="ipw", weight_power=1)),
         (
             "skewed, ipw^0.5",
             skewed,
             ClickSimConfig(members=a.members, weighting="ipw", weight_power=0.5),
         ),
         ("skewed, ipw-select", skewed, ClickSimConfig(members=a.members, weighting="ipw-select")),
+    ]
+    # The same comparison for a deliberately small (misspecified) model: where weighting pays.
+    small = {"hidden": 4, "factors": 1, "embedding_pca": 2, "members": a.members}
+    plan += [
+        ("small model: uniform", uniform, ClickSimConfig(**small)),
+        ("small model: skewed, naive", skewed, ClickSimConfig(**small)),
+        (
+            "small model: skewed, ipw",
+            skewed,
+            ClickSimConfig(**small, weighting="ipw", weight_power=1),
+        ),
+        (
+            "small model: skewed, ipw^0.5",
+            skewed,
+            ClickSimConfig(**small, weighting="ipw", weight_power=0.5),
+        ),
     ]
     if a.big_rows:
         plan.append(
@@ -278,9 +298,13 @@ def main(argv: list[str] | None = None) -> None:
     if a.ceiling:
         result["ceiling"] = _ceiling(market, uniform, heldout)
         print(json.dumps(result["ceiling"]), flush=True)
-    result["agents"] = _agents(
-        market, fits["uniform"], list(range(a.agent_seeds)), a.agent_rounds, a.eval_rounds
-    )
+    old = a.out / "results.json"
+    if a.reuse_agents and old.exists():
+        result["agents"] = json.loads(old.read_text())["agents"]
+    else:
+        result["agents"] = _agents(
+            market, fits["uniform"], list(range(a.agent_seeds)), a.agent_rounds, a.eval_rounds
+        )
     result["seconds"] = time.perf_counter() - t0
     (a.out / "results.json").write_text(json.dumps(result, indent=1))
     (a.out / "results.md").write_text(render(result))
