@@ -74,7 +74,7 @@ the studentised bootstrap (bootstrap-t) and the percentile bootstrap (both on th
 sufficient statistics, the reward model held fixed; :mod:`copyloop.ope.resample`)."""
 
 _BLOCK = 4096
-_SUM_BLOCK = 65_536
+_SUM_BLOCK = 16_384
 """Rows per block of the fused (n, K) passes: a block of two (n, K) float64 matrices stays in
 cache between the row sums and the logged-slot gathers."""
 
