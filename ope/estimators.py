@@ -322,8 +322,9 @@ class DM(Estimator):
         return np.einsum("nk,nk->n", target, q)[:, None], None
 
     def estimate(self, data: BanditFeedback, target: Array, q: Array | None = None) -> float:
-        q = self._check(q, data)
-        return float(np.einsum("nk,nk->", target, q)) / data.n_rows
+        qq = self._check(q, data)
+        assert qq is not None  # _check raised otherwise
+        return float(np.einsum("nk,nk->", target, qq)) / data.n_rows
 
 
 @dataclass(frozen=True)
