@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=8, help="samples per request (prompt)")
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default all)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     ap.add_argument("--compile", action="store_true", help="CUDA: static cache + torch.compile")
     ap.add_argument("--model", default=None, help="model path (default embedded SmolLM2)")
     ap.add_argument("--out-dir", default="bench/results")
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(),
         "device": torch.cuda.get_device_name() if cuda else cpu_model(),
         "torch_threads": torch.get_num_threads(),
+        "load_average_at_end": __import__("os").getloadavg(),
         "cpus": __import__("os").cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -147,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.new_tokens} new tokens)",
         "",
         f"`{info['command']}` · {info['date']} · commit {info['commit']} · torch "
-        f"{info['torch']} ({info['torch_threads']} threads) · transformers {info['transformers']}",
+        f"{info['torch']} ({info['torch_threads']} threads) · transformers {info['transformers']}"
+        f" · load average at the end {info['load_average_at_end'][0]:.1f} on "
+        f"{info['cpus']} CPUs (shared machine: other jobs were running)",
         "",
         "| batch | requests × samples | variants/s | tokens/s | median s | peak mem MiB |",
         "|---:|---:|---:|---:|---:|---:|",
