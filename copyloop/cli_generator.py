@@ -358,7 +358,9 @@ def tune(
 @generator_app.command("compare")
 def compare(
     tuned: Annotated[str, typer.Option(help="Tuned model version folder.")],
-    base: ModelOpt = None,
+    base: Annotated[
+        str | None, typer.Option(help="Base model (default: embedded SmolLM2-135M-Instruct).")
+    ] = None,
     campaigns: Annotated[
         str, typer.Option(help="Campaigns to judge on (e.g. odd = held out).")
     ] = "odd",

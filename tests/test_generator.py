@@ -503,3 +503,68 @@ def test_real_model_writes_segment_conditioned_copy(market):
         build_messages(market.catalog.products[4], market.population.config.segments[0], Style()),
     )
     assert p.endswith("<|im_start|>assistant\n")
+
+
+def test_cli_tune_and_compare_with_tiny_models(tiny, tmp_path, market):
+    from typer.testing import CliRunner
+
+    from copyloop.cli import app
+
+    base = save_model(tiny, tmp_path / "base", version="base", made_by="test")
+    cfg = tmp_path / "market.toml"
+    cfg.write_text(
+        "seed = 1\n[catalog]\nn_campaigns = 24\nseed = 3\n[population]\nn_users = 4000\n"
+    )
+    common = ["--config", str(cfg)]
+    r = CliRunner().invoke(
+        app,
+        [
+            "generator",
+            "tune",
+            "--mode",
+            "online",
+            "--model",
+            str(base),
+            "--out",
+            str(tmp_path / "t"),
+            "--campaigns",
+            "0-1",
+            "--steps",
+            "1",
+            "--prompts-per-step",
+            "1",
+            "--samples-per-prompt",
+            "2",
+            "--train-layers",
+            "0",
+            *common,
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "t" / "metrics.json").is_file()
+    r = CliRunner().invoke(
+        app,
+        [
+            "generator",
+            "compare",
+            "--base",
+            str(base),
+            "--tuned",
+            str(tmp_path / "t"),
+            "--campaigns",
+            "0-1",
+            "--limit",
+            "1",
+            "--n",
+            "2",
+            "--judge-users",
+            "16",
+            "--json",
+            *common,
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout[r.stdout.index("{") :])
+    assert out["tuned"]["model"].endswith("@online-1x2-s0") and out["requests"] == 5
+    bad = CliRunner().invoke(app, ["generator", "tune", "--mode", "sideways", "--out", "x"])
+    assert bad.exit_code == 2 and "--mode" in bad.output
