@@ -546,27 +546,23 @@ def demo_loop(market: Any, out: Path, *, rounds: int = 2, seed: int = 0) -> None
 
 
 def print_rounds(results: list[Any]) -> None:
-    t = Table(title="closed loop: true-world CTR of each round's generated variants")
-    for c in (
-        "round",
-        "generator",
-        "mean CTR",
-        "best-of-n CTR",
-        "served CTR",
-        "clicks",
-        "kept",
-        "distinct-2",
-    ):
+    name = results[0].model.split("@")[0] if results else ""
+    t = Table(title=f"closed loop: true-world CTR of each round's variants ({name})")
+    for c in ("round", "version", "mean CTR", "best", "served", "clicks", "kept", "dist-2"):
         t.add_column(c)
     for r in results:
         t.add_row(
             str(r.round),
-            r.model,
+            r.model.split("@")[-1],
             f"{r.true_ctr:.4f}",
             f"{r.best_ctr:.4f}",
             f"{r.served_ctr:.4f}",
-            f"{r.clicks:,}/{r.impressions:,}",
+            f"{r.clicks:,}",
             f"{r.valid:.0%}",
-            f"{r.distinct2:.3f}",
+            f"{r.distinct2:.2f}",
         )
     console.print(t)
+    console.print(
+        "mean CTR / best: of the round's kept variants (true world, held-out users); served: "
+        "expected CTR of what the agent showed"
+    )
