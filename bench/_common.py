@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import platform
 import resource
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +43,20 @@ def git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return f"{out}{'-dirty' if dirty else ''}"
+
+
+def host_info() -> dict[str, Any]:
+    """When and where a benchmark runs: date, platform, CPU, cores, Python, commit."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+    }
 
 
 def status_kib(key: str) -> int | None:

@@ -48,10 +48,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime as dt
 import json
-import os
-import platform
 import pstats
 import statistics
 import sys
@@ -70,8 +67,7 @@ from scipy.special import expit, logit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_model as _cpu_model  # noqa: E402
-from _common import git_commit as _git_commit  # noqa: E402
+from _common import host_info  # noqa: E402
 
 IntArr = npt.NDArray[np.int64]
 Run = Callable[[int], IntArr]  # run(n): play the first n rounds, return the chosen arms
@@ -533,18 +529,7 @@ def _blas() -> list[dict[str, Any]]:
 
 
 def machine_info() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
-        "python": platform.python_version(),
-        "git_commit": _git_commit(),
-        "versions": _versions(),
-        "blas": _blas(),
-    }
+    return {**host_info(), "versions": _versions(), "blas": _blas()}
 
 
 # ---- the run -----------------------------------------------------------------------------------

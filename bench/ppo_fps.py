@@ -44,10 +44,8 @@ Run: ``.venv/bin/python bench/ppo_fps.py`` (3-6 minutes on 2 cores; writes
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -66,8 +64,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_model as _cpu_model  # noqa: E402
-from _common import git_commit as _git_commit  # noqa: E402
+from _common import host_info  # noqa: E402
 
 GOAL_FPS = 20_000.0
 SB3_DEFAULTS: dict[str, Any] = {
@@ -228,22 +225,15 @@ def machine_info() -> dict[str, Any]:
     import stable_baselines3
     import torch
 
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
+        **host_info(),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
         "numpy": np.__version__,
         "gymnasium": gym.__version__,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "stable_baselines3": stable_baselines3.__version__,
         "sb3_contrib": sb3_contrib.__version__,
-        "git_commit": _git_commit(),
     }
 
 
