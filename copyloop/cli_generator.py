@@ -215,8 +215,8 @@ def tune(
     mode: Annotated[
         str,
         typer.Option(
-            help="online (RLOO on a reward), bon (best-of-n distillation on a reward) or "
-            "offline (KTO on a DecisionLog)."
+            help="online (RLOO on a reward), bon (best-of-n distillation on a reward), dpo "
+            "(DPO on reward-ranked pairs of a sample pool) or offline (KTO on a DecisionLog)."
         ),
     ] = "online",
     model: ModelOpt = None,
@@ -238,9 +238,20 @@ def tune(
     batch_size: Annotated[int, typer.Option(help="Offline / bon: lines per step.")] = 8,
     bon_n: Annotated[int, typer.Option(help="bon: samples per prompt.")] = 8,
     bon_keep: Annotated[int, typer.Option(help="bon: best samples kept per prompt.")] = 2,
+    pool: Annotated[
+        Path | None,
+        typer.Option(
+            help="dpo: a sample pool from `copyloop generator pool` (default: sample one now, "
+            "--bon-n lines per prompt, scored by --reward)."
+        ),
+    ] = None,
+    pairs_per_prompt: Annotated[int, typer.Option(help="dpo: most pairs per prompt.")] = 4,
+    min_ratio: Annotated[
+        float, typer.Option(help="dpo: a pair's better line must have this × the reward.")
+    ] = 1.1,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-5,
     kl_coef: Annotated[
-        float, typer.Option(help="Initial KL coefficient (offline: KTO beta).")
+        float, typer.Option(help="Initial KL coefficient (offline: KTO beta; dpo: DPO beta).")
     ] = 0.05,
     kl_budget: Annotated[float, typer.Option(help="KL budget, nats per sequence.")] = 6.0,
     train_layers: Annotated[
@@ -255,6 +266,7 @@ def tune(
     tune.png with reward, KL and distinct-2 per step)."""
     from copyloop.contract import DecisionLog, LogValidationError, VariantsTable
     from copyloop.generator.models import ModelLoadError
+    from copyloop.generator.preference import SamplePool, dpo_tune, preference_pairs
     from copyloop.generator.prompts import CopyRequest
     from copyloop.generator.reward import WorldReward, parse_reward
     from copyloop.generator.tune import (
@@ -265,8 +277,8 @@ def tune(
         variant_feedback,
     )
 
-    if mode not in ("online", "bon", "offline"):
-        raise _fail(f"--mode must be online, bon or offline, got {mode!r}")
+    if mode not in ("online", "bon", "dpo", "offline"):
+        raise _fail(f"--mode must be online, bon, dpo or offline, got {mode!r}")
     try:
         cfg = TuneConfig(
             steps=steps,
@@ -290,7 +302,17 @@ def tune(
             fb = variant_feedback(DecisionLog.read(logs), vt, prior_strength=cfg.prior_strength)
         rfn = parse_reward(reward, market)
         camps = _ints(campaigns, market.catalog.n_campaigns, "--campaigns")
+        spool = SamplePool.load(pool) if mode == "dpo" and pool is not None else None
+        if spool is not None:
+            _check_pool(spool, market)
         lm = _load(model, device)
+        if mode == "dpo" and spool is None:
+            spool = _collect(lm, market, rfn, reward, camps, bon_n, seed)
+        pairs = (
+            preference_pairs(spool, pairs_per_prompt=pairs_per_prompt, min_ratio=min_ratio)
+            if spool is not None
+            else []
+        )
     except (ModelLoadError, LogValidationError, ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
     with _progress() as prog:
@@ -303,7 +325,27 @@ def tune(
             prog.update(task, completed=done, info=info)
 
         try:
-            if mode == "bon":
+            if mode == "dpo":
+                assert spool is not None
+                judge = WorldReward(market, users_per_segment=256, seed=1)
+                ereq = [
+                    CopyRequest(int(c), int(sg))
+                    for c, sg in zip(spool.campaigns, spool.segments, strict=True)
+                ]
+                res = dpo_tune(
+                    lm,
+                    market,
+                    pairs,
+                    out,
+                    config=cfg,
+                    beta=kl_coef,
+                    reward=judge,
+                    eval_requests=ereq,
+                    version=version,
+                    extra={"pool": str(pool) if pool else None, "pool_meta": spool.meta},
+                    progress=tick,
+                )
+            elif mode == "bon":
                 res = best_of_n_tune(
                     lm,
                     market,
@@ -352,6 +394,73 @@ def tune(
         f"saved {lm.name}@{res.version} to {res.out} ({s['steps']} steps, {s['seconds']:.0f} s); "
         f"reward {s['first_reward']} → {s['final_reward']} (last 20 % of steps), "
         f"KL {s['final_kl']} nats/seq (budget {s['kl_budget']}); plot {res.out / 'tune.png'}"
+    )
+
+
+def _check_pool(pool: Any, market: Any) -> None:
+    """A pool's requests must exist in this market."""
+    nc, ns = market.catalog.n_campaigns, market.population.n_segments
+    if len(pool.campaigns) and (pool.campaigns.max() >= nc or pool.segments.max() >= ns):
+        raise ValueError(
+            f"the pool names campaigns up to {int(pool.campaigns.max())} and segments up to "
+            f"{int(pool.segments.max())}, but this market has {nc} campaigns and {ns} segments "
+            "— collect the pool with the same --config"
+        )
+
+
+def _collect(
+    lm: Any, market: Any, rfn: Any, reward: str, camps: list[int], n: int, seed: int
+) -> Any:
+    """Sample and score a pool with a progress bar."""
+    from copyloop.generator.preference import collect_pool
+
+    with _progress() as prog:
+        task = prog.add_task("sampling", total=len(camps) * market.population.n_segments, info="")
+        return collect_pool(
+            lm,
+            market,
+            rfn,
+            campaigns=camps,
+            n=n,
+            seed=seed,
+            reward_name=reward,
+            progress=lambda done, total: prog.update(task, completed=done, total=total),
+        )
+
+
+@generator_app.command("pool")
+def pool_cmd(
+    out: Annotated[Path, typer.Option(help="Parquet file of the scored sample pool.")],
+    model: ModelOpt = None,
+    reward: Annotated[str, typer.Option(help="Reward: world, clicksim:DIR or proxy:SEED.")] = (
+        "world"
+    ),
+    campaigns: Annotated[str, typer.Option(help="Campaigns (0-59, even, all).")] = "even",
+    n: Annotated[int, typer.Option(help="Lines sampled per (campaign, segment).")] = 16,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    device: Annotated[str | None, typer.Option(help="torch device.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Sample N lines per (campaign, segment) from a model, filter and score them, and save the
+    pool (Parquet) for `generator tune --mode dpo --pool`: one sampling pass, many tuning runs."""
+    from copyloop.generator.models import ModelLoadError
+    from copyloop.generator.reward import parse_reward
+
+    try:
+        if n < 2:
+            raise ValueError(f"--n must be >= 2 (pairs need two lines per prompt), got {n}")
+        market = _market(config)
+        rfn = parse_reward(reward, market)
+        camps = _ints(campaigns, market.catalog.n_campaigns, "--campaigns")
+        lm = _load(model, device)
+        res = _collect(lm, market, rfn, reward, camps, n, seed)
+    except (ModelLoadError, ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    res.save(out)
+    s = res.summary()
+    console.print(
+        f"wrote {out}: {int(s['lines'])} lines for {int(s['prompts'])} prompts, "
+        f"{s['valid']:.0%} valid, mean reward of valid lines {s['mean_reward']:.5f}"
     )
 
 

@@ -201,12 +201,17 @@ def sequence_kl(policy: Any, ref: Any, s: Samples, temperature: float = 1.0) -> 
 
 
 def samples_from_texts(
-    lm: LoadedModel, prompts: Sequence[str], completions: Sequence[str]
+    lm: LoadedModel, prompts: Sequence[str], completions: Sequence[str], per_prompt: int = 1
 ) -> Samples:
-    """Tokenise given (prompt, completion) pairs as :class:`Samples` (one completion per prompt),
-    each completion ending with the end-of-sequence token, for scoring logged variants."""
+    """Tokenise given completions of prompts as :class:`Samples`, each completion ending with
+    the end-of-sequence token, for scoring logged variants: ``per_prompt`` consecutive
+    completions belong to each prompt (the prompt's forward pass is then shared)."""
     import torch
 
+    if len(completions) != per_prompt * len(prompts):
+        raise ValueError(
+            f"{len(completions)} completions for {len(prompts)} prompts × {per_prompt} per prompt"
+        )
     tok = lm.tokenizer
     dev = lm.device
     enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
@@ -222,7 +227,7 @@ def samples_from_texts(
     return Samples(
         prompt_ids=enc["input_ids"].to(dev),
         prompt_mask=enc["attention_mask"].to(dev),
-        row_prompt=torch.arange(len(rows), device=dev),
+        row_prompt=torch.arange(len(prompts), device=dev).repeat_interleave(per_prompt),
         completion_ids=comp.to(dev),
         completion_mask=cmask.to(dev),
         texts=list(completions),

@@ -1,0 +1,401 @@
+"""Preference tuning of the copy generator: scored sample pools, preference pairs and DPO.
+
+Best-of-n distillation (``tune.best_of_n_tune``) raises the likelihood of every token of a good
+line — mostly the product's own name and wording, which the line shares with the bad lines of
+the same prompt. What separates a line that gets clicked from one that does not (its length,
+a benefit the audience cares about, a value cue, a call to action) is a small part of it.
+Direct preference optimisation (Rafailov et al. 2023) trains on *pairs* of lines for the same
+prompt, one better than the other, with the loss
+
+    −log σ(β · [(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))]),
+
+so whatever the two lines share cancels and the gradient goes to what differs. The reference
+model's log-probabilities are computed once, before training; β bounds how far the tuned model
+moves from it (the KL budget is also enforced as an early stop).
+
+The pipeline, each step usable on its own:
+
+1. :func:`collect_pool` — sample ``n`` lines per (campaign, segment) prompt from a model, clean
+   and filter them, score the valid ones with a :class:`RewardFn`; a :class:`SamplePool` saves
+   to / loads from Parquet, so one expensive sampling pass feeds many tuning runs.
+2. :func:`preference_pairs` — within each prompt, the best valid lines against the worst, kept
+   when the better line's reward is at least ``min_ratio`` times the worse one's (pairs whose
+   rewards are within noise teach nothing).
+3. :func:`dpo_tune` — DPO steps on the pairs; saves a new model version like the other modes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from copyloop.generator.filters import CopyFilter, FilterConfig
+from copyloop.generator.generate import SamplingConfig, distinct_n, sample
+from copyloop.generator.models import LoadedModel
+from copyloop.generator.prompts import CopyRequest
+from copyloop.generator.reward import RewardFn
+from copyloop.generator.tune import (
+    TuneConfig,
+    TuneResult,
+    _finish,
+    _prompt,
+    _requests,
+    completion_logprobs,
+    samples_from_texts,
+    score_lines,
+    trainable_parameters,
+)
+
+POOL_VERSION = 1
+
+
+@dataclass
+class SamplePool:
+    """Scored samples: ``n`` lines for each of ``P`` (campaign, segment) prompts (``N = P·n``).
+
+    Attributes:
+        campaigns, segments: the request of each prompt, (P,).
+        prompts: rendered prompt texts, (P,).
+        group: prompt index of each line, (N,).
+        texts: cleaned lines, (N,).
+        reward: reward of each valid line (0 for rejected ones), (N,).
+        valid: whether the line passed the post-filters, (N,).
+        meta: where the pool came from (model, reward, sampling settings, seed).
+    """
+
+    campaigns: npt.NDArray[np.int64]
+    segments: npt.NDArray[np.int64]
+    prompts: list[str]
+    group: npt.NDArray[np.int64]
+    texts: list[str]
+    reward: npt.NDArray[np.float64]
+    valid: npt.NDArray[np.bool_]
+    meta: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the pool as one Parquet file (written to a temporary name, then renamed)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.table(
+            {
+                "group": pa.array(self.group, pa.int64()),
+                "campaign": pa.array(self.campaigns[self.group], pa.int64()),
+                "segment": pa.array(self.segments[self.group], pa.int64()),
+                "prompt": pa.array([self.prompts[g] for g in self.group], pa.string()),
+                "text": pa.array(self.texts, pa.string()),
+                "reward": pa.array(self.reward, pa.float64()),
+                "valid": pa.array(self.valid, pa.bool_()),
+            }
+        )
+        meta = {"copyloop_pool": json.dumps({"version": POOL_VERSION, **self.meta})}
+        table = table.replace_schema_metadata(meta)
+        tmp = p.with_name(p.name + ".tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(p)
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> SamplePool:
+        """Read a pool written by :meth:`save`; a file that is not one raises ``ValueError``."""
+        import pyarrow.parquet as pq
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"sample pool {p} does not exist — collect one first")
+        try:
+            table = pq.read_table(p)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise ValueError(f"{p} is not a readable Parquet file ({e})") from e
+        raw = (table.schema.metadata or {}).get(b"copyloop_pool")
+        need = {"group", "campaign", "segment", "prompt", "text", "reward", "valid"}
+        if raw is None or not need <= set(table.column_names):
+            raise ValueError(
+                f"{p} is not a copyloop sample pool (needs columns {sorted(need)} and the "
+                "copyloop_pool metadata) — write it with SamplePool.save / collect_pool"
+            )
+        meta = json.loads(raw)
+        meta.pop("version", None)
+        group = np.asarray(table.column("group").to_numpy(), np.int64)
+        n_p = int(group.max()) + 1 if group.size else 0
+        first = np.full(n_p, -1, np.int64)
+        for i in range(group.size - 1, -1, -1):
+            first[group[i]] = i
+        if (first < 0).any():
+            raise ValueError(f"{p}: prompt groups are not numbered 0..P-1 without gaps")
+        camp = np.asarray(table.column("campaign").to_numpy(), np.int64)
+        seg = np.asarray(table.column("segment").to_numpy(), np.int64)
+        prompts = table.column("prompt").to_pylist()
+        return cls(
+            campaigns=camp[first],
+            segments=seg[first],
+            prompts=[str(prompts[i]) for i in first],
+            group=group,
+            texts=[str(t) for t in table.column("text").to_pylist()],
+            reward=np.asarray(table.column("reward").to_numpy(), np.float64),
+            valid=np.asarray(table.column("valid").to_numpy(zero_copy_only=False), bool),
+            meta=meta,
+        )
+
+    def summary(self) -> dict[str, float]:
+        """Lines, prompts, share valid and mean reward of the valid lines."""
+        return {
+            "lines": float(len(self)),
+            "prompts": float(len(self.prompts)),
+            "valid": float(self.valid.mean()) if len(self) else 0.0,
+            "mean_reward": float(self.reward[self.valid].mean()) if self.valid.any() else 0.0,
+        }
+
+
+def collect_pool(
+    lm: LoadedModel,
+    market: Any,
+    reward: RewardFn,
+    *,
+    campaigns: Sequence[int],
+    segments: Sequence[int] | None = None,
+    n: int = 16,
+    sampling: SamplingConfig | None = None,
+    filters: FilterConfig | None = None,
+    seed: int = 0,
+    reward_name: str = "",
+    progress: Callable[[int, int], None] | None = None,
+) -> SamplePool:
+    """Sample ``n`` lines for every (campaign, segment) prompt and score them.
+
+    Prompts go through :func:`sample` ``sampling.batch_size // n`` at a time (one prefill per
+    prompt, shared by its ``n`` samples); ``progress(prompts done, prompts)`` after each batch.
+    """
+    if not campaigns:
+        raise ValueError("`campaigns` is empty — give at least one campaign to sample for")
+    if n < 2:
+        raise ValueError(f"`n` must be >= 2 (pairs need two lines per prompt), got {n}")
+    cfg = sampling or SamplingConfig()
+    segs = list(range(market.population.n_segments)) if segments is None else list(segments)
+    reqs = _requests(market, campaigns, segs)
+    prompts = [_prompt(lm, market, r) for r in reqs]
+    filt = CopyFilter(filters)
+    per = max(1, cfg.batch_size // n)
+    texts: list[str] = []
+    rewards: list[float] = []
+    valid: list[bool] = []
+    group: list[int] = []
+    for j, start in enumerate(range(0, len(reqs), per)):
+        idx = list(range(start, min(start + per, len(reqs))))
+        s = sample(lm, [prompts[i] for i in idx], n, config=cfg, seed=seed * 100_003 + j)
+        row_reqs = [reqs[idx[r // n]] for r in range(len(s.texts))]
+        r, ok, cleaned = score_lines(s.texts, row_reqs, market, reward, filt)
+        texts.extend(cleaned)
+        rewards.extend(r.tolist())
+        valid.extend(ok.tolist())
+        group.extend(idx[r // n] for r in range(len(s.texts)))
+        if progress is not None:
+            progress(idx[-1] + 1, len(reqs))
+    return SamplePool(
+        campaigns=np.array([r.campaign for r in reqs], np.int64),
+        segments=np.array([r.segment for r in reqs], np.int64),
+        prompts=prompts,
+        group=np.array(group, np.int64),
+        texts=texts,
+        reward=np.array(rewards, np.float64),
+        valid=np.array(valid, bool),
+        meta={
+            "model": f"{lm.name}@{lm.version}",
+            "reward": reward_name,
+            "n": n,
+            "seed": seed,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "max_new_tokens": cfg.max_new_tokens,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One preference: ``chosen`` beats ``rejected`` for ``prompt``; ``log_ratio`` of rewards."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    log_ratio: float
+
+
+def preference_pairs(
+    pool: SamplePool,
+    *,
+    pairs_per_prompt: int = 4,
+    min_ratio: float = 1.1,
+    invalid_rejected: int = 0,
+) -> list[Pair]:
+    """Preference pairs from a pool, per prompt: the i-th best valid line against the i-th
+    worst (distinct texts), kept when their rewards differ by at least ``min_ratio``; plus up
+    to ``invalid_rejected`` pairs of the best valid line against a line the filters rejected
+    (their ``log_ratio`` is set to log 2)."""
+    if pairs_per_prompt < 1:
+        raise ValueError(f"`pairs_per_prompt` must be >= 1, got {pairs_per_prompt}")
+    if not min_ratio >= 1.0:
+        raise ValueError(f"`min_ratio` must be >= 1, got {min_ratio}")
+    out: list[Pair] = []
+    for g, prompt in enumerate(pool.prompts):
+        rows = np.flatnonzero(pool.group == g)
+        ok = [int(i) for i in rows if pool.valid[i] and pool.reward[i] > 0]
+        seen: dict[str, int] = {}
+        for i in ok:  # one row per distinct text
+            seen.setdefault(pool.texts[i].lower(), i)
+        ok = sorted(seen.values(), key=lambda i: -pool.reward[i])
+        for a in range(min(pairs_per_prompt, len(ok) // 2)):
+            w, lo = ok[a], ok[len(ok) - 1 - a]
+            lr = float(np.log(pool.reward[w] / pool.reward[lo]))
+            if lr >= np.log(min_ratio):
+                out.append(Pair(prompt, pool.texts[w], pool.texts[lo], lr))
+        bad = [int(i) for i in rows if not pool.valid[i] and pool.texts[i]]
+        if ok and invalid_rejected > 0:
+            for i in bad[:invalid_rejected]:
+                out.append(Pair(prompt, pool.texts[ok[0]], pool.texts[i], float(np.log(2.0))))
+    return out
+
+
+def pair_logprobs(model: Any, lm: LoadedModel, pairs: Sequence[Pair]) -> Any:
+    """Summed log-probabilities (chosen, rejected) of each pair under ``model``, ``(B, 2)``;
+    the prompt is run once per pair and shared by both lines."""
+    rows = [t for p in pairs for t in (p.chosen, p.rejected)]
+    s = samples_from_texts(lm, [p.prompt for p in pairs], rows, per_prompt=2)
+    return completion_logprobs(model, s, 1.0).sum(1).view(len(pairs), 2)
+
+
+def dpo_tune(
+    lm: LoadedModel,
+    market: Any,
+    pairs: Sequence[Pair],
+    out: str | Path,
+    *,
+    config: TuneConfig | None = None,
+    beta: float = 0.1,
+    reward: RewardFn | None = None,
+    eval_requests: Sequence[CopyRequest] = (),
+    version: str | None = None,
+    extra: dict[str, Any] | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> TuneResult:
+    """DPO on preference pairs; trains ``lm.model`` in place and saves a new version.
+
+    Args:
+        lm: the model (its current weights are the frozen reference).
+        market: the market (for the optional evaluation prompts).
+        pairs: from :func:`preference_pairs`.
+        out: folder of the new version.
+        config: ``steps``, ``batch_size`` (pairs per step), ``lr``, ``train_layers``,
+            ``kl_budget`` (stop when the mean log-ratio of the chosen lines passes it), ...
+        beta: DPO's β (smaller lets the model move further from the reference).
+        reward: if given, every ``eval_every`` steps ``eval_prompts`` of ``eval_requests`` are
+            sampled and scored with it (reward, validity and distinct-2 curves).
+        eval_requests: requests to evaluate on.
+        version: version id (default ``dpo-<steps>x<batch>-s<seed>``).
+        extra: more fields for the run's summary (e.g. the pool's provenance).
+        progress: called after each step with (steps done, metrics).
+    """
+    import torch
+
+    cfg = config or TuneConfig()
+    if len(pairs) < 2:
+        raise ValueError(
+            f"{len(pairs)} preference pair(s) — need at least 2: sample more lines per prompt "
+            "or lower min_ratio"
+        )
+    if not beta > 0:
+        raise ValueError(f"`beta` must be > 0, got {beta}")
+    ref = copy.deepcopy(lm.model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    bs = min(cfg.batch_size, len(pairs))
+    t0 = time.perf_counter()
+    ref_lp = np.zeros((len(pairs), 2))
+    with torch.inference_mode():
+        for a in range(0, len(pairs), 32):
+            chunk = pairs[a : a + 32]
+            ref_lp[a : a + len(chunk)] = pair_logprobs(ref, lm, chunk).cpu().numpy()
+    del ref
+    t_ref = time.perf_counter() - t0
+    model = lm.model
+    params = trainable_parameters(model, cfg.train_layers)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    rng = np.random.default_rng([cfg.seed, 3137])
+    filt = CopyFilter()
+    samp = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    history: list[dict[str, float]] = []
+    order = rng.permutation(len(pairs))
+    cursor = 0
+    for step in range(cfg.steps):
+        t1 = time.perf_counter()
+        if cursor + bs > len(order):
+            order, cursor = rng.permutation(len(pairs)), 0
+        idx = order[cursor : cursor + bs]
+        cursor += bs
+        model.train()
+        lp = pair_logprobs(model, lm, [pairs[i] for i in idx])
+        ratio = lp - torch.tensor(ref_lp[idx], dtype=lp.dtype, device=lp.device)
+        margin = ratio[:, 0] - ratio[:, 1]
+        loss = -torch.nn.functional.logsigmoid(beta * margin).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        opt.step()
+        model.eval()
+        r = ratio.detach()
+        m: dict[str, float] = {
+            "step": float(step + 1),
+            "loss": float(loss.detach()),
+            "accuracy": float((margin.detach() > 0).float().mean()),
+            "margin": float(margin.detach().mean()),
+            "chosen_logratio": float(r[:, 0].mean()),
+            "rejected_logratio": float(r[:, 1].mean()),
+            "kl": float(r[:, 0].mean().clamp(min=0.0)),
+            "grad_norm": gnorm,
+        }
+        if (
+            reward is not None
+            and eval_requests
+            and ((step + 1) % cfg.eval_every == 0 or step == 0 or step + 1 == cfg.steps)
+        ):
+            picks = rng.permutation(len(eval_requests))[: cfg.eval_prompts]
+            ereq = [eval_requests[i] for i in picks]
+            k = cfg.samples_per_prompt
+            es = sample(
+                lm, [_prompt(lm, market, q) for q in ereq], k, config=samp, seed=cfg.seed + step
+            )
+            row_reqs = [ereq[i // k] for i in range(len(es.texts))]
+            rr, valid, cleaned = score_lines(es.texts, row_reqs, market, reward, filt)
+            m["reward"] = float(rr[valid].mean()) if valid.any() else float("nan")
+            m["valid"] = float(valid.mean())
+            m["distinct2"] = float(
+                np.mean([distinct_n(cleaned[g * k : (g + 1) * k], 2) for g in range(len(ereq))])
+            )
+        m["seconds"] = time.perf_counter() - t1 + (t_ref if step == 0 else 0.0)
+        history.append(m)
+        if progress is not None:
+            progress(step + 1, m)
+        if m["chosen_logratio"] > cfg.kl_budget:
+            break
+    ver = version or f"dpo-{cfg.steps}x{bs}-s{cfg.seed}"
+    info = {
+        "pairs": len(pairs),
+        "beta": beta,
+        "mean_pair_log_ratio": float(np.mean([p.log_ratio for p in pairs])),
+        "reference_seconds": t_ref,
+        **(extra or {}),
+    }
+    return _finish(lm, out, ver, "DPO on reward-ranked pairs", cfg, history, info)
