@@ -224,6 +224,27 @@ def collect_pool(
     )
 
 
+def rescore_pool(pool: SamplePool, reward: RewardFn, *, reward_name: str = "") -> SamplePool:
+    """The same lines scored by another reward (validity unchanged): e.g. rank a pool by the
+    learned click simulator and judge the tuned model in the true world, or the reverse."""
+    r = np.zeros(len(pool))
+    for g in range(len(pool.prompts)):
+        rows = np.flatnonzero((pool.group == g) & pool.valid)
+        if rows.size:
+            texts = [pool.texts[i] for i in rows]
+            r[rows] = reward(texts, int(pool.campaigns[g]), int(pool.segments[g]))
+    return SamplePool(
+        campaigns=pool.campaigns.copy(),
+        segments=pool.segments.copy(),
+        prompts=list(pool.prompts),
+        group=pool.group.copy(),
+        texts=list(pool.texts),
+        reward=r,
+        valid=pool.valid.copy(),
+        meta={**pool.meta, "reward": reward_name, "rescored_from": pool.meta.get("reward", "")},
+    )
+
+
 @dataclass(frozen=True)
 class Pair:
     """One preference: ``chosen`` beats ``rejected`` for ``prompt``; ``log_ratio`` of rewards."""
@@ -269,12 +290,53 @@ def preference_pairs(
     return out
 
 
+def _by_prompt(pairs: Sequence[Pair]) -> list[list[int]]:
+    """Indices of ``pairs`` grouped by prompt, groups in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(p.prompt, []).append(i)
+    return list(groups.values())
+
+
 def pair_logprobs(model: Any, lm: LoadedModel, pairs: Sequence[Pair]) -> Any:
-    """Summed log-probabilities (chosen, rejected) of each pair under ``model``, ``(B, 2)``;
-    the prompt is run once per pair and shared by both lines."""
-    rows = [t for p in pairs for t in (p.chosen, p.rejected)]
-    s = samples_from_texts(lm, [p.prompt for p in pairs], rows, per_prompt=2)
-    return completion_logprobs(model, s, 1.0).sum(1).view(len(pairs), 2)
+    """Summed log-probabilities (chosen, rejected) of each pair under ``model``, ``(B, 2)``.
+
+    Each distinct prompt is run once and its KV cache shared by all its distinct lines, so the
+    pairs of one prompt cost one prompt forward (the prompt is ~6× longer than a line)."""
+    import torch
+
+    prompts: list[str] = []
+    texts: list[str] = []
+    counts: list[int] = []
+    where = np.zeros((len(pairs), 2), np.int64)
+    for group in _by_prompt(pairs):
+        rows: dict[str, int] = {}
+        for i in group:
+            for j, t in enumerate((pairs[i].chosen, pairs[i].rejected)):
+                if t not in rows:
+                    rows[t] = len(texts)
+                    texts.append(t)
+                where[i, j] = rows[t]
+        prompts.append(pairs[group[0]].prompt)
+        counts.append(len(rows))
+    s = samples_from_texts(lm, prompts, texts, per_prompt=counts)
+    lp = completion_logprobs(model, s, 1.0).sum(1)
+    return lp[torch.as_tensor(where, device=lp.device)]
+
+
+def _batches(groups: list[list[int]], size: int, rng: np.random.Generator) -> list[list[int]]:
+    """One epoch of batches: prompts in random order, each batch whole prompts' pairs until it
+    holds at least ``size`` pairs."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for g in rng.permutation(len(groups)).tolist():
+        cur.extend(groups[g])
+        if len(cur) >= size:
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
 
 
 def dpo_tune(
@@ -322,12 +384,12 @@ def dpo_tune(
     for p in ref.parameters():
         p.requires_grad_(False)
     bs = min(cfg.batch_size, len(pairs))
+    groups = _by_prompt(pairs)
     t0 = time.perf_counter()
     ref_lp = np.zeros((len(pairs), 2))
     with torch.inference_mode():
-        for a in range(0, len(pairs), 32):
-            chunk = pairs[a : a + 32]
-            ref_lp[a : a + len(chunk)] = pair_logprobs(ref, lm, chunk).cpu().numpy()
+        for chunk in _batches(groups, 32, np.random.default_rng(0)):
+            ref_lp[chunk] = pair_logprobs(ref, lm, [pairs[i] for i in chunk]).cpu().numpy()
     del ref
     t_ref = time.perf_counter() - t0
     model = lm.model
@@ -337,14 +399,12 @@ def dpo_tune(
     filt = CopyFilter()
     samp = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     history: list[dict[str, float]] = []
-    order = rng.permutation(len(pairs))
-    cursor = 0
+    epoch: list[list[int]] = []
     for step in range(cfg.steps):
         t1 = time.perf_counter()
-        if cursor + bs > len(order):
-            order, cursor = rng.permutation(len(pairs)), 0
-        idx = order[cursor : cursor + bs]
-        cursor += bs
+        if not epoch:
+            epoch = _batches(groups, bs, rng)
+        idx = np.array(epoch.pop(0), np.int64)
         model.train()
         lp = pair_logprobs(model, lm, [pairs[i] for i in idx])
         ratio = lp - torch.tensor(ref_lp[idx], dtype=lp.dtype, device=lp.device)

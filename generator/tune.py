@@ -156,7 +156,7 @@ def completion_logprobs(
     """
     import torch
 
-    k = int(s.row_prompt.shape[0] // s.prompt_ids.shape[0])
+    rows = s.row_prompt
     pos = (s.prompt_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
         input_ids=s.prompt_ids,
@@ -167,14 +167,16 @@ def completion_logprobs(
     )
     past = out.past_key_values
     first = out.logits[:, -1:, :]
-    if k > 1:
-        past.batch_repeat_interleave(k)
-        first = first.repeat_interleave(k, 0)
+    if rows.shape[0] != s.prompt_ids.shape[0] or bool(
+        (rows != torch.arange(rows.shape[0], device=rows.device)).any()
+    ):
+        past.reorder_cache(rows)  # any number of completions per prompt, one prefill each
+        first = first.index_select(0, rows)
     comp, cmask = s.completion_ids, s.completion_mask
     t = comp.shape[1]
     if t > 1:
-        attn = torch.cat([s.prompt_mask.repeat_interleave(k, 0), cmask], 1)
-        cpos = pos[:, -1:].repeat_interleave(k, 0) + 1 + torch.arange(t, device=comp.device)
+        attn = torch.cat([s.prompt_mask.index_select(0, rows), cmask], 1)
+        cpos = pos[:, -1:].index_select(0, rows) + 1 + torch.arange(t, device=comp.device)
         out2 = model(
             input_ids=comp[:, :-1],
             attention_mask=attn[:, :-1],
@@ -201,16 +203,24 @@ def sequence_kl(policy: Any, ref: Any, s: Samples, temperature: float = 1.0) -> 
 
 
 def samples_from_texts(
-    lm: LoadedModel, prompts: Sequence[str], completions: Sequence[str], per_prompt: int = 1
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    per_prompt: int | Sequence[int] = 1,
 ) -> Samples:
     """Tokenise given completions of prompts as :class:`Samples`, each completion ending with
-    the end-of-sequence token, for scoring logged variants: ``per_prompt`` consecutive
-    completions belong to each prompt (the prompt's forward pass is then shared)."""
+    the end-of-sequence token, for scoring logged variants. ``per_prompt`` consecutive
+    completions belong to each prompt — one count for all, or one per prompt — and a prompt's
+    forward pass is shared by its completions."""
     import torch
 
-    if len(completions) != per_prompt * len(prompts):
+    counts = [per_prompt] * len(prompts) if isinstance(per_prompt, int) else list(per_prompt)
+    if len(counts) != len(prompts) or min(counts, default=1) < 1:
+        raise ValueError(f"need one count >= 1 per prompt, got {counts} for {len(prompts)}")
+    if len(completions) != sum(counts):
         raise ValueError(
-            f"{len(completions)} completions for {len(prompts)} prompts × {per_prompt} per prompt"
+            f"{len(completions)} completions for {len(prompts)} prompts with {sum(counts)} "
+            "completions between them"
         )
     tok = lm.tokenizer
     dev = lm.device
@@ -227,7 +237,9 @@ def samples_from_texts(
     return Samples(
         prompt_ids=enc["input_ids"].to(dev),
         prompt_mask=enc["attention_mask"].to(dev),
-        row_prompt=torch.arange(len(prompts), device=dev).repeat_interleave(per_prompt),
+        row_prompt=torch.arange(len(prompts), device=dev).repeat_interleave(
+            torch.tensor(counts, device=dev)
+        ),
         completion_ids=comp.to(dev),
         completion_mask=cmask.to(dev),
         texts=list(completions),

@@ -131,7 +131,7 @@ def test_dpo_prefers_the_chosen_lines_and_raises_reward(tiny, market, tmp_path):
     before = _mean_reward(lm, market, reward)
     with torch.inference_mode():
         m0 = pair_logprobs(lm.model, lm, pairs)
-    cfg = TuneConfig(steps=12, batch_size=6, lr=3e-2, max_new_tokens=4, train_layers=None)
+    cfg = TuneConfig(steps=16, batch_size=4, lr=2e-2, max_new_tokens=4, train_layers=None)
     res = dpo_tune(lm, market, pairs, tmp_path / "dpo", config=cfg, beta=0.5)
     with torch.inference_mode():
         m1 = pair_logprobs(lm.model, lm, pairs)
@@ -139,7 +139,7 @@ def test_dpo_prefers_the_chosen_lines_and_raises_reward(tiny, market, tmp_path):
     assert any(not torch.equal(v, before_w[k]) for k, v in lm.model.state_dict().items())
     # the pairs' margin log π(chosen) − log π(rejected) grew on average (seeded)
     assert float((m1[:, 0] - m1[:, 1]).mean()) > float((m0[:, 0] - m0[:, 1]).mean()) + 0.5
-    # Seeded (measured 0.50 -> 0.59); tolerance: +0.05 on 64 fresh samples (reward in [0, 1]).
+    # Seeded (measured 0.50 -> 0.62); tolerance: +0.05 on 64 fresh samples (reward in [0, 1]).
     assert after > before + 0.05, (before, after)
     assert res.history[-1]["accuracy"] >= res.history[0]["accuracy"]
     assert {"loss", "margin", "kl", "chosen_logratio"} <= set(res.history[0])
