@@ -246,6 +246,13 @@ def tune(
         ),
     ] = None,
     pairs_per_prompt: Annotated[int, typer.Option(help="dpo: most pairs per prompt.")] = 4,
+    pairing: Annotated[
+        str,
+        typer.Option(
+            help="dpo: extremes (i-th best vs i-th worst line) or all (every pair, largest "
+            "reward ratios first)."
+        ),
+    ] = "extremes",
     min_ratio: Annotated[
         float, typer.Option(help="dpo: a pair's better line must have this × the reward.")
     ] = 1.1,
@@ -309,7 +316,9 @@ def tune(
         if mode == "dpo" and spool is None:
             spool = _collect(lm, market, rfn, reward, camps, bon_n, seed)
         pairs = (
-            preference_pairs(spool, pairs_per_prompt=pairs_per_prompt, min_ratio=min_ratio)
+            preference_pairs(
+                spool, pairs_per_prompt=pairs_per_prompt, min_ratio=min_ratio, pairing=pairing
+            )
             if spool is not None
             else []
         )

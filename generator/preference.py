@@ -261,15 +261,25 @@ def preference_pairs(
     pairs_per_prompt: int = 4,
     min_ratio: float = 1.1,
     invalid_rejected: int = 0,
+    pairing: str = "extremes",
 ) -> list[Pair]:
-    """Preference pairs from a pool, per prompt: the i-th best valid line against the i-th
-    worst (distinct texts), kept when their rewards differ by at least ``min_ratio``; plus up
-    to ``invalid_rejected`` pairs of the best valid line against a line the filters rejected
-    (their ``log_ratio`` is set to log 2)."""
+    """Preference pairs from a pool, per prompt (distinct valid texts only), kept when the
+    better line's reward is at least ``min_ratio`` times the worse one's:
+
+    - ``pairing="extremes"``: the i-th best line against the i-th worst, at most
+      ``pairs_per_prompt`` pairs;
+    - ``pairing="all"``: every ordered pair of lines, the ``pairs_per_prompt`` with the largest
+      reward ratios (a prompt's lines share one prefill in :func:`pair_logprobs`, so more
+      pairs per prompt are cheap);
+
+    plus up to ``invalid_rejected`` pairs of the best valid line against a line the filters
+    rejected (their ``log_ratio`` is set to log 2)."""
     if pairs_per_prompt < 1:
         raise ValueError(f"`pairs_per_prompt` must be >= 1, got {pairs_per_prompt}")
     if not min_ratio >= 1.0:
         raise ValueError(f"`min_ratio` must be >= 1, got {min_ratio}")
+    if pairing not in ("extremes", "all"):
+        raise ValueError(f"`pairing` must be 'extremes' or 'all', got {pairing!r}")
     out: list[Pair] = []
     for g, prompt in enumerate(pool.prompts):
         rows = np.flatnonzero(pool.group == g)
@@ -278,11 +288,19 @@ def preference_pairs(
         for i in ok:  # one row per distinct text
             seen.setdefault(pool.texts[i].lower(), i)
         ok = sorted(seen.values(), key=lambda i: -pool.reward[i])
-        for a in range(min(pairs_per_prompt, len(ok) // 2)):
-            w, lo = ok[a], ok[len(ok) - 1 - a]
+        if pairing == "extremes":
+            cand = [
+                (ok[a], ok[len(ok) - 1 - a]) for a in range(min(pairs_per_prompt, len(ok) // 2))
+            ]
+        else:
+            cand = [(ok[a], ok[b]) for a in range(len(ok)) for b in range(a + 1, len(ok))]
+            cand.sort(key=lambda wl: -(pool.reward[wl[0]] / pool.reward[wl[1]]))
+        kept = 0
+        for w, lo in cand:
             lr = float(np.log(pool.reward[w] / pool.reward[lo]))
-            if lr >= np.log(min_ratio):
+            if lr >= np.log(min_ratio) and kept < pairs_per_prompt:
                 out.append(Pair(prompt, pool.texts[w], pool.texts[lo], lr))
+                kept += 1
         bad = [int(i) for i in rows if not pool.valid[i] and pool.texts[i]]
         if ok and invalid_rejected > 0:
             for i in bad[:invalid_rejected]:

@@ -80,9 +80,14 @@ def test_preference_pairs_rank_within_prompts():
     assert pairs[0].log_ratio == pytest.approx(np.log(4.0))
     with_bad = preference_pairs(pool, min_ratio=1.1, invalid_rejected=1)
     assert ("best", "bad") in [(p.chosen, p.rejected) for p in with_bad]
+    every = preference_pairs(pool, pairs_per_prompt=2, min_ratio=1.1, pairing="all")
+    # ordered pairs of group 0, largest ratio first: best/worst 4×, then best/mid 2× (ties keep
+    # rank order, so mid/worst 2× is the one cut by pairs_per_prompt=2)
+    assert [(p.chosen, p.rejected) for p in every] == [("best", "worst"), ("best", "mid")]
     loose = preference_pairs(pool, min_ratio=1.0)
     assert len(loose) == 2 and loose[1].prompt == "prompt 1"
     for kwargs, match in (
+        ({"pairing": "random"}, "pairing"),
         ({"pairs_per_prompt": 0}, "pairs_per_prompt"),
         ({"min_ratio": 0.5}, "min_ratio"),
     ):
