@@ -602,6 +602,13 @@ def loop(
     ] = "bernoulli_ts",
     steps: Annotated[int, typer.Option(help="Offline tuning steps per round.")] = 20,
     lr: Annotated[float, typer.Option(help="Tuning learning rate.")] = 3e-5,
+    tuner: Annotated[
+        str,
+        typer.Option(
+            help="kto (each variant's shrunk logged CTR) or dpo (pairs of a group's variants "
+            "whose logged CTRs differ)."
+        ),
+    ] = "kto",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     config: ConfigOpt = None,
 ) -> None:
@@ -620,7 +627,8 @@ def loop(
             n=n,
             impressions=impressions,
             agent=agent,
-            tune=TuneConfig(steps=steps, lr=lr),
+            tune=TuneConfig(steps=steps, lr=lr, kl_coef=0.1 if tuner == "dpo" else 0.05),
+            tuner=tuner,
             seed=seed,
         )
         lm = _load(model)

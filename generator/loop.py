@@ -8,7 +8,9 @@ Each round:
    users among each group's kept variants; clicks are drawn from the true click world;
 3. the decisions are written as a DecisionLog (explicit candidates, true propensities) with the
    variants table;
-4. the generator is tuned offline on the log (:func:`~copyloop.generator.tune.offline_tune`);
+4. the generator is tuned offline on the log: KTO on each variant's shrunk CTR
+   (:func:`~copyloop.generator.tune.offline_tune`) or DPO on pairs of variants of the same
+   group whose logged CTRs differ (:func:`~copyloop.generator.preference.dpo_tune`);
 5. the round's variants are judged in the true world on held-out users.
 
 Example:
@@ -32,6 +34,7 @@ from copyloop.generator.evaluate import Evaluation, GroupScore
 from copyloop.generator.filters import FilterConfig
 from copyloop.generator.generate import CopyGenerator, Generation, SamplingConfig, distinct_n
 from copyloop.generator.models import LoadedModel
+from copyloop.generator.preference import dpo_tune, feedback_pool, preference_pairs
 from copyloop.generator.prompts import CopyRequest
 from copyloop.generator.reward import WorldReward
 from copyloop.generator.tune import TuneConfig, offline_tune, variant_feedback
@@ -51,6 +54,9 @@ class LoopConfig:
         impressions: simulated impressions per round (split evenly over the groups).
         agent: ``bernoulli_ts`` (per segment), ``linear_ts`` or ``uniform``.
         tune: offline tuning settings per round.
+        tuner: ``kto`` or ``dpo`` (pairs of one group's variants, logged CTRs ≥ ``min_ratio``
+            apart; ``tune.kl_coef`` is DPO's β).
+        min_ratio: ``dpo``: how much higher the better variant's shrunk logged CTR must be.
         judge_users: held-out users per segment that judge each round's variants.
         seed: seed of generation, traffic and tuning.
     """
@@ -62,6 +68,8 @@ class LoopConfig:
     impressions: int = 300_000
     agent: str = "bernoulli_ts"
     tune: TuneConfig = field(default_factory=lambda: TuneConfig(steps=20, lr=3e-5))
+    tuner: str = "kto"
+    min_ratio: float = 1.1
     judge_users: int = 512
     seed: int = 0
 
@@ -74,6 +82,8 @@ class LoopConfig:
             raise ValueError(f"`n` must be >= 2 variants per group, got {self.n}")
         if self.impressions < 1:
             raise ValueError(f"`impressions` must be >= 1, got {self.impressions}")
+        if self.tuner not in ("kto", "dpo"):
+            raise ValueError(f"`tuner` must be 'kto' or 'dpo', got {self.tuner!r}")
         if self.agent not in AGENTS:
             raise ValueError(f"`agent` must be one of {list(AGENTS)}, got {self.agent!r}")
 
@@ -285,14 +295,28 @@ def run_loop(
             log = DecisionLog.read(log_path)
             fb = variant_feedback(log, vt, prior_strength=cfg.tune.prior_strength)
             tcfg = replace(cfg.tune, seed=cfg.seed + rnd)
-            tr = offline_tune(
-                lm,
-                market,
-                fb,
-                rdir / "model",
-                config=tcfg,
-                version=f"loop-r{rnd + 1}",
-            )
+            if cfg.tuner == "dpo":
+                pairs = preference_pairs(
+                    feedback_pool(fb), pairs_per_prompt=16, min_ratio=cfg.min_ratio, pairing="all"
+                )
+                tr = dpo_tune(
+                    lm,
+                    market,
+                    pairs,
+                    rdir / "model",
+                    config=tcfg,
+                    beta=tcfg.kl_coef,
+                    version=f"loop-r{rnd + 1}",
+                )
+            else:
+                tr = offline_tune(
+                    lm,
+                    market,
+                    fb,
+                    rdir / "model",
+                    config=tcfg,
+                    version=f"loop-r{rnd + 1}",
+                )
             res.tuned = str(tr.out)
             res.tune_summary = tr.summary
         results.append(res)

@@ -245,6 +245,29 @@ def rescore_pool(pool: SamplePool, reward: RewardFn, *, reward_name: str = "") -
     )
 
 
+def feedback_pool(feedback: Any) -> SamplePool:
+    """A DecisionLog's per-variant feedback (:func:`~copyloop.generator.tune.variant_feedback`)
+    as a pool: each (campaign, segment) group is a prompt, each variant's shrunk IPW CTR its
+    reward; variants the log never showed are left out (``valid`` False). Preference pairs
+    then come from logged clicks instead of a reward model."""
+    group = np.asarray(feedback.group, np.int64)
+    n_p = int(group.max()) + 1 if group.size else 0
+    first = np.full(n_p, -1, np.int64)
+    for i in range(group.size - 1, -1, -1):
+        first[group[i]] = i
+    prompts = [str(feedback.prompts[i]) for i in first]
+    return SamplePool(
+        campaigns=np.full(n_p, -1, np.int64),
+        segments=np.full(n_p, -1, np.int64),
+        prompts=prompts,
+        group=group,
+        texts=list(feedback.texts),
+        reward=np.asarray(feedback.posterior, np.float64),
+        valid=np.asarray(feedback.n_eff, np.float64) > 0,
+        meta={"reward": "logged clicks (shrunk IPW CTR per variant)"},
+    )
+
+
 @dataclass(frozen=True)
 class Pair:
     """One preference: ``chosen`` beats ``rejected`` for ``prompt``; ``log_ratio`` of rewards."""

@@ -409,7 +409,8 @@ def test_offline_tuning_moves_towards_desirable_variants(tiny, market, tmp_path)
     assert res.summary["desirable"] > 0 and res.summary["undesirable"] > 0
 
 
-def test_loop_runs_end_to_end(tiny, market, tmp_path):
+@pytest.mark.parametrize("tuner", ["kto", "dpo"])
+def test_loop_runs_end_to_end(tiny, market, tmp_path, tuner):
     from copyloop.generator.loop import LoopConfig, run_loop
 
     lm = _fresh_tiny(tiny.tokenizer)
@@ -421,6 +422,8 @@ def test_loop_runs_end_to_end(tiny, market, tmp_path):
         impressions=4000,
         tune=TuneConfig(steps=2, batch_size=2, lr=1e-3, train_layers=None, prior_strength=10.0),
         judge_users=64,
+        tuner=tuner,
+        min_ratio=1.0,
     )
     res = run_loop(
         lm, market, cfg, tmp_path, sampling=SamplingConfig(max_new_tokens=6), filters=OPEN
@@ -434,6 +437,10 @@ def test_loop_runs_end_to_end(tiny, market, tmp_path):
     log = DecisionLog.read(res[0].log)
     assert log.n_rows == 4000 and np.all((log.propensity > 0) & (log.propensity <= 1))
     assert json.loads((tmp_path / "rounds.json").read_text())["rounds"][1]["round"] == 1
+    made_by = json.loads((tmp_path / "round0" / "model" / "copyloop_model.json").read_text())
+    assert ("DPO" in made_by["made_by"]) == (tuner == "dpo")
+    with pytest.raises(ValueError, match="tuner"):
+        LoopConfig(tuner="ppo")
 
 
 def test_world_reward_is_true_ctr(market):

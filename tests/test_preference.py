@@ -229,3 +229,21 @@ def test_cli_pool_and_dpo(tiny, tmp_path, market):
         app, [*tune, "--out", str(tmp_path / "u"), "--pool", str(tmp_path / "nope.parquet")]
     )
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_feedback_pool_pairs_come_from_logged_ctrs():
+    from types import SimpleNamespace
+
+    from copyloop.generator.preference import feedback_pool
+
+    fb = SimpleNamespace(
+        group=np.array([0, 0, 0, 1, 1]),
+        prompts=["p0", "p0", "p0", "p1", "p1"],
+        texts=["good", "bad", "unseen", "x", "y"],
+        posterior=np.array([0.03, 0.01, 0.02, 0.02, 0.021]),
+        n_eff=np.array([500.0, 400.0, 0.0, 300.0, 300.0]),
+    )
+    pool = feedback_pool(fb)
+    assert pool.prompts == ["p0", "p1"] and pool.valid.tolist() == [True, True, False, True, True]
+    pairs = preference_pairs(pool, min_ratio=1.2, pairing="all")
+    assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [("p0", "good", "bad")]
