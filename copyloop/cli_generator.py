@@ -246,6 +246,14 @@ def tune(
         ),
     ] = None,
     pairs_per_prompt: Annotated[int, typer.Option(help="dpo: most pairs per prompt.")] = 4,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            help="dpo: frozen reference model (default: --model as it starts; 'base' = the "
+            "embedded model); give the base in later rounds of iterated DPO to keep the KL "
+            "budget anchored at it."
+        ),
+    ] = None,
     pairing: Annotated[
         str,
         typer.Option(
@@ -313,6 +321,11 @@ def tune(
         if spool is not None:
             _check_pool(spool, market)
         lm = _load(model, device)
+        ref_lm = (
+            _load(None if reference == "base" else reference, device)
+            if mode == "dpo" and reference is not None
+            else None
+        )
         if mode == "dpo" and spool is None:
             spool = _collect(lm, market, rfn, reward, camps, bon_n, seed)
         pairs = (
@@ -352,6 +365,7 @@ def tune(
                     eval_requests=ereq,
                     version=version,
                     extra={"pool": str(pool) if pool else None, "pool_meta": spool.meta},
+                    reference=ref_lm,
                     progress=tick,
                 )
             elif mode == "bon":

@@ -392,6 +392,7 @@ def dpo_tune(
     eval_requests: Sequence[CopyRequest] = (),
     version: str | None = None,
     extra: dict[str, Any] | None = None,
+    reference: LoadedModel | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TuneResult:
     """DPO on preference pairs; trains ``lm.model`` in place and saves a new version.
@@ -409,6 +410,9 @@ def dpo_tune(
         eval_requests: requests to evaluate on.
         version: version id (default ``dpo-<steps>x<batch>-s<seed>``).
         extra: more fields for the run's summary (e.g. the pool's provenance).
+        reference: the frozen reference (default: ``lm`` as it starts). Over rounds of
+            iterated DPO, passing the base model keeps β's pull — and the ``kl_budget`` early
+            stop — anchored at the base instead of at the previous round.
         progress: called after each step with (steps done, metrics).
     """
     import torch
@@ -421,7 +425,7 @@ def dpo_tune(
         )
     if not beta > 0:
         raise ValueError(f"`beta` must be > 0, got {beta}")
-    ref = copy.deepcopy(lm.model).eval()
+    ref = copy.deepcopy(lm.model).eval() if reference is None else reference.model.eval()
     for p in ref.parameters():
         p.requires_grad_(False)
     bs = min(cfg.batch_size, len(pairs))
@@ -497,6 +501,7 @@ def dpo_tune(
         "beta": beta,
         "mean_pair_log_ratio": float(np.mean([p.log_ratio for p in pairs])),
         "reference_seconds": t_ref,
+        "reference": "start" if reference is None else f"{reference.name}@{reference.version}",
         **(extra or {}),
     }
     return _finish(lm, out, ver, "DPO on reward-ranked pairs", cfg, history, info)

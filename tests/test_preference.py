@@ -247,3 +247,27 @@ def test_feedback_pool_pairs_come_from_logged_ctrs():
     assert pool.prompts == ["p0", "p1"] and pool.valid.tolist() == [True, True, False, True, True]
     pairs = preference_pairs(pool, min_ratio=1.2, pairing="all")
     assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [("p0", "good", "bad")]
+
+
+def test_dpo_reference_defaults_to_the_start_and_can_be_pinned(tiny, tmp_path, market):
+    pairs = [
+        Pair("Write an ad.", "Shop now", "Buy it today please", 0.5),
+        Pair("Write an ad line.", "Save big", "Our product exists", 0.4),
+    ]
+    cfg = TuneConfig(steps=3, batch_size=2, lr=1e-2, train_layers=None)
+    runs = []
+    for ref in (None, "same", "other"):
+        lm = tiny_model(seed=0, init_std=0.2, tokenizer=tiny.tokenizer)
+        reference = {
+            None: None,
+            "same": tiny_model(seed=0, init_std=0.2, tokenizer=tiny.tokenizer),
+            "other": tiny_model(seed=5, init_std=0.2, tokenizer=tiny.tokenizer),
+        }[ref]
+        res = dpo_tune(lm, market, pairs, tmp_path / str(ref), config=cfg, reference=reference)
+        runs.append(res)
+    # pinning a reference equal to the start changes nothing; another reference changes the ratios
+    assert [h["loss"] for h in runs[0].history] == pytest.approx(
+        [h["loss"] for h in runs[1].history], abs=1e-6
+    )
+    assert runs[0].summary["reference"] == "start" and runs[1].summary["reference"] != "start"
+    assert runs[2].history[0]["chosen_logratio"] != pytest.approx(0.0, abs=1e-3)
