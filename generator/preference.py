@@ -38,17 +38,19 @@ import numpy as np
 import numpy.typing as npt
 
 from copyloop.generator.filters import CopyFilter, FilterConfig
-from copyloop.generator.generate import SamplingConfig, distinct_n, sample
+from copyloop.generator.generate import SamplingConfig, sample
 from copyloop.generator.models import LoadedModel
 from copyloop.generator.prompts import CopyRequest
 from copyloop.generator.reward import RewardFn
 from copyloop.generator.tune import (
     TuneConfig,
     TuneResult,
+    _eval_due,
     _finish,
     _prompt,
     _requests,
     completion_logprobs,
+    eval_metrics,
     samples_from_texts,
     score_lines,
     trainable_parameters,
@@ -442,7 +444,6 @@ def dpo_tune(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = np.random.default_rng([cfg.seed, 3137])
     filt = CopyFilter()
-    samp = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     history: list[dict[str, float]] = []
     epoch: list[list[int]] = []
     for step in range(cfg.steps):
@@ -471,24 +472,8 @@ def dpo_tune(
             "kl": float(r[:, 0].mean().clamp(min=0.0)),
             "grad_norm": gnorm,
         }
-        if (
-            reward is not None
-            and eval_requests
-            and ((step + 1) % cfg.eval_every == 0 or step == 0 or step + 1 == cfg.steps)
-        ):
-            picks = rng.permutation(len(eval_requests))[: cfg.eval_prompts]
-            ereq = [eval_requests[i] for i in picks]
-            k = cfg.samples_per_prompt
-            es = sample(
-                lm, [_prompt(lm, market, q) for q in ereq], k, config=samp, seed=cfg.seed + step
-            )
-            row_reqs = [ereq[i // k] for i in range(len(es.texts))]
-            rr, valid, cleaned = score_lines(es.texts, row_reqs, market, reward, filt)
-            m["reward"] = float(rr[valid].mean()) if valid.any() else float("nan")
-            m["valid"] = float(valid.mean())
-            m["distinct2"] = float(
-                np.mean([distinct_n(cleaned[g * k : (g + 1) * k], 2) for g in range(len(ereq))])
-            )
+        if reward is not None and eval_requests and _eval_due(cfg, step):
+            m.update(eval_metrics(lm, market, reward, eval_requests, cfg, rng, step, filt))
         m["seconds"] = time.perf_counter() - t1 + (t_ref if step == 0 else 0.0)
         history.append(m)
         if progress is not None:

@@ -624,6 +624,38 @@ def best_of_n_tune(
     return _finish(lm, out, ver, f"best-of-{n} distillation (top {keep})", cfg, history, extra)
 
 
+def _eval_due(cfg: TuneConfig, step: int) -> bool:
+    """Whether step ``step`` (0-based) of an offline / DPO run evaluates."""
+    return (step + 1) % cfg.eval_every == 0 or step == 0 or step + 1 == cfg.steps
+
+
+def eval_metrics(
+    lm: LoadedModel,
+    market: Any,
+    reward: RewardFn,
+    eval_requests: Sequence[CopyRequest],
+    cfg: TuneConfig,
+    rng: np.random.Generator,
+    step: int,
+    filt: CopyFilter,
+) -> dict[str, float]:
+    """Reward, validity and distinct-2 of ``cfg.samples_per_prompt`` fresh lines for
+    ``cfg.eval_prompts`` random ``eval_requests`` (the curves of an offline or DPO run)."""
+    ereq = [eval_requests[i] for i in rng.permutation(len(eval_requests))][: cfg.eval_prompts]
+    k = cfg.samples_per_prompt
+    samp = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    es = sample(lm, [_prompt(lm, market, r) for r in ereq], k, config=samp, seed=cfg.seed + step)
+    row_reqs = [ereq[i // k] for i in range(len(es.texts))]
+    r, valid, cleaned = score_lines(es.texts, row_reqs, market, reward, filt)
+    return {
+        "reward": float(r[valid].mean()) if valid.any() else float("nan"),
+        "valid": float(valid.mean()),
+        "distinct2": float(
+            np.mean([distinct_n(cleaned[g * k : (g + 1) * k], 2) for g in range(len(ereq))])
+        ),
+    }
+
+
 # ---- offline ----------------------------------------------------------------------------
 @dataclass
 class VariantFeedback:
@@ -774,7 +806,6 @@ def offline_tune(
     beta = cfg.kl_coef if cfg.kl_coef > 0 else 0.1
     history: list[dict[str, float]] = []
     filt = CopyFilter()
-    samp = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     scale = float(np.abs(w[use]).sum() / use.size)
     for step in range(cfg.steps):
         t0 = time.perf_counter()
@@ -802,24 +833,8 @@ def offline_tune(
             "desirable_logratio": float(ratio.detach()[sign > 0].mean()) if (sign > 0).any() else 0,
             "grad_norm": gnorm,
         }
-        if (
-            reward is not None
-            and eval_requests
-            and ((step + 1) % cfg.eval_every == 0 or step == 0 or step + 1 == cfg.steps)
-        ):
-            ereq = [eval_requests[i] for i in rng.permutation(len(eval_requests))]
-            ereq = ereq[: cfg.eval_prompts]
-            k = cfg.samples_per_prompt
-            es = sample(
-                lm, [_prompt(lm, market, r) for r in ereq], k, config=samp, seed=cfg.seed + step
-            )
-            row_reqs = [ereq[i // k] for i in range(len(es.texts))]
-            r, valid, cleaned = score_lines(es.texts, row_reqs, market, reward, filt)
-            m["reward"] = float(r[valid].mean()) if valid.any() else float("nan")
-            m["valid"] = float(valid.mean())
-            m["distinct2"] = float(
-                np.mean([distinct_n(cleaned[g * k : (g + 1) * k], 2) for g in range(len(ereq))])
-            )
+        if reward is not None and eval_requests and _eval_due(cfg, step):
+            m.update(eval_metrics(lm, market, reward, eval_requests, cfg, rng, step, filt))
         m["seconds"] = time.perf_counter() - t0
         history.append(m)
         if progress is not None:

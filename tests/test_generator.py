@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from gen_helpers import OPEN, mean_reward, side_reward
 
 from copyloop.generator.filters import CopyFilter, FilterConfig, clean, name_words
 from copyloop.generator.generate import (
@@ -35,9 +36,6 @@ from copyloop.generator.tune import (
     rloo_advantages,
     variant_feedback,
 )
-
-OPEN = FilterConfig(min_words=1, max_words=1000, max_chars=100_000, require_name=False, banned=())
-"""Filters that pass any non-empty line (a tiny random model never names the product)."""
 
 
 @pytest.fixture(scope="module")
@@ -244,35 +242,11 @@ def test_rloo_advantages_leave_one_out():
         TuneConfig(samples_per_prompt=1)
 
 
-def _side_reward(lm):
-    """A reward a tiny random model can climb in a few steps: the share of a line's tokens whose
-    (tied) embedding has a positive first coordinate — one direction of the hidden state moves
-    half the vocabulary at once."""
-    side = (lm.model.get_input_embeddings().weight[:, 0] > 0).numpy().copy()
-
-    def reward(texts, campaign, segment):
-        out = []
-        for t in texts:
-            ids = lm.tokenizer(t, add_special_tokens=False)["input_ids"]
-            out.append(float(side[ids].mean()) if ids else 0.0)
-        return np.array(out)
-
-    return reward
-
-
-def _mean_reward(lm, market, reward, seed=99):
-    gen = CopyGenerator(lm, market, sampling=SamplingConfig(max_new_tokens=4), filters=OPEN)
-    s = sample(
-        lm, [gen.prompt(CopyRequest(c, 0)) for c in (0, 1)], 32, config=gen.sampling, seed=seed
-    )
-    return float(np.mean(reward([clean(t) for t in s.texts], 0, 0)))
-
-
 def test_online_tuning_changes_weights_and_raises_reward(tiny, market, tmp_path):
     lm = tiny_model(seed=0, init_std=0.2, tokenizer=tiny.tokenizer)
-    reward = _side_reward(lm)
+    reward = side_reward(lm)
     before_w = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    before = _mean_reward(lm, market, reward)
+    before = mean_reward(lm, market, reward)
     cfg = TuneConfig(
         steps=10,
         prompts_per_step=2,
@@ -295,7 +269,7 @@ def test_online_tuning_changes_weights_and_raises_reward(tiny, market, tmp_path)
         config=cfg,
         filters=OPEN,
     )
-    after = _mean_reward(lm, market, reward)
+    after = mean_reward(lm, market, reward)
     changed = [k for k, v in lm.model.state_dict().items() if not torch.equal(v, before_w[k])]
     assert changed
     # Seeded (measured 0.48 -> 0.75 here); tolerance: +0.1 on 64 fresh samples of the prompts.
@@ -310,7 +284,7 @@ def test_best_of_n_distillation_learns_the_kept_lines(tiny, market, tmp_path):
     from copyloop.generator.tune import best_of_n_tune
 
     lm = tiny_model(seed=0, init_std=0.2, tokenizer=tiny.tokenizer)
-    reward = _side_reward(lm)
+    reward = side_reward(lm)
     cfg = TuneConfig(steps=6, batch_size=4, lr=1e-2, max_new_tokens=4, train_layers=None)
     res = best_of_n_tune(
         lm,

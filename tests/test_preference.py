@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from gen_helpers import OPEN, mean_reward, side_reward
 
-from copyloop.generator.filters import FilterConfig, clean
-from copyloop.generator.generate import CopyGenerator, SamplingConfig, sample
+from copyloop.generator.generate import SamplingConfig
 from copyloop.generator.models import load_model, save_model, tiny_model
 from copyloop.generator.preference import (
     Pair,
@@ -17,10 +17,7 @@ from copyloop.generator.preference import (
     pair_logprobs,
     preference_pairs,
 )
-from copyloop.generator.prompts import CopyRequest
 from copyloop.generator.tune import TuneConfig
-
-OPEN = FilterConfig(min_words=1, max_words=1000, max_chars=100_000, require_name=False, banned=())
 
 
 @pytest.fixture(scope="module")
@@ -95,32 +92,9 @@ def test_preference_pairs_rank_within_prompts():
             preference_pairs(pool, **kwargs)
 
 
-def _side_reward(lm):
-    """Share of a line's tokens whose (tied) embedding has a positive first coordinate: a reward
-    a tiny random model can climb in a few steps."""
-    side = (lm.model.get_input_embeddings().weight[:, 0] > 0).numpy().copy()
-
-    def reward(texts, campaign, segment):
-        out = []
-        for t in texts:
-            ids = lm.tokenizer(t, add_special_tokens=False)["input_ids"]
-            out.append(float(side[ids].mean()) if ids else 0.0)
-        return np.array(out)
-
-    return reward
-
-
-def _mean_reward(lm, market, reward, seed=99):
-    gen = CopyGenerator(lm, market, sampling=SamplingConfig(max_new_tokens=4), filters=OPEN)
-    s = sample(
-        lm, [gen.prompt(CopyRequest(c, 0)) for c in (0, 1)], 32, config=gen.sampling, seed=seed
-    )
-    return float(np.mean(reward([clean(t) for t in s.texts], 0, 0)))
-
-
 def test_dpo_prefers_the_chosen_lines_and_raises_reward(tiny, market, tmp_path):
     lm = tiny_model(seed=0, init_std=0.2, tokenizer=tiny.tokenizer)
-    reward = _side_reward(lm)
+    reward = side_reward(lm)
     samp = SamplingConfig(max_new_tokens=4)
     pool = collect_pool(
         lm, market, reward, campaigns=[0, 1], segments=[0], n=16, sampling=samp, filters=OPEN
@@ -133,14 +107,14 @@ def test_dpo_prefers_the_chosen_lines_and_raises_reward(tiny, market, tmp_path):
     pairs = preference_pairs(pool, pairs_per_prompt=8, min_ratio=1.05)
     assert len(pairs) >= 8
     before_w = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    before = _mean_reward(lm, market, reward)
+    before = mean_reward(lm, market, reward)
     with torch.inference_mode():
         m0 = pair_logprobs(lm.model, lm, pairs)
     cfg = TuneConfig(steps=16, batch_size=4, lr=2e-2, max_new_tokens=4, train_layers=None)
     res = dpo_tune(lm, market, pairs, tmp_path / "dpo", config=cfg, beta=0.5)
     with torch.inference_mode():
         m1 = pair_logprobs(lm.model, lm, pairs)
-    after = _mean_reward(lm, market, reward)
+    after = mean_reward(lm, market, reward)
     assert any(not torch.equal(v, before_w[k]) for k, v in lm.model.state_dict().items())
     # the pairs' margin log π(chosen) − log π(rejected) grew on average (seeded)
     assert float((m1[:, 0] - m1[:, 1]).mean()) > float((m0[:, 0] - m0[:, 1]).mean()) + 0.5
