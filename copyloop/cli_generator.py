@@ -254,6 +254,17 @@ def tune(
             "budget anchored at it."
         ),
     ] = None,
+    kl_anchor: Annotated[
+        str | None,
+        typer.Option(
+            help="dpo: model the KL budget is measured against, by sampling at each evaluation "
+            "(default: the reference; 'base' = the embedded model). The run keeps the weights "
+            "of the last evaluation inside --kl-budget."
+        ),
+    ] = None,
+    eval_every: Annotated[
+        int, typer.Option(help="dpo / offline: steps between evaluations (and KL checks).")
+    ] = 5,
     pairing: Annotated[
         str,
         typer.Option(
@@ -305,6 +316,7 @@ def tune(
             kl_budget=kl_budget,
             train_layers=train_layers or None,
             seed=seed,
+            eval_every=eval_every,
         )
         market = _market(config)
         if mode == "offline":
@@ -326,6 +338,11 @@ def tune(
             if mode == "dpo" and reference is not None
             else None
         )
+        anchor_lm = (
+            _load(None if kl_anchor == "base" else kl_anchor, device)
+            if mode == "dpo" and kl_anchor is not None
+            else None
+        )
         if mode == "dpo" and spool is None:
             spool = _collect(lm, market, rfn, reward, camps, bon_n, seed)
         pairs = (
@@ -342,7 +359,9 @@ def tune(
 
         def tick(done: int, m: dict[str, float]) -> None:
             info = " ".join(
-                f"{k} {m[k]:.4g}" for k in ("reward", "kl", "distinct2", "valid") if k in m
+                f"{k} {m[k]:.4g}"
+                for k in ("reward", "kl", "kl_sampled", "distinct2", "valid")
+                if k in m
             )
             prog.update(task, completed=done, info=info)
 
@@ -366,6 +385,7 @@ def tune(
                     version=version,
                     extra={"pool": str(pool) if pool else None, "pool_meta": spool.meta},
                     reference=ref_lm,
+                    kl_anchor=anchor_lm,
                     progress=tick,
                 )
             elif mode == "bon":

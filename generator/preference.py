@@ -27,6 +27,7 @@ The pipeline, each step usable on its own:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from copyloop.generator.evaluate import kl_between
 from copyloop.generator.filters import CopyFilter, FilterConfig
 from copyloop.generator.generate import SamplingConfig, sample
 from copyloop.generator.models import LoadedModel
@@ -382,6 +384,10 @@ def _batches(groups: list[list[int]], size: int, rng: np.random.Generator) -> li
     return out
 
 
+def _kl_sampling(cfg: TuneConfig) -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+
+
 def dpo_tune(
     lm: LoadedModel,
     market: Any,
@@ -395,9 +401,18 @@ def dpo_tune(
     version: str | None = None,
     extra: dict[str, Any] | None = None,
     reference: LoadedModel | None = None,
+    kl_anchor: LoadedModel | None = None,
+    kl_prompts: int = 16,
     progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TuneResult:
     """DPO on preference pairs; trains ``lm.model`` in place and saves a new version.
+
+    The KL budget: with evaluation on (``reward`` and ``eval_requests`` given), every evaluation
+    also measures the *sampled* KL(π ‖ anchor) — 4 lines of π for each of ``kl_prompts`` fixed
+    evaluation requests, scored under both models — and when it passes ``config.kl_budget`` the
+    run stops and keeps the weights of the last evaluation inside the budget, so the saved
+    version is within budget as measured. Without evaluation the mean log-ratio of the batch's
+    chosen lines is the (cruder) early-stop proxy.
 
     Args:
         lm: the model (its current weights are the frozen reference).
@@ -415,6 +430,10 @@ def dpo_tune(
         reference: the frozen reference (default: ``lm`` as it starts). Over rounds of
             iterated DPO, passing the base model keeps β's pull — and the ``kl_budget`` early
             stop — anchored at the base instead of at the previous round.
+        kl_anchor: the model the sampled KL budget is measured against (default: the
+            reference). Iterated DPO can keep the previous round as β's reference and still
+            hold the whole chain within budget of the base by passing the base here.
+        kl_prompts: evaluation requests of the sampled KL check (fixed for the run).
         progress: called after each step with (steps done, metrics).
     """
     import torch
@@ -427,9 +446,19 @@ def dpo_tune(
         )
     if not beta > 0:
         raise ValueError(f"`beta` must be > 0, got {beta}")
+    if kl_prompts < 1:
+        raise ValueError(f"`kl_prompts` must be >= 1, got {kl_prompts}")
     ref = copy.deepcopy(lm.model).eval() if reference is None else reference.model.eval()
     for p in ref.parameters():
         p.requires_grad_(False)
+    sampled_kl = reward is not None and bool(eval_requests)
+    anchor: LoadedModel | None = None
+    if sampled_kl:
+        anchor = kl_anchor or reference or dataclasses.replace(lm, model=ref)
+        kl_reqs = [
+            eval_requests[i]
+            for i in np.random.default_rng([cfg.seed, 71]).permutation(len(eval_requests))
+        ][:kl_prompts]
     bs = min(cfg.batch_size, len(pairs))
     groups = _by_prompt(pairs)
     t0 = time.perf_counter()
@@ -439,8 +468,14 @@ def dpo_tune(
             ref_lp[chunk] = pair_logprobs(ref, lm, [pairs[i] for i in chunk]).cpu().numpy()
     del ref
     t_ref = time.perf_counter() - t0
+    # The weights to fall back to when a KL check fails: the start, then each evaluation inside
+    # the budget.
+    kept: dict[str, Any] = {}
+    kept_step, kept_kl = 0, 0.0
     model = lm.model
     params = trainable_parameters(model, cfg.train_layers)
+    if anchor is not None:
+        kept = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = np.random.default_rng([cfg.seed, 3137])
     filt = CopyFilter()
@@ -474,12 +509,23 @@ def dpo_tune(
         }
         if reward is not None and eval_requests and _eval_due(cfg, step):
             m.update(eval_metrics(lm, market, reward, eval_requests, cfg, rng, step, filt))
+            if anchor is not None:
+                m["kl_sampled"] = kl_between(
+                    lm, anchor, market, kl_reqs, 4, seed=cfg.seed + 17, sampling=_kl_sampling(cfg)
+                )
         m["seconds"] = time.perf_counter() - t1 + (t_ref if step == 0 else 0.0)
         history.append(m)
         if progress is not None:
             progress(step + 1, m)
-        if m["chosen_logratio"] > cfg.kl_budget:
-            break
+        if anchor is None:
+            if m["chosen_logratio"] > cfg.kl_budget:
+                break
+        elif "kl_sampled" in m:
+            if m["kl_sampled"] > cfg.kl_budget:
+                model.load_state_dict(kept, strict=False)
+                break
+            kept = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            kept_step, kept_kl = step + 1, m["kl_sampled"]
     ver = version or f"dpo-{cfg.steps}x{bs}-s{cfg.seed}"
     info = {
         "pairs": len(pairs),
@@ -487,6 +533,15 @@ def dpo_tune(
         "mean_pair_log_ratio": float(np.mean([p.log_ratio for p in pairs])),
         "reference_seconds": t_ref,
         "reference": "start" if reference is None else f"{reference.name}@{reference.version}",
+        **(
+            {
+                "kl_anchor": f"{anchor.name}@{anchor.version}",
+                "kept_step": kept_step,
+                "kl_sampled_kept": kept_kl,
+            }
+            if anchor is not None
+            else {}
+        ),
         **(extra or {}),
     }
     return _finish(lm, out, ver, "DPO on reward-ranked pairs", cfg, history, info)

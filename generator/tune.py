@@ -113,6 +113,11 @@ class TuneConfig:
             raise ValueError(f"`batch_size` must be >= 2, got {self.batch_size}")
         if self.prior_strength < 0:
             raise ValueError(f"`prior_strength` must be >= 0, got {self.prior_strength}")
+        if self.eval_every < 1 or self.eval_prompts < 1:
+            raise ValueError(
+                f"`eval_every` and `eval_prompts` must be >= 1, got {self.eval_every} and "
+                f"{self.eval_prompts}"
+            )
 
 
 @dataclass

@@ -245,3 +245,59 @@ def test_dpo_reference_defaults_to_the_start_and_can_be_pinned(tiny, tmp_path, m
     )
     assert runs[0].summary["reference"] == "start" and runs[1].summary["reference"] != "start"
     assert runs[2].history[0]["chosen_logratio"] != pytest.approx(0.0, abs=1e-3)
+
+
+def test_dpo_sampled_kl_budget_keeps_the_last_weights_inside_it(tiny, market, tmp_path):
+    """With evaluation on, the budget is checked on sampled KL(π ‖ anchor): the run stops at the
+    first evaluation past it and saves the weights of the evaluation before (deterministic, so a
+    run that simply ends at that step must give the same weights)."""
+    from copyloop.generator.prompts import CopyRequest
+
+    start = tiny_model(seed=0, init_std=0.2, tokenizer=tiny.tokenizer)
+    reward = side_reward(start)
+    samp = SamplingConfig(max_new_tokens=4)
+    pool = collect_pool(
+        start, market, reward, campaigns=[0, 1], segments=[0], n=16, sampling=samp, filters=OPEN
+    )
+    pairs = preference_pairs(pool, pairs_per_prompt=8, min_ratio=1.05)
+    reqs = [CopyRequest(c, 0) for c in (0, 1)]
+
+    def run(name, steps, budget, anchor=None):
+        lm = tiny_model(seed=0, init_std=0.2, tokenizer=tiny.tokenizer)
+        cfg = TuneConfig(
+            steps=steps, batch_size=4, lr=2e-2, max_new_tokens=4, train_layers=None,
+            eval_every=2, eval_prompts=2, samples_per_prompt=4, kl_budget=budget,
+        )  # fmt: skip
+        res = dpo_tune(
+            lm, market, pairs, tmp_path / name, config=cfg, beta=0.5, reward=reward,
+            eval_requests=reqs, kl_anchor=anchor,
+        )  # fmt: skip
+        return lm, res
+
+    _, free = run("free", 12, 1e9)
+    evals = [(int(h["step"]), h["kl_sampled"]) for h in free.history if "kl_sampled" in h]
+    assert [s for s, _ in evals] == [1, 2, 4, 6, 8, 10, 12]
+    assert evals[-1][1] > 0.5  # the tiny model does move (seeded)
+    # a budget between the first new maximum and the maximum before it
+    j = next(i for i in range(1, len(evals)) if evals[i][1] > max(k for _, k in evals[:i]))
+    budget = (max(k for _, k in evals[:j]) + evals[j][1]) / 2
+    lm_b, capped = run("capped", 12, budget)
+    assert len(capped.history) == evals[j][0]  # stopped at that evaluation
+    assert capped.summary["kept_step"] == evals[j - 1][0]
+    assert capped.summary["kl_sampled_kept"] == pytest.approx(evals[j - 1][1])
+    lm_c, _ = run("short", evals[j - 1][0], 1e9)
+    for (k, v), (k2, v2) in zip(
+        lm_b.model.state_dict().items(), lm_c.model.state_dict().items(), strict=True
+    ):
+        assert k == k2 and torch.allclose(v, v2, atol=1e-6), k
+    # over budget at the first check: the start's weights come back, bit for bit
+    lm_z, zero = run("zero", 12, 1e-9)
+    assert zero.summary["kept_step"] == 0 and len(zero.history) == 1
+    for k, v in start.model.state_dict().items():
+        assert torch.equal(v, lm_z.model.state_dict()[k]), k
+    # another anchor is measured against (and named)
+    other = tiny_model(seed=5, init_std=0.2, tokenizer=tiny.tokenizer)
+    _, vs_other = run("other", 2, 1e9, anchor=other)
+    assert vs_other.history[0]["kl_sampled"] > evals[0][1] + 3.0  # 14.1 vs 7.8 (seeded)
+    with pytest.raises(ValueError, match="eval_every"):
+        TuneConfig(eval_every=0)
