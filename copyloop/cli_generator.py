@@ -262,6 +262,9 @@ def tune(
             "of the last evaluation inside --kl-budget."
         ),
     ] = None,
+    kl_prompts: Annotated[
+        int, typer.Option(help="dpo: prompts (× 4 lines) of each sampled KL check.")
+    ] = 16,
     eval_every: Annotated[
         int, typer.Option(help="dpo / offline: steps between evaluations (and KL checks).")
     ] = 5,
@@ -386,6 +389,7 @@ def tune(
                     extra={"pool": str(pool) if pool else None, "pool_meta": spool.meta},
                     reference=ref_lm,
                     kl_anchor=anchor_lm,
+                    kl_prompts=kl_prompts,
                     progress=tick,
                 )
             elif mode == "bon":

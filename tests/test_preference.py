@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -187,11 +189,19 @@ def test_cli_pool_and_dpo(tiny, tmp_path, market):
     )
     made.prompts = [pool.prompts[0], pool.prompts[1]]
     made.save(tmp_path / "made.parquet")
+    made_args = ["--pool", str(tmp_path / "made.parquet"), "--kl-prompts", "2"]
     r = CliRunner().invoke(
-        app, [*tune, "--out", str(tmp_path / "t"), "--pool", str(tmp_path / "made.parquet")]
+        app, [*tune, "--out", str(tmp_path / "t"), *made_args, "--kl-anchor", str(base)]
     )
     assert r.exit_code == 0, r.output
     assert load_model(tmp_path / "t", device="cpu").version == "dpo-1x2-s0"
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert metrics["summary"]["kl_anchor"].endswith("@base")
+    assert "kl_sampled" in metrics["history"][0]
+    r = CliRunner().invoke(
+        app, [*tune, "--out", str(tmp_path / "v"), *made_args, "--kl-anchor", "no/such/model"]
+    )
+    assert r.exit_code == 2 and "no/such/model" in r.output and not (tmp_path / "v").exists()
     far = _pool([0.04, 0.01], [True, True], groups=[0, 0])
     far.campaigns = np.array([99])
     far.save(tmp_path / "far.parquet")
