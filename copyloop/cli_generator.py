@@ -262,6 +262,12 @@ def tune(
             "of the last evaluation inside --kl-budget."
         ),
     ] = None,
+    nll_coef: Annotated[
+        float,
+        typer.Option(
+            help="dpo: weight of a per-token NLL term on the chosen lines (RPO); 0 = plain DPO."
+        ),
+    ] = 0.0,
     kl_prompts: Annotated[
         int, typer.Option(help="dpo: prompts (× 4 lines) of each sampled KL check.")
     ] = 16,
@@ -390,6 +396,7 @@ def tune(
                     reference=ref_lm,
                     kl_anchor=anchor_lm,
                     kl_prompts=kl_prompts,
+                    nll_coef=nll_coef,
                     progress=tick,
                 )
             elif mode == "bon":

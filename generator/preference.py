@@ -343,8 +343,11 @@ def _by_prompt(pairs: Sequence[Pair]) -> list[list[int]]:
     return list(groups.values())
 
 
-def pair_logprobs(model: Any, lm: LoadedModel, pairs: Sequence[Pair]) -> Any:
-    """Summed log-probabilities (chosen, rejected) of each pair under ``model``, ``(B, 2)``.
+def pair_logprobs(
+    model: Any, lm: LoadedModel, pairs: Sequence[Pair], *, lengths: bool = False
+) -> Any:
+    """Summed log-probabilities (chosen, rejected) of each pair under ``model``, ``(B, 2)``;
+    with ``lengths``, also their token counts (end-of-sequence included), ``(B, 2)``.
 
     Each distinct prompt is run once and its KV cache shared by all its distinct lines, so the
     pairs of one prompt cost one prompt forward (the prompt is ~6× longer than a line)."""
@@ -366,7 +369,10 @@ def pair_logprobs(model: Any, lm: LoadedModel, pairs: Sequence[Pair]) -> Any:
         counts.append(len(rows))
     s = samples_from_texts(lm, prompts, texts, per_prompt=counts)
     lp = completion_logprobs(model, s, 1.0).sum(1)
-    return lp[torch.as_tensor(where, device=lp.device)]
+    at = torch.as_tensor(where, device=lp.device)
+    if lengths:
+        return lp[at], s.completion_mask.sum(1).to(lp.dtype)[at]
+    return lp[at]
 
 
 def _batches(groups: list[list[int]], size: int, rng: np.random.Generator) -> list[list[int]]:
@@ -403,6 +409,7 @@ def dpo_tune(
     reference: LoadedModel | None = None,
     kl_anchor: LoadedModel | None = None,
     kl_prompts: int = 16,
+    nll_coef: float = 0.0,
     progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TuneResult:
     """DPO on preference pairs; trains ``lm.model`` in place and saves a new version.
@@ -434,6 +441,10 @@ def dpo_tune(
             reference). Iterated DPO can keep the previous round as β's reference and still
             hold the whole chain within budget of the base by passing the base here.
         kl_prompts: evaluation requests of the sampled KL check (fixed for the run).
+        nll_coef: weight of a negative log-likelihood term on the chosen lines, per token
+            (RPO, Pang et al. 2024). Plain DPO only widens the margin and often lowers the
+            chosen lines' likelihood too, moving mass to lines neither side of a pair shows;
+            the term holds the chosen lines up. 0 = plain DPO.
         progress: called after each step with (steps done, metrics).
     """
     import torch
@@ -446,6 +457,8 @@ def dpo_tune(
         )
     if not beta > 0:
         raise ValueError(f"`beta` must be > 0, got {beta}")
+    if nll_coef < 0:
+        raise ValueError(f"`nll_coef` must be >= 0, got {nll_coef}")
     if kl_prompts < 1:
         raise ValueError(f"`kl_prompts` must be >= 1, got {kl_prompts}")
     ref = copy.deepcopy(lm.model).eval() if reference is None else reference.model.eval()
@@ -487,10 +500,12 @@ def dpo_tune(
             epoch = _batches(groups, bs, rng)
         idx = np.array(epoch.pop(0), np.int64)
         model.train()
-        lp = pair_logprobs(model, lm, [pairs[i] for i in idx])
+        lp, ntok = pair_logprobs(model, lm, [pairs[i] for i in idx], lengths=True)
         ratio = lp - torch.tensor(ref_lp[idx], dtype=lp.dtype, device=lp.device)
         margin = ratio[:, 0] - ratio[:, 1]
-        loss = -torch.nn.functional.logsigmoid(beta * margin).mean()
+        dpo_loss = -torch.nn.functional.logsigmoid(beta * margin).mean()
+        nll = -(lp[:, 0] / ntok[:, 0]).mean()
+        loss = dpo_loss + nll_coef * nll if nll_coef > 0 else dpo_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
@@ -499,7 +514,8 @@ def dpo_tune(
         r = ratio.detach()
         m: dict[str, float] = {
             "step": float(step + 1),
-            "loss": float(loss.detach()),
+            "loss": float(dpo_loss.detach()),
+            "nll_chosen": float(nll.detach()),
             "accuracy": float((margin.detach() > 0).float().mean()),
             "margin": float(margin.detach().mean()),
             "chosen_logratio": float(r[:, 0].mean()),
@@ -530,6 +546,7 @@ def dpo_tune(
     info = {
         "pairs": len(pairs),
         "beta": beta,
+        "nll_coef": nll_coef,
         "mean_pair_log_ratio": float(np.mean([p.log_ratio for p in pairs])),
         "reference_seconds": t_ref,
         "reference": "start" if reference is None else f"{reference.name}@{reference.version}",

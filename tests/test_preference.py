@@ -311,3 +311,29 @@ def test_dpo_sampled_kl_budget_keeps_the_last_weights_inside_it(tiny, market, tm
     assert vs_other.history[0]["kl_sampled"] > evals[0][1] + 3.0  # 14.1 vs 7.8 (seeded)
     with pytest.raises(ValueError, match="eval_every"):
         TuneConfig(eval_every=0)
+
+
+def test_dpo_nll_term_holds_the_chosen_lines_up(tiny, market, tmp_path):
+    pairs = [
+        Pair("Write an ad.", "Shop now", "Buy it today please", 0.5),
+        Pair("Write an ad line.", "Save big", "Our product exists", 0.4),
+        Pair("Write a short ad.", "Deals inside", "Nothing to see", 0.3),
+    ]
+    cfg = TuneConfig(steps=8, batch_size=2, lr=1e-2, train_layers=None)
+    chosen = []
+    for coef in (0.0, 1.0):
+        lm = tiny_model(seed=0, init_std=0.2, tokenizer=tiny.tokenizer)
+        with torch.inference_mode():
+            start = pair_logprobs(lm.model, lm, pairs)
+        res = dpo_tune(lm, market, pairs, tmp_path / str(coef), config=cfg, nll_coef=coef)
+        with torch.inference_mode():
+            end = pair_logprobs(lm.model, lm, pairs)
+        assert float((end[:, 0] - end[:, 1]).mean()) > float((start[:, 0] - start[:, 1]).mean())
+        assert res.summary["nll_coef"] == coef and "nll_chosen" in res.history[0]
+        chosen.append(float((end[:, 0] - start[:, 0]).mean()))
+    # both widen the margin; with the NLL term the chosen lines gain more (seeded: +12.5 vs +17.6)
+    assert chosen[1] > chosen[0] + 1.0, chosen
+    lp, n = pair_logprobs(lm.model, lm, pairs, lengths=True)
+    assert lp.shape == n.shape == (3, 2) and bool((n >= 2).all())
+    with pytest.raises(ValueError, match="nll_coef"):
+        dpo_tune(lm, market, pairs, tmp_path / "x", config=cfg, nll_coef=-1.0)
