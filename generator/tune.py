@@ -486,12 +486,24 @@ def _finish(
     (out_p / "metrics.json").write_text(
         json.dumps({"summary": summary, "history": history, "config": asdict(cfg)}, indent=2)
     )
-    plot_history(history, out_p / "tune.png", title=f"{lm.name}@{version} ({made_by})")
+    plot_history(
+        history,
+        out_p / "tune.png",
+        title=f"{lm.name}@{version} ({made_by})",
+        kl_budget=cfg.kl_budget if any("kl_sampled" in h for h in history) else None,
+    )
     return TuneResult(out=out_p, version=version, history=history, summary=summary)
 
 
-def plot_history(history: list[dict[str, float]], path: Path, *, title: str = "") -> None:
-    """Reward, KL and distinct-2 per step (PNG)."""
+def plot_history(
+    history: list[dict[str, float]],
+    path: Path,
+    *,
+    title: str = "",
+    kl_budget: float | None = None,
+) -> None:
+    """Reward, KL and distinct-2 per step (PNG). Where the history has ``kl_sampled`` (DPO's
+    sampled KL checks against its anchor), the KL panel shows those, with the budget."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -512,6 +524,16 @@ def plot_history(history: list[dict[str, float]], path: Path, *, title: str = ""
                 w = max(len(ys) // 8, 2)
                 sm = np.convolve(ys, np.ones(w) / w, mode="valid")
                 ax.plot(xs[w - 1 :], sm, lw=2)
+        if key == "kl":
+            chk = [(h["step"], h["kl_sampled"]) for h in history if "kl_sampled" in h]
+            if chk:
+                xs, ys = zip(*chk, strict=True)
+                ax.plot(xs, ys, marker="s", lw=1.5, color="tab:red", label="sampled, to anchor")
+                if kl_budget is not None:
+                    ax.axhline(kl_budget, ls="--", color="grey", lw=1, label="budget")
+                ax.plot([], [], color="tab:blue", label="chosen log-ratio, to reference")
+                ax.legend(fontsize=7)
+                label = "KL (nats/seq)"
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("step")
     fig.suptitle(title, fontsize=10)
