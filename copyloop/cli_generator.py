@@ -288,7 +288,13 @@ def tune(
     kl_coef: Annotated[
         float, typer.Option(help="Initial KL coefficient (offline: KTO beta; dpo: DPO beta).")
     ] = 0.05,
-    kl_budget: Annotated[float, typer.Option(help="KL budget, nats per sequence.")] = 6.0,
+    kl_budget: Annotated[
+        float,
+        typer.Option(
+            help="KL budget, nats per sequence (dpo: checked on sampled KL to --kl-anchor at "
+            "each evaluation)."
+        ),
+    ] = 6.0,
     train_layers: Annotated[
         int, typer.Option(help="Train the top N decoder layers (0 = all).")
     ] = 8,
@@ -444,6 +450,15 @@ def tune(
         except ValueError as e:
             raise _fail(str(e)) from None
     s = res.summary
+    if "kept_step" in s:  # DPO with sampled KL checks: report the weights it kept
+        verdict = "within" if s["within_budget"] else "OVER (the start already was)"
+        console.print(
+            f"saved {lm.name}@{res.version} to {res.out}: weights of step {s['kept_step']} of "
+            f"{s['steps']} ({s['seconds']:.0f} s); sampled KL to {s['kl_anchor']} "
+            f"{s['kl_sampled_kept']:.2f} nats/seq, {verdict} the budget {s['kl_budget']}; "
+            f"reward {s['first_reward']} → {s['kept_reward']}; plot {res.out / 'tune.png'}"
+        )
+        return
     console.print(
         f"saved {lm.name}@{res.version} to {res.out} ({s['steps']} steps, {s['seconds']:.0f} s); "
         f"reward {s['first_reward']} → {s['final_reward']} (last 20 % of steps), "

@@ -390,6 +390,26 @@ def _batches(groups: list[list[int]], size: int, rng: np.random.Generator) -> li
     return out
 
 
+def _trainable_state(model: Any) -> dict[str, Any]:
+    """CPU copies of the trainable parameters, by name."""
+    return {
+        n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def _restore(model: Any, state: dict[str, Any]) -> None:
+    """Put back parameters saved by :func:`_trainable_state` (every one of them, by name)."""
+    import torch
+
+    params = dict(model.named_parameters())
+    missing = sorted(set(state) - set(params))
+    if missing:
+        raise RuntimeError(f"cannot restore parameters the model does not have: {missing[:3]}")
+    with torch.no_grad():
+        for n, v in state.items():
+            params[n].copy_(v)
+
+
 def _kl_sampling(cfg: TuneConfig) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
 
@@ -417,9 +437,10 @@ def dpo_tune(
     The KL budget: with evaluation on (``reward`` and ``eval_requests`` given), every evaluation
     also measures the *sampled* KL(π ‖ anchor) — 4 lines of π for each of ``kl_prompts`` fixed
     evaluation requests, scored under both models — and when it passes ``config.kl_budget`` the
-    run stops and keeps the weights of the last evaluation inside the budget, so the saved
-    version is within budget as measured. Without evaluation the mean log-ratio of the batch's
-    chosen lines is the (cruder) early-stop proxy.
+    run stops and keeps the weights of the last evaluation inside the budget (or the start's),
+    so the saved version is within budget as measured — unless the start already is not, which
+    the summary's ``within_budget`` says. Without evaluation the mean log-ratio of the batch's
+    chosen lines is the (cruder) early-stop stand-in.
 
     Args:
         lm: the model (its current weights are the frozen reference).
@@ -479,16 +500,22 @@ def dpo_tune(
     with torch.inference_mode():
         for chunk in _batches(groups, 32, np.random.default_rng(0)):
             ref_lp[chunk] = pair_logprobs(ref, lm, [pairs[i] for i in chunk]).cpu().numpy()
-    del ref
+    del ref  # (the anchor may still hold the start's copy)
     t_ref = time.perf_counter() - t0
-    # The weights to fall back to when a KL check fails: the start, then each evaluation inside
-    # the budget.
-    kept: dict[str, Any] = {}
-    kept_step, kept_kl = 0, 0.0
     model = lm.model
     params = trainable_parameters(model, cfg.train_layers)
+    # The weights to fall back to when a KL check fails: the start, then each check inside the
+    # budget (kept on the CPU). The start is 0 nats from its own copy; from another anchor (the
+    # base, in later rounds) it is measured.
+    kept: dict[str, Any] = {}
+    kept_step, kept_kl = 0, 0.0
     if anchor is not None:
-        kept = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        kept = _trainable_state(model)
+        if kl_anchor is not None or reference is not None:
+            kept_kl = kl_between(
+                lm, anchor, market, kl_reqs, 4, seed=cfg.seed + 17, sampling=_kl_sampling(cfg)
+            )
+    start_kl = kept_kl
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = np.random.default_rng([cfg.seed, 3137])
     filt = CopyFilter()
@@ -538,9 +565,9 @@ def dpo_tune(
                 break
         elif "kl_sampled" in m:
             if m["kl_sampled"] > cfg.kl_budget:
-                model.load_state_dict(kept, strict=False)
+                _restore(model, kept)
                 break
-            kept = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            kept = _trainable_state(model)
             kept_step, kept_kl = step + 1, m["kl_sampled"]
     ver = version or f"dpo-{cfg.steps}x{bs}-s{cfg.seed}"
     info = {
@@ -553,8 +580,13 @@ def dpo_tune(
         **(
             {
                 "kl_anchor": f"{anchor.name}@{anchor.version}",
+                "kl_sampled_start": start_kl,
                 "kept_step": kept_step,
                 "kl_sampled_kept": kept_kl,
+                "kept_reward": next(
+                    (h.get("reward") for h in history if int(h["step"]) == kept_step), None
+                ),
+                "within_budget": kept_kl <= cfg.kl_budget,
             }
             if anchor is not None
             else {}

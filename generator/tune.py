@@ -69,8 +69,9 @@ class TuneConfig:
         log_reward: policy gradient on log-rewards (relative CTR); see :func:`shape_rewards`.
         batch_size: variants per offline step.
         prior_strength: pseudo-impressions of the offline empirical-Bayes prior.
-        eval_every: offline: steps between evaluations (sampled reward and distinct-2).
-        eval_prompts: prompts per offline evaluation.
+        eval_every: offline / DPO: steps between evaluations (sampled reward and distinct-2;
+            in DPO also the sampled KL checks).
+        eval_prompts: prompts per offline / DPO evaluation.
         seed: seed of prompt order, sampling and initialisation.
     """
 

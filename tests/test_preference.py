@@ -195,6 +195,7 @@ def test_cli_pool_and_dpo(tiny, tmp_path, market):
     )
     assert r.exit_code == 0, r.output
     assert load_model(tmp_path / "t", device="cpu").version == "dpo-1x2-s0"
+    assert "weights of step" in r.stdout and "budget" in r.stdout
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert metrics["summary"]["kl_anchor"].endswith("@base")
     assert "kl_sampled" in metrics["history"][0]
@@ -305,10 +306,20 @@ def test_dpo_sampled_kl_budget_keeps_the_last_weights_inside_it(tiny, market, tm
     assert zero.summary["kept_step"] == 0 and len(zero.history) == 1
     for k, v in start.model.state_dict().items():
         assert torch.equal(v, lm_z.model.state_dict()[k]), k
-    # another anchor is measured against (and named)
+    assert capped.summary["within_budget"] and capped.summary["kl_sampled_start"] == 0.0
+    kept_row = capped.history[evals[j - 1][0] - 1]  # (nan: a tiny model's lines fail filters)
+    assert capped.summary["kept_reward"] == pytest.approx(kept_row["reward"], nan_ok=True)
+    # another anchor is measured against, the start included
     other = tiny_model(seed=5, init_std=0.2, tokenizer=tiny.tokenizer)
     _, vs_other = run("other", 2, 1e9, anchor=other)
     assert vs_other.history[0]["kl_sampled"] > evals[0][1] + 3.0  # 14.1 vs 7.8 (seeded)
+    assert vs_other.summary["kl_sampled_start"] > 3.0
+    # a start already over budget to its anchor: the start is kept, and the summary says so
+    lm_o, over = run("over", 12, 1.0, anchor=other)
+    assert over.summary["kept_step"] == 0 and not over.summary["within_budget"]
+    assert over.summary["kl_sampled_kept"] == over.summary["kl_sampled_start"] > 1.0
+    for k, v in start.model.state_dict().items():
+        assert torch.equal(v, lm_o.model.state_dict()[k]), k
     with pytest.raises(ValueError, match="eval_every"):
         TuneConfig(eval_every=0)
 
