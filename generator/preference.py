@@ -485,14 +485,22 @@ def dpo_tune(
     ref = copy.deepcopy(lm.model).eval() if reference is None else reference.model.eval()
     for p in ref.parameters():
         p.requires_grad_(False)
-    sampled_kl = reward is not None and bool(eval_requests)
+    evaluating = reward is not None and bool(eval_requests)
     anchor: LoadedModel | None = None
-    if sampled_kl:
+    if evaluating:
         anchor = kl_anchor or reference or dataclasses.replace(lm, model=ref)
         kl_reqs = [
             eval_requests[i]
             for i in np.random.default_rng([cfg.seed, 71]).permutation(len(eval_requests))
         ][:kl_prompts]
+
+    def check_kl() -> float:
+        """Sampled KL(π ‖ anchor) on the run's fixed prompts and seed."""
+        assert anchor is not None
+        return kl_between(
+            lm, anchor, market, kl_reqs, 4, seed=cfg.seed + 17, sampling=_kl_sampling(cfg)
+        )
+
     bs = min(cfg.batch_size, len(pairs))
     groups = _by_prompt(pairs)
     t0 = time.perf_counter()
@@ -512,9 +520,7 @@ def dpo_tune(
     if anchor is not None:
         kept = _trainable_state(model)
         if kl_anchor is not None or reference is not None:
-            kept_kl = kl_between(
-                lm, anchor, market, kl_reqs, 4, seed=cfg.seed + 17, sampling=_kl_sampling(cfg)
-            )
+            kept_kl = check_kl()
     start_kl = kept_kl
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = np.random.default_rng([cfg.seed, 3137])
@@ -550,12 +556,10 @@ def dpo_tune(
             "kl": float(r[:, 0].mean().clamp(min=0.0)),
             "grad_norm": gnorm,
         }
-        if reward is not None and eval_requests and _eval_due(cfg, step):
+        if evaluating and _eval_due(cfg, step):
+            assert reward is not None
             m.update(eval_metrics(lm, market, reward, eval_requests, cfg, rng, step, filt))
-            if anchor is not None:
-                m["kl_sampled"] = kl_between(
-                    lm, anchor, market, kl_reqs, 4, seed=cfg.seed + 17, sampling=_kl_sampling(cfg)
-                )
+            m["kl_sampled"] = check_kl()
         m["seconds"] = time.perf_counter() - t1 + (t_ref if step == 0 else 0.0)
         history.append(m)
         if progress is not None:

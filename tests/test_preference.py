@@ -322,6 +322,10 @@ def test_dpo_sampled_kl_budget_keeps_the_last_weights_inside_it(tiny, market, tm
         assert torch.equal(v, lm_o.model.state_dict()[k]), k
     with pytest.raises(ValueError, match="eval_every"):
         TuneConfig(eval_every=0)
+    with pytest.raises(ValueError, match="kl_prompts"):
+        run_cfg = TuneConfig(steps=1, batch_size=4, max_new_tokens=4)
+        dpo_tune(start, market, pairs, tmp_path / "bad", config=run_cfg, kl_prompts=0)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_dpo_nll_term_holds_the_chosen_lines_up(tiny, market, tmp_path):
