@@ -4,7 +4,7 @@ This module owns the schema of the decision log and of the variants table, their
 and the one validation function every reader goes through. Nothing downstream re-checks: once
 a :class:`DecisionLog` exists, its columns are known to be well formed.
 
-Columns (see ``docs/contract.md`` for the long form):
+Columns:
 
 ==============  ===========================  ===============================================
 column          Arrow type                   meaning
@@ -30,12 +30,16 @@ model_version   string                       which version of that policy
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +53,7 @@ SCHEMA_VERSION = "1"
 _META_KIND = b"copyloop.kind"
 _META_VERSION = b"copyloop.schema"
 _PROB_TOL = 1e-6
+_T = TypeVar("_T")
 
 
 class LogValidationError(ValueError):
@@ -56,6 +61,14 @@ class LogValidationError(ValueError):
 
     The message names the column, the offending rows (first few) and what to do about it.
     """
+
+
+class OutputPathError(ValueError):
+    """An output path cannot be written (missing folder, a folder given for a file, …)."""
+
+
+class UnreadableFileError(ValueError):
+    """A file is missing its data, truncated, corrupted or of another format."""
 
 
 def log_schema(context_dim: int) -> pa.Schema:
@@ -514,11 +527,10 @@ def _metadata(kind: str, extra: Mapping[str, str] | None = None) -> dict[bytes, 
 def log_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The key/value metadata a copyloop Parquet file was written with (the ``metadata=`` given
     to :class:`DecisionLogWriter`, e.g. ``context_names``), without reading its rows."""
-    p = _existing(path, "log")
     prefix = b"copyloop."
     return {
         k[len(prefix) :].decode(): v.decode()
-        for k, v in (pq.read_schema(p).metadata or {}).items()
+        for k, v in (_read_schema(path, "log").metadata or {}).items()
         if k.startswith(prefix) and k not in (_META_KIND, _META_VERSION)
     }
 
@@ -538,19 +550,89 @@ def _check_file_kind(path: Path, schema: pa.Schema, kind: str) -> None:
         )
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+def variants_sidecar(path: str | os.PathLike[str]) -> Path:
+    """The variants table that travels with a log: ``logs.parquet`` -> ``logs.variants.parquet``.
 
-    Nothing half-written is ever left at ``path``: on any exception the temporary file is
-    removed and ``path`` (if it existed) is untouched.
+    The one place this name is made; writers put the table there by default and readers look
+    for it there when no variants table is named.
+    """
+    return Path(path).with_suffix(".variants.parquet")
+
+
+def check_output_path(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Check, before any work starts, that ``path`` can be written as a file.
+
+    Raises:
+        OutputPathError: the folder does not exist or is not writable, or ``path`` is a folder.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise OutputPathError(
+            f"{flag} {p} is a folder — give a file name inside it, e.g. {p / 'out.parquet'}"
+        )
+    parent = p.parent
+    if not parent.exists():
+        raise OutputPathError(
+            f"{flag} {p}: the folder {parent} does not exist — create it first or choose "
+            "another path"
+        )
+    if not parent.is_dir():
+        raise OutputPathError(f"{flag} {p}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {p}: the folder {parent} is not writable")
+    return p
+
+
+def _tmp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{os.getpid()}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def sweep_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that killed processes left beside ``path``.
+
+    A write goes to ``.<name>.<pid>.tmp`` first; ``kill -9`` (or a power cut) leaves that file
+    behind. Files of processes that no longer exist are removed; those of live ones are kept.
+
+    Returns:
+        The files removed.
     """
     final = Path(path)
-    if not final.parent.exists():
-        raise FileNotFoundError(
-            f"output folder {final.parent} does not exist — create it or choose another path"
-        )
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    removed: list[Path] = []
+    if not final.parent.is_dir():
+        return removed
+    for tmp in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        pid = tmp.name[len(final.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                if tmp.is_dir():
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], flag: str = "--out") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    Nothing half-written is ever left at ``path``: on any exception (Ctrl-C and SIGTERM
+    included, see :func:`copyloop.cli_common.handle_sigterm`) the temporary file is removed and
+    ``path`` (if it existed) is untouched. Temporary files left by killed processes are swept.
+    """
+    final = check_output_path(path, flag)
+    sweep_stale_temps(final)
+    tmp = _tmp_name(final)
     try:
         yield tmp
         os.replace(tmp, final)
@@ -560,10 +642,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 class DecisionLogWriter:
-    """Stream batches of decisions into one Parquet file, atomically.
+    """Stream batches of decisions into one Parquet file, atomically, with its variants table.
 
     Use it as a context manager; the file appears at ``path`` only when the block exits
-    cleanly, so an error (or Ctrl-C) never leaves a partial log.
+    cleanly, so an error, Ctrl-C or SIGTERM never leaves a partial log. Before the file is put
+    in place, ``event_id`` is checked unique across the whole file (in bounded memory, with
+    DuckDB), so a log that a reader would reject is never written.
+
+    With a variants table (``variants=`` or :meth:`set_variants` before the block ends) the log
+    and the table are one unit: both carry the same ``pair_id`` in their metadata, the table is
+    put in place just before the log, and readers (:func:`read_variants_for`) refuse a pair whose
+    ids differ — what a write killed between the two renames would leave.
 
     Example:
         >>> with DecisionLogWriter("logs.parquet", context_dim=4) as w:  # doctest: +SKIP
@@ -578,20 +667,43 @@ class DecisionLogWriter:
         *,
         metadata: Mapping[str, str] | None = None,
         compression: str = "zstd",
+        variants: VariantsTable | None = None,
+        variants_path: str | os.PathLike[str] | None = None,
+        source: str | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = check_output_path(path)
+        self.source = source
         self.context_dim = context_dim
         self.metadata = dict(metadata or {})
         self.compression = compression
-        self._schema = log_schema(context_dim).with_metadata(_metadata("DecisionLog", metadata))
-        self._atomic: contextlib.AbstractContextManager[Path] | None = None
+        self.variants = variants
+        self.variants_path = (
+            check_output_path(variants_path, "--variants-out")
+            if variants_path is not None
+            else variants_sidecar(self.path)
+        )
+        if self.variants_path.resolve() == self.path.resolve():
+            raise OutputPathError(
+                f"the log and its variants table would both be written to {self.path} — "
+                "give --variants-out another name"
+            )
+        self.pair_id = uuid.uuid4().hex
+        meta = {**self.metadata, "pair_id": self.pair_id}
+        self._schema = log_schema(context_dim).with_metadata(_metadata("DecisionLog", meta))
+        self._stack: contextlib.ExitStack | None = None
+        self._tmp: Path | None = None
         self._writer: pq.ParquetWriter | None = None
         self.rows_written = 0
 
+    def set_variants(self, variants: VariantsTable) -> None:
+        """Name the variants table to write with the log (when it is known only at the end)."""
+        self.variants = variants
+
     def __enter__(self) -> DecisionLogWriter:
-        self._atomic = atomic_path(self.path)
-        tmp = self._atomic.__enter__()
-        self._writer = pq.ParquetWriter(tmp, self._schema, compression=self.compression)
+        stack = contextlib.ExitStack()
+        self._tmp = stack.enter_context(atomic_path(self.path))
+        self._stack = stack
+        self._writer = pq.ParquetWriter(self._tmp, self._schema, compression=self.compression)
         return self
 
     def write(self, log: DecisionLog) -> None:
@@ -606,10 +718,95 @@ class DecisionLogWriter:
         self._writer.write_table(log.table.replace_schema_metadata(self._schema.metadata))
         self.rows_written += log.n_rows
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        assert self._atomic is not None and self._writer is not None
-        self._writer.close()
-        self._atomic.__exit__(exc_type, exc, tb)  # type: ignore[arg-type]
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self._stack is not None and self._writer is not None and self._tmp is not None
+        stack, self._stack = self._stack, None
+        try:
+            self._writer.close()
+            if exc_type is None:
+                check_unique_event_ids(self._tmp, name=self.source or str(self.path))
+                if self.variants is not None:
+                    self.variants.write(self.variants_path, pair_id=self.pair_id)
+        except BaseException as e:
+            stack.__exit__(type(e), e, e.__traceback__)  # removes the temporary log
+            raise
+        # On success this renames the log into place, right after its variants table; on an
+        # error in the block it removes the temporary file instead.
+        stack.__exit__(exc_type, exc, tb)
+
+
+def check_unique_event_ids(path: str | os.PathLike[str], *, name: str | None = None) -> None:
+    """Check ``event_id`` is unique across a whole Parquet log, in bounded memory.
+
+    DuckDB aggregates the ids with a memory limit and spills to disk beyond it, so logs far
+    larger than RAM are checked exactly; the rows of the first duplicated ids are named.
+
+    Raises:
+        LogValidationError: some id occurs more than once.
+    """
+    import duckdb
+
+    p = Path(path)
+    shown = name or str(p)
+    with tempfile.TemporaryDirectory(prefix="copyloop-duckdb-") as spill:
+        con = duckdb.connect(config={"memory_limit": "1GB", "temp_directory": spill})
+        try:
+            src = "read_parquet(?, file_row_number=true)"
+            dups = con.execute(
+                f"SELECT event_id FROM {src} GROUP BY event_id HAVING count(*) > 1 LIMIT 5",
+                [str(p)],
+            ).fetchall()
+            if not dups:
+                return
+            total = con.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM {src} GROUP BY event_id "
+                "HAVING count(*) > 1)",
+                [str(p)],
+            ).fetchone()
+            ids = [d[0] for d in dups]
+            rows = con.execute(
+                f"SELECT event_id, list(file_row_number ORDER BY file_row_number) FROM {src} "
+                "WHERE list_contains(?, event_id) GROUP BY event_id ORDER BY min(file_row_number)",
+                [str(p), ids],
+            ).fetchall()
+        finally:
+            con.close()
+    n_dup = int(total[0]) if total else len(ids)
+    shown_rows = "; ".join(
+        f"{eid!r} at rows {', '.join(str(r) for r in rs[:5])}" for eid, rs in rows
+    )
+    more = f" (and {n_dup - len(rows)} more ids)" if n_dup > len(rows) else ""
+    raise LogValidationError(
+        f"{shown}: `event_id` must be unique across the file; {shown_rows}{more} — give each "
+        "decision its own id (or drop the repeated rows)"
+    )
+
+
+def read_variants_for(
+    log_path: str | os.PathLike[str], variants: str | os.PathLike[str] | None = None
+) -> VariantsTable | None:
+    """The variants table of a log: ``variants`` when given, else its sidecar when present.
+
+    When both files carry a ``pair_id`` (every log copyloop writes with its table does), they
+    must match: a mismatch means they come from different writes.
+
+    Raises:
+        LogValidationError: the two files were not written together.
+    """
+    vp = Path(variants) if variants is not None else variants_sidecar(log_path)
+    if variants is None and not vp.is_file():
+        return None
+    table = VariantsTable.read(vp)
+    log_pair = log_metadata(log_path).get("pair_id")
+    var_pair = _read_schema(vp, "variants").metadata or {}
+    var_id = var_pair.get(b"copyloop.pair_id")
+    if log_pair and var_id is not None and var_id.decode() != log_pair:
+        raise LogValidationError(
+            f"{vp} was not written together with {log_path} (their pair ids differ: an "
+            "interrupted write or a table from another log) — re-run the command that wrote "
+            "the log, or pass the right table with --variants"
+        )
+    return table
 
 
 # --------------------------------------------------------------------------------------------
@@ -637,10 +834,14 @@ class DecisionLog:
     table: pa.Table
     variants: VariantsTable | None = field(default=None, compare=False, repr=False)
     row_offset: int = field(default=0, compare=False, repr=False)
+    check_unique_ids: bool = field(default=True, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         canonical = validate_log_table(
-            self.table, variants=self.variants, row_offset=self.row_offset
+            self.table,
+            variants=self.variants,
+            row_offset=self.row_offset,
+            check_unique_ids=self.check_unique_ids,
         )
         object.__setattr__(self, "table", canonical)
 
@@ -709,7 +910,7 @@ class DecisionLog:
     ) -> DecisionLog:
         """Read a whole log from Parquet (validated). See :meth:`iter_batches` for big files."""
         p = _existing(path, "log")
-        table = pq.read_table(p)
+        table = guard_read(p, "log", lambda: pq.read_table(p))
         _check_file_kind(p, table.schema, "DecisionLog")
         return cls(table.replace_schema_metadata(None), variants=variants)
 
@@ -724,7 +925,8 @@ class DecisionLog:
         """Stream a Parquet log in validated batches of at most ``batch_size`` rows.
 
         Memory stays bounded by the batch, so logs far larger than RAM can be processed.
-        ``event_id`` uniqueness is checked within each batch only.
+        ``event_id`` uniqueness is checked across the whole file before the first batch
+        (:func:`check_unique_event_ids`, bounded memory).
 
         Args:
             path: the Parquet file.
@@ -738,8 +940,10 @@ class DecisionLog:
         p = _existing(path, "log")
         # pre_buffer=False: with it on, Arrow keeps every row group it has read buffered, so
         # memory grows with the file (measured in bench/log_scale.py); off, it stays bounded.
-        pf = pq.ParquetFile(p, pre_buffer=False)
+        pf = guard_read(p, "log", lambda: pq.ParquetFile(p, pre_buffer=False))
         _check_file_kind(p, pf.schema_arrow, "DecisionLog")
+        if "event_id" in pf.schema_arrow.names:
+            guard_read(p, "log", lambda: check_unique_event_ids(p))
         wanted = None
         if columns is not None:
             unknown = [c for c in columns if c not in LOG_COLUMNS]
@@ -748,9 +952,15 @@ class DecisionLog:
             wanted = [c for c in LOG_COLUMNS if c in columns or c not in OPTIONAL_LOG_COLUMNS]
             wanted = [c for c in wanted if c in pf.schema_arrow.names]
         offset = 0
-        for batch in pf.iter_batches(batch_size=batch_size, columns=wanted):
+        batches = pf.iter_batches(batch_size=batch_size, columns=wanted)
+        while True:
+            batch = guard_read(p, "log", lambda: next(batches, None))
+            if batch is None:
+                return
             table = pa.Table.from_batches([batch]).replace_schema_metadata(None)
-            yield DecisionLog(table, variants=variants, row_offset=offset)
+            yield DecisionLog(
+                table, variants=variants, row_offset=offset, check_unique_ids=False
+            )
             offset += batch.num_rows
 
     def write(
@@ -828,9 +1038,35 @@ class DecisionLog:
 
 def _existing(path: str | os.PathLike[str], what: str) -> Path:
     p = Path(path)
+    if p.is_dir():
+        raise FileNotFoundError(f"{what} file {p} is a folder — give the Parquet file inside it")
     if not p.is_file():
         raise FileNotFoundError(f"{what} file {p} does not exist — check the path")
     return p
+
+
+def guard_read(path: Path, what: str, read: Callable[[], _T]) -> _T:
+    """Run a Parquet read, turning Arrow's errors on a bad file into one that names the file.
+
+    Raises:
+        UnreadableFileError: naming ``path``, what it should have been and what to do.
+    """
+    try:
+        return read()
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError, EOFError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnreadableFileError(
+            f"{path} is not a readable Parquet {what} ({first[:160]}) — it may be truncated, "
+            "corrupted or another format (a CSV renamed .parquet?); re-create it, or bring a "
+            "CSV in with `copyloop logs import`"
+        ) from None
+
+
+def _read_schema(path: str | os.PathLike[str], what: str) -> pa.Schema:
+    p = _existing(path, what)
+    return guard_read(p, what, lambda: pq.read_schema(p))
 
 
 _EPOCH = np.datetime64("2026-01-01T00:00:00", "us")
@@ -934,14 +1170,16 @@ class VariantsTable:
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> VariantsTable:
         p = _existing(path, "variants")
-        table = pq.read_table(p)
+        table = guard_read(p, "variants table", lambda: pq.read_table(p))
         _check_file_kind(p, table.schema, "VariantsTable")
         return cls(table.replace_schema_metadata(None))
 
-    def write(self, path: str | os.PathLike[str]) -> Path:
-        with atomic_path(path) as tmp:
+    def write(self, path: str | os.PathLike[str], *, pair_id: str | None = None) -> Path:
+        """Write the table to Parquet atomically; ``pair_id`` ties it to the log it came with."""
+        extra = {"pair_id": pair_id} if pair_id is not None else None
+        with atomic_path(path, "--variants-out") as tmp:
             pq.write_table(
-                self.table.replace_schema_metadata(_metadata("VariantsTable")),
+                self.table.replace_schema_metadata(_metadata("VariantsTable", extra)),
                 tmp,
                 compression="zstd",
             )

@@ -29,7 +29,11 @@ from copyloop.contract import (
     DecisionLog,
     DecisionLogWriter,
     LogValidationError,
+    UnreadableFileError,
     VariantsTable,
+    check_output_path,
+    guard_read,
+    variants_sidecar,
 )
 
 _NUMBER = re.compile(
@@ -133,36 +137,70 @@ class ImportReport:
     notes: list[str] = field(default_factory=list)
 
 
+_SOURCE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
 def _source_batches(path: Path, columns: Sequence[str], batch_size: int) -> Iterator[pa.Table]:
-    """Stream the chosen columns of a CSV or Parquet file (CSV cells read as strings)."""
-    if path.suffix.lower() in (".parquet", ".pq"):
-        pf = pq.ParquetFile(path, pre_buffer=False)  # bounded memory on big sources
-        for b in pf.iter_batches(batch_size=batch_size, columns=list(columns)):
+    """Stream the chosen columns of a CSV or Parquet file (CSV cells read as strings).
+
+    Arrow's errors on a malformed source (a truncated Parquet file, a CSV row with the wrong
+    number of cells, bytes that are not UTF-8) become one error that names the file.
+    """
+    if _is_parquet(path):
+        pf = guard_read(path, "source", lambda: pq.ParquetFile(path, pre_buffer=False))
+        it = pf.iter_batches(batch_size=batch_size, columns=list(columns))
+        while (b := guard_read(path, "source", lambda: next(it, None))) is not None:
             yield pa.Table.from_batches([b])
         return
-    reader = pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=1 << 24),
-        parse_options=pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ","),
-        convert_options=pacsv.ConvertOptions(
-            include_columns=list(columns),
-            column_types={c: pa.string() for c in columns},
-            strings_can_be_null=True,
-        ),
-    )
-    for b in reader:
-        yield pa.Table.from_batches([b])
+    try:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(delimiter=_delimiter(path)),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(columns),
+                column_types={c: pa.string() for c in columns},
+                strings_can_be_null=True,
+            ),
+        )
+        for b in reader:
+            yield pa.Table.from_batches([b])
+    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnreadableFileError(
+            f"{path.name} cannot be read as {_delimiter_name(path)} ({msg[:200]}) — every row "
+            "needs one cell per header column, in UTF-8 text; fix or drop the bad rows"
+        ) from None
+
+
+def _delimiter(path: Path) -> str:
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def _delimiter_name(path: Path) -> str:
+    return "TSV (tab-separated)" if path.suffix.lower() == ".tsv" else "CSV (comma-separated)"
 
 
 def _source_columns(path: Path) -> list[str]:
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return list(pq.ParquetFile(path).schema_arrow.names)
-    delim = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open(newline="", encoding="utf-8") as f:
-        header = f.readline().rstrip("\r\n")
+    if _is_parquet(path):
+        schema = guard_read(path, "source", lambda: pq.read_schema(path))
+        return list(schema.names)
     import csv
 
-    return next(csv.reader([header], delimiter=delim)) if header else []
+    try:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first name
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header = f.readline().rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise UnreadableFileError(
+            f"{path.name}: the header is not UTF-8 text — is it a binary file? Save the log as "
+            "UTF-8 CSV/TSV or Parquet"
+        ) from None
+    return next(csv.reader([header], delimiter=_delimiter(path))) if header else []
 
 
 def _numeric(
@@ -248,12 +286,21 @@ def import_log(
             or NaN, an action not among its candidates — naming the source column and rows.
     """
     src = Path(path)
+    if src.is_dir():
+        raise FileNotFoundError(f"log file {src} is a folder — give the CSV/Parquet file in it")
     if not src.is_file():
         raise FileNotFoundError(f"log file {src} does not exist — check the path")
-    out_p = Path(out)
-    var_p = (
-        Path(variants_out) if variants_out is not None else out_p.with_suffix(".variants.parquet")
+    if src.suffix.lower() not in _SOURCE_SUFFIXES:
+        raise ValueError(
+            f"{src.name}: unknown file type {src.suffix or '(none)'!r} — import "
+            f"{', '.join(_SOURCE_SUFFIXES)} files (rename a comma-separated file to .csv)"
+        )
+    out_p = check_output_path(out, "--out")
+    var_p = check_output_path(
+        variants_out if variants_out is not None else variants_sidecar(out_p), "--variants-out"
     )
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
     have = _source_columns(src)
     missing = [c for c in mapping.source_columns if c not in have]
     if missing:
@@ -310,7 +357,9 @@ def import_log(
     now = np.datetime64(datetime.now(UTC).replace(tzinfo=None), "us")
     rows = 0
     missing_rewards = 0
-    with DecisionLogWriter(out_p, d, metadata=meta) as writer:
+    with DecisionLogWriter(
+        out_p, d, metadata=meta, variants_path=var_p, source=src.name
+    ) as writer:
         for t in _source_batches(src, sorted(set(mapping.source_columns)), batch_size):
             n = t.num_rows
             off = rows
@@ -513,8 +562,7 @@ def import_log(
             for c, vs in seen_variants.items()
             for v in vs
         ]
-        variants = VariantsTable.from_records(records)
-        variants.write(var_p)
+        writer.set_variants(VariantsTable.from_records(records))
     return ImportReport(
         rows=rows,
         out=out_p,
