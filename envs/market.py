@@ -8,8 +8,8 @@ version registered as its ``vector_entry_point``.
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -18,10 +18,11 @@ import numpy as np
 import numpy.typing as npt
 from gymnasium import spaces
 
+from copyloop.config import ConfigError, config_from_dict, config_to_dict, read_toml
 from copyloop.envs.catalog import CANDIDATE_BOUND, Catalog, CatalogConfig, build_catalog
 from copyloop.envs.embed import TextEncoder
 from copyloop.envs.users import PopulationConfig, UserPopulation
-from copyloop.envs.world import ClickWorld, SegmentTaste, WorldConfig
+from copyloop.envs.world import ClickWorld, WorldConfig
 
 if TYPE_CHECKING:
     from copyloop.envs.clicksim import BoundSimulator, ClickSimulator
@@ -72,57 +73,60 @@ class MarketConfig:
             raise ValueError(
                 "`pessimism` needs a `click_model` (it penalises simulator uncertainty)"
             )
+        segments = [s.name for s in self.population.segments]
+        unknown = [name for name, _ in self.world.tastes if name not in segments]
+        if unknown:
+            raise ValueError(
+                f"`world.tastes` names segment(s) {unknown} the population does not have; "
+                f"its segments: {', '.join(segments)}"
+            )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MarketConfig:
-        """Build from a nested dict (as read from TOML); unknown keys are an error."""
-        return _from_dict(cls, data, "market")
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> MarketConfig:
+        """Build from the ``[market]`` table as a nested dict (read from TOML or JSON).
+
+        Types are checked against the field annotations, unknown keys and segment names are
+        refused, and a partial ``world.tastes.<segment>`` table is merged over that segment's
+        default taste (see :func:`copyloop.config.config_from_dict`).
+
+        Raises:
+            ConfigError: the message names ``source`` (when given), the table and the key.
+        """
+        return config_from_dict(cls, data, "market", source=source)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> MarketConfig:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} does not exist")
-        with p.open("rb") as f:
-            data = tomllib.load(f)
-        return cls.from_dict(data.get("market", data))
+        """Read a market TOML file: one ``[market]`` table (or its keys at the top level).
+
+        Example file::
+
+            [market]
+            session_length = 5
+            [market.world]
+            drift_period = 50_000
+            [market.world.tastes.bargain_hunter]
+            urgency = 0.8            # the rest of this segment's taste keeps its defaults
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ConfigError: invalid TOML (with its line), a wrong type, an unknown key or segment
+                name, or an out-of-range value; the message names the file and the key.
+        """
+        data = read_toml(path, what="market config")
+        if "market" in data:
+            stray = sorted(set(data) - {"market"})
+            if stray:
+                raise ConfigError(
+                    f"{path}: key(s) {stray} outside [market]; a market file holds one [market] "
+                    "table (or only its keys, at the top level)"
+                )
+            data = data["market"]
+        return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["world"]["tastes"] = {k: asdict(v) for k, v in self.world.tastes}
-        d["population"].pop("segments")  # segments are code-level; n_users is configurable
-        return _drop_none(d)
-
-
-def _drop_none(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _drop_none(v) for k, v in d.items() if v is not None}
-    return d
-
-
-def _from_dict(cls: Any, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise TypeError(f"[{where}] must be a table, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in [{where}]; known: {sorted(known)}")
-    kwargs: dict[str, Any] = {}
-    defaults = cls()
-    for k, v in data.items():
-        current = getattr(defaults, k)
-        if is_dataclass(current):
-            kwargs[k] = _from_dict(type(current), v, f"{where}.{k}")
-        elif k == "tastes":
-            if not isinstance(v, dict):
-                raise TypeError(f"[{where}.tastes] must be a table of segment tables")
-            merged = dict(defaults.tastes)
-            for name, t in v.items():
-                merged[name] = SegmentTaste(**t)
-            kwargs[k] = tuple(merged.items())
-        else:
-            kwargs[k] = v
-    return cls(**kwargs)
+        """The nested dict :meth:`from_dict` reads back to an equal config (None values and the
+        code-level ``population.segments`` left out)."""
+        return config_to_dict(self)
 
 
 class Market:
@@ -310,6 +314,31 @@ def resolve_market(
     return base
 
 
+def check_action(action: Any, n: int) -> int:
+    """The slot a single env's ``action`` names: a Python or numpy integer, or a 0-d integer
+    array (as Gymnasium's ``Discrete`` accepts), in ``[0, n)``.
+
+    Raises:
+        ValueError: a float, str, bool or other non-integer (the vector env refuses the same as
+            an array of the wrong dtype), or a slot out of range.
+    """
+    if isinstance(action, np.ndarray):
+        ok = action.ndim == 0 and action.dtype.kind in "iu"
+        shown, kind = f"array({action})", f"{action.dtype} array of shape {action.shape}"
+    else:
+        ok = isinstance(action, (int, np.integer)) and not isinstance(action, bool)
+        shown, kind = repr(action), type(action).__name__
+    if not ok:
+        raise ValueError(
+            f"`action` must be an integer slot in [0, {n}), got {shown} ({kind}) — pass an int "
+            "or a numpy integer"
+        )
+    a = int(action)
+    if not 0 <= a < n:
+        raise ValueError(f"`action` must be a slot in [0, {n}), got {a}")
+    return a
+
+
 class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
     """A user session on a campaign's ad slot: choose which copy variant to show.
 
@@ -417,9 +446,7 @@ class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
             raise RuntimeError("call reset() before step()")
         if self._step >= self.session_length:
             raise RuntimeError("the session has ended (terminated=True); call reset()")
-        a = int(action)
-        if not 0 <= a < self._k:
-            raise ValueError(f"`action` must be a slot in [0, {self._k}), got {action!r}")
+        a = check_action(action, self._k)
         i, step = self._i, self._step
         ctr = b.first_ctr[i] * self._same_pow[self._shown.astype(np.int64)] * self._any_pow[step]
         invalid = not b.mask[i, a]

@@ -174,11 +174,14 @@ class PopulationConfig:
     """Configuration of a seeded user population.
 
     Attributes:
-        segments: the segment mixture.
+        segments: the segment mixture (set in code, not from a config file: the click world's
+            tastes are keyed by these names).
         n_users: size of the population (users are reused across sessions; ids are stable).
     """
 
-    segments: tuple[SegmentSpec, ...] = DEFAULT_SEGMENTS
+    segments: tuple[SegmentSpec, ...] = field(
+        default=DEFAULT_SEGMENTS, metadata={"from_file": False}
+    )
     n_users: int = 100_000
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ from copyloop.envs.market import (
     Market,
     MarketConfig,
     SessionBlock,
+    check_action,
     draw_sessions,
     resolve_market,
 )
@@ -245,7 +246,8 @@ class SingleVectorEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
     ) -> tuple[dict[str, npt.NDArray[Any]], float, bool, bool, dict[str, Any]]:
         if self._ended:
             raise RuntimeError("the session has ended; call reset()")
-        obs, r, term, trunc, info = self.vec.step(np.array([int(action)]))
+        a = check_action(action, self.vec.market.max_candidates)
+        obs, r, term, trunc, info = self.vec.step(np.array([a]))
         self._ended = bool(term[0])
         last = info["final_obs"] if self._ended else obs
         return (

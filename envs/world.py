@@ -88,7 +88,9 @@ class WorldConfig:
     Attributes:
         seed: seed of the world's hidden parameters (taste directions, product appeal).
         tastes: per-segment taste, keyed by segment name; segments not named here get a taste
-            drawn from ``seed``.
+            drawn from ``seed``. In a config file a table of segment tables
+            (``[market.world.tastes.bargain_hunter]``) whose keys override that segment's
+            default taste.
         tone_weight: scale of each segment's tone preferences (taken from its tone mix).
         tone_match: logit bonus when the copy's tone is the user's own preferred tone.
         length_penalty: logit lost per squared word away from the segment's ideal length.
@@ -106,7 +108,9 @@ class WorldConfig:
     """
 
     seed: int = 0
-    tastes: tuple[tuple[str, SegmentTaste], ...] = tuple(DEFAULT_TASTES.items())
+    tastes: tuple[tuple[str, SegmentTaste], ...] = field(
+        default=tuple(DEFAULT_TASTES.items()), metadata={"names": "segment"}
+    )
     tone_weight: float = 0.4
     tone_match: float = 0.35
     length_penalty: float = 0.002
