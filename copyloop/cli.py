@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from copyloop import cli_generator
-from copyloop.contract import LogValidationError
+from copyloop.cli_clicksim import clicksim_app
+from copyloop.cli_common import (
+    CopyloopGroup,
+    ExitCode,
+    console,
+    err,
+    fail,
+    market,
+    print_json,
+    progress,
+    split_list,
+)
 
 app = typer.Typer(
     name="copyloop",
-    help="Closed-loop optimisation of marketing copy: simulate, import and inspect decision logs.",
+    help="Closed-loop optimisation of marketing copy: simulate, import and inspect decision logs, "
+    "evaluate policies off-line, generate and tune copy. Exit codes: 0 success (gate: promote), "
+    "1 gate hold, 2 bad input, 3 internal error, 130/143 interrupted/terminated.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=CopyloopGroup,
 )
 logs_app = typer.Typer(help="Import and inspect DecisionLogs.", no_args_is_help=True)
 world_app = typer.Typer(help="Inspect the ground-truth click world.", no_args_is_help=True)
@@ -36,39 +45,16 @@ ope_app = typer.Typer(
 app.add_typer(ope_app, name="ope")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(cli_generator.generator_app, name="generator")
+app.add_typer(clicksim_app, name="clicksim")
 app.command("generate")(cli_generator.generate)
 app.command("loop")(cli_generator.loop)
 
-console = Console()
-err = Console(stderr=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (strict: null for ±inf/NaN).")]
 
-
-@contextmanager
-def _progress(total: int, what: str) -> Iterator[Any]:
-    with Progress(
-        TextColumn(f"[bold]{what}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    ) as prog:
-        task = prog.add_task(what, total=total)
-        yield lambda done: prog.update(task, completed=done)
-
-
-def _fail(msg: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
-
-
-def _market(config: Path | None, session_length: int | None) -> Any:
-    from copyloop.envs import Market, MarketConfig
-
-    cfg = MarketConfig.from_toml(config) if config is not None else MarketConfig()
-    with err.status("building the market (catalog from the real ad corpus, MiniLM embeddings)…"):
-        market = Market.get(cfg)
-    return market if session_length is None else market.with_session_length(session_length)
+BYTES_PER_ROW = 180
+"""Parquet bytes per simulated decision at the default market (zstd; measured on 200k rows)."""
+LARGE_WRITE_BYTES = 2 * 1024**3
+"""Simulations estimated to write more than this ask for ``--yes``."""
 
 
 @app.command()
@@ -82,39 +68,76 @@ def simulate(
     ] = None,
     config: Annotated[Path | None, typer.Option(help="Market config (TOML).")] = None,
     session_length: Annotated[int | None, typer.Option(help="Impressions per session.")] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Write a log estimated above 2 GiB without asking.")
+    ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Simulate traffic on the copy market and write a DecisionLog with true propensities."""
     from copyloop.agents import POLICIES
+    from copyloop.contract import check_output_path, variants_sidecar
     from copyloop.envs.simulate import simulate as run
 
     if policy not in POLICIES:
-        raise _fail(f"--policy must be one of {sorted(POLICIES)}, got {policy!r}")
+        raise fail(f"--policy must be one of {sorted(POLICIES)}, got {policy!r}")
     if rounds < 1:
-        raise _fail(f"--rounds must be >= 1, got {rounds}")
-    if not out.parent.exists():
-        raise _fail(f"output folder {out.parent} does not exist — create it first")
-    try:
-        market = _market(config, session_length)
-        with _progress(rounds, "simulating") as tick:
-            s = run(
-                market,
-                POLICIES[policy](seed=seed),
-                rounds,
-                seed=seed,
-                out=out,
-                variants_out=variants_out,
-                progress=tick,
-            )
-    except (ValueError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+        raise fail(f"--rounds must be >= 1, got {rounds}")
+    if session_length is not None and session_length < 1:
+        raise fail(f"--session-length must be >= 1, got {session_length}")
+    check_output_path(out, "--out")
+    check_output_path(variants_out or variants_sidecar(out), "--variants-out")
+    check_write_size(out, rounds * BYTES_PER_ROW, yes=yes)
+    m = market(config, session_length)
+    with progress(rounds, "simulating") as tick:
+        s = run(
+            m,
+            POLICIES[policy](seed=seed),
+            rounds,
+            seed=seed,
+            out=out,
+            variants_out=variants_out,
+            progress=tick,
+        )
+    if as_json:
+        print_json(
+            {
+                "rounds": s.rounds,
+                "out": str(s.out),
+                "variants_out": str(s.variants_out),
+                "variants": m.catalog.n_variants,
+                "clicks": s.clicks,
+                "ctr": s.ctr,
+                "oracle_ctr": s.best_expected_clicks / s.rounds,
+                "expected_regret": s.regret,
+            }
+        )
+        return
     console.print(
-        f"wrote {s.rounds:,} decisions to {s.out} and {market.catalog.n_variants:,} "
+        f"wrote {s.rounds:,} decisions to {s.out} and {m.catalog.n_variants:,} "
         f"variants to {s.variants_out}"
     )
     console.print(
         f"clicks {s.clicks:,} · CTR {s.ctr:.4f} · oracle CTR "
         f"{s.best_expected_clicks / s.rounds:.4f} · expected regret {s.regret:,.1f}"
     )
+
+
+def check_write_size(out: Path, estimate: int, *, yes: bool) -> None:
+    """Refuse a write that cannot fit on the disk, and one above 2 GiB unless ``--yes``."""
+    import shutil
+
+    free = shutil.disk_usage(out.parent if str(out.parent) else Path(".")).free
+    gib = estimate / 1024**3
+    if estimate > free:
+        raise fail(
+            f"--out {out}: the log would take ~{gib:.1f} GiB but {free / 1024**3:.1f} GiB are "
+            "free there — lower --rounds or write elsewhere"
+        )
+    if estimate > LARGE_WRITE_BYTES and not yes:
+        raise fail(
+            f"--out {out}: this run would write ~{gib:.1f} GiB — lower --rounds, or pass --yes "
+            "to write it"
+        )
 
 
 @logs_app.command("import")
@@ -144,36 +167,42 @@ def logs_import(
     variants_out: Annotated[
         Path | None, typer.Option(help="Variants table to write (default: <out>.variants.parquet).")
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Import a click log into the DecisionLog contract (validated; nothing written on error)."""
     from copyloop.importing import ColumnMapping, import_log
 
-    def split(s: str) -> tuple[str, ...]:
-        return tuple(c.strip() for c in s.split(",") if c.strip())
-
-    try:
-        mapping = ColumnMapping(
-            action_col=action_col,
-            reward_col=reward_col,
-            propensity_col=propensity_col,
-            context_cols=split(context_cols),
-            categorical_cols=split(categorical_cols),
-            categorical_encoding=categorical_encoding,
-            hash_dim=hash_dim,
-            campaign_col=campaign_col,
-            candidates_col=candidates_col,
-            position_col=position_col,
-            timestamp_col=timestamp_col,
-            user_col=user_col,
-            event_id_col=event_id_col,
-            policy_id=policy_id,
+    mapping = ColumnMapping(
+        action_col=action_col,
+        reward_col=reward_col,
+        propensity_col=propensity_col,
+        context_cols=split_list(context_cols),
+        categorical_cols=split_list(categorical_cols),
+        categorical_encoding=categorical_encoding,
+        hash_dim=hash_dim,
+        campaign_col=campaign_col,
+        candidates_col=candidates_col,
+        position_col=position_col,
+        timestamp_col=timestamp_col,
+        user_col=user_col,
+        event_id_col=event_id_col,
+        policy_id=policy_id,
+    )
+    with err.status(f"importing {file.name}…"):
+        rep = import_log(file, mapping, out, variants_out=variants_out)
+    if as_json:
+        print_json(
+            {
+                "rows": rep.rows,
+                "out": str(rep.out),
+                "variants_out": str(rep.variants_out),
+                "campaigns": rep.campaigns,
+                "actions": rep.actions,
+                "context_names": rep.context_names,
+                "missing_rewards": rep.missing_rewards,
+            }
         )
-        if not out.parent.exists():
-            raise FileNotFoundError(f"output folder {out.parent} does not exist — create it first")
-        with err.status(f"importing {file.name}…"):
-            rep = import_log(file, mapping, out, variants_out=variants_out)
-    except (LogValidationError, ValueError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+        return
     console.print(
         f"imported {rep.rows:,} decisions ({rep.campaigns} campaign(s), {rep.actions} "
         f"action(s), {len(rep.context_names)} context features) to {rep.out}; "
@@ -186,18 +215,18 @@ def logs_import(
 @logs_app.command("info")
 def logs_info(
     file: Annotated[Path, typer.Argument(help="DecisionLog Parquet.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
     batch_size: Annotated[int, typer.Option(help="Rows per streamed batch.")] = 1_000_000,
 ) -> None:
-    """Validate a DecisionLog (streamed) and summarise it."""
+    """Validate a DecisionLog (streamed; event ids checked unique across the file) and
+    summarise it."""
+    import json
+
     from copyloop.stats import summarize_log
 
-    try:
-        info = summarize_log(file, batch_size=batch_size)
-    except (LogValidationError, ValueError, FileNotFoundError, OSError) as e:
-        raise _fail(str(e)) from None
+    info = summarize_log(file, batch_size=batch_size)
     if as_json:
-        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+        print_json(info)
         return
     t = Table(title=f"{file}", show_header=False)
     for k, v in info.items():
@@ -214,16 +243,20 @@ def world_report_cmd(
     config: Annotated[Path | None, typer.Option(help="Market config (TOML).")] = None,
     campaigns: Annotated[int, typer.Option(help="Campaigns examined.")] = 60,
     users_per_segment: Annotated[int, typer.Option(help="Users sampled per segment.")] = 300,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Calibration of the click world: base CTRs, spread, segment-dependence, headroom."""
     from copyloop.envs.report import world_report
 
-    market = _market(config, None)
+    if campaigns < 1:
+        raise fail(f"--campaigns must be >= 1, got {campaigns}")
+    if users_per_segment < 1:
+        raise fail(f"--users-per-segment must be >= 1, got {users_per_segment}")
+    m = market(config)
     with err.status("measuring the world…"):
-        rep = world_report(market, campaigns=campaigns, users_per_segment=users_per_segment)
+        rep = world_report(m, campaigns=campaigns, users_per_segment=users_per_segment)
     if as_json:
-        sys.stdout.write(json.dumps(rep.to_dict(), indent=2) + "\n")
+        print_json(rep.to_dict())
         return
     _print_world(rep)
 
@@ -263,45 +296,30 @@ def experiment_run(
     out: Annotated[Path, typer.Option(help="Output folder (new or empty).")],
     workers: Annotated[int | None, typer.Option(help="Processes (default: min(2, CPUs)).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run agents × seeds × market variants from one TOML; write metrics, summary and plots."""
     from copyloop.experiments import run_experiment, summary_text
 
-    try:
-        res = run_experiment(config, out, workers=workers, progress=True, overwrite=overwrite)
-    except (ValueError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+    if workers is not None and workers < 1:
+        raise fail(f"--workers must be >= 1, got {workers}")
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out} is a file — experiment results go into a folder")
+    res = run_experiment(config, out, workers=workers, progress=not as_json, overwrite=overwrite)
+    if as_json:
+        print_json(
+            {
+                "out": str(res.out_dir),
+                "elapsed_s": res.elapsed_s,
+                "summary": res.summary.to_dict(orient="records"),
+            }
+        )
+        return
     console.print(summary_text(res))
     console.print(
         f"wrote {res.out_dir} (summary.md, metrics.parquet, regret.png, ctr.png) "
         f"in {res.elapsed_s:.1f} s"
     )
-
-
-def _target(spec: Path, data: Any, log: Any, config: Path | None) -> Any:
-    """Target probabilities from a saved agent (.npz) or a probability file (.npy/.parquet)."""
-    from copyloop.ope import load_target
-
-    if spec.suffix == ".npz":
-        from copyloop.agents import Policy
-        from copyloop.agents.warm import policy_probs_on_log
-        from copyloop.ope import check_target
-
-        policy = Policy.load(spec)
-        market = _market(config, None)
-        return check_target(policy_probs_on_log(policy, log, market), data, name=spec.name)
-    return load_target(spec, data)
-
-
-def _feedback(logs: Path, variants: Path | None) -> tuple[Any, Any]:
-    from copyloop import DecisionLog, VariantsTable
-    from copyloop.ope import feedback_from_log
-
-    var = VariantsTable.read(variants) if variants is not None else None
-    if var is None and logs.with_suffix(".variants.parquet").is_file():
-        var = VariantsTable.read(logs.with_suffix(".variants.parquet"))
-    log = DecisionLog.read(logs, variants=var)
-    return log, feedback_from_log(log, var)
 
 
 @ope_app.callback()
@@ -337,7 +355,7 @@ def ope_run(
     ] = 999,
     seed: Annotated[int, typer.Option(help="Seed of the bootstraps.")] = 0,
     config: Annotated[Path | None, typer.Option(help="Market config (TOML) for --policy.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option(help="Write estimates with intervals (PNG).")] = None,
 ) -> None:
     """Estimate the value of a policy from a log: estimate, interval, effective sample size.
@@ -350,92 +368,51 @@ def ope_run(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from copyloop.ope import RewardModel, bootstrap_interval, fit_reward_model, get_estimator
+    from copyloop.contract import check_output_path
+    from copyloop.ope.evaluate import evaluate_policy, read_feedback, resolve_target
 
     if logs is None:
-        raise _fail("--logs is required")
+        raise fail("--logs is required")
     if (policy is None) == (target_probs is None):
-        raise _fail("give exactly one of --policy (a saved agent) or --target-probs (a file)")
-    names = [e.strip() for e in estimators.split(",") if e.strip()]
-    from copyloop.ope.estimators import INTERVAL_METHODS
-
-    if interval != "auto" and interval not in INTERVAL_METHODS:
-        raise _fail(f"--interval must be auto or one of {', '.join(INTERVAL_METHODS)}")
-    try:
-        ests = [get_estimator(n) for n in names]
-        model = RewardModel(kind=reward_model, folds=folds)
-        log, data = _feedback(logs, variants)
-        target = _target(policy or target_probs, data, log, config)  # type: ignore[arg-type]
-        q = fit = None
-        if any(e.needs_reward_model for e in ests):
-            with err.status("cross-fitting the reward model…"):
-                fit = fit_reward_model(data, model)
-            q = fit.q
-        results = []
-        for name, est in zip(names, ests, strict=True):
-            if name == "dm" and interval == "auto":
-                with _progress(n_boot, "DM bootstrap (refit)") as tick:
-                    iv = bootstrap_interval(
-                        est,
-                        data,
-                        target,
-                        alpha=alpha,
-                        n_boot=n_boot,
-                        model=model,
-                        q=q,
-                        refit=True,
-                        progress=tick,
-                    )
-            else:
-                iv = est.interval(
-                    data,
-                    target,
-                    q,
-                    alpha,
-                    method=None if interval == "auto" else interval,
-                    n_boot=resamples,
-                    seed=seed,
-                )
-            results.append((name, iv))
-    except (LogValidationError, ValueError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
-    out = {
-        "rows": data.n_rows,
-        "alpha": alpha,
-        "logging_policy_value": float(data.reward.mean()),
-        "reward_model": None
-        if fit is None
-        else {
-            "kind": reward_model,
-            "folds": folds,
-            "oof_logloss": fit.oof_logloss,
-            "base_rate_logloss": fit.base_logloss,
-        },
-        "estimates": [
-            {
-                "estimator": n,
-                "estimate": iv.estimate,
-                "lower": iv.lower,
-                "upper": iv.upper,
-                "interval": iv.method,
-                "ess": iv.ess,
-                "max_weight": iv.max_weight,
-            }
-            for n, iv in results
-        ],
-    }
+        raise fail("give exactly one of --policy (a saved agent) or --target-probs (a file)")
     if plot is not None:
-        _plot_estimates(results, data.reward.mean(), plot)
+        check_output_path(plot, "--plot")
+    names = list(split_list(estimators))
+    log, data = read_feedback(logs, variants)
+    target = resolve_target(policy or target_probs, data, log, lambda: market(config))  # type: ignore[arg-type]
+    status = err.status("cross-fitting the reward model…")
+    with contextlib.ExitStack() as stack:
+        ticks = (
+            stack.enter_context(progress(n_boot, "DM bootstrap (refit)"))
+            if ("dm" in names and interval == "auto" and not as_json)
+            else None
+        )
+        rep = evaluate_policy(
+            data,
+            target,
+            names,
+            alpha=alpha,
+            reward_model=reward_model,
+            folds=folds,
+            interval=interval,
+            n_boot=n_boot,
+            resamples=resamples,
+            seed=seed,
+            on_fit=None if as_json else lambda: stack.enter_context(status),
+            dm_progress=ticks,
+        )
+    if plot is not None:
+        _plot_estimates(rep.estimates, rep.logging_policy_value, plot)
     if as_json:
-        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        print_json(rep.to_dict())
         return
     t = Table(
-        title=f"off-policy value on {data.n_rows:,} logged decisions "
-        f"(logging policy's observed value {data.reward.mean():.5f})"
+        title=f"off-policy value on {rep.rows:,} logged decisions "
+        f"(logging policy's observed value {rep.logging_policy_value:.5f})"
     )
     for c in ("estimator", "estimate", f"{1 - alpha:.0%} interval", "method", "ESS", "max w"):
         t.add_column(c)
-    for n, iv in results:
+    for n, iv in rep.estimates:
         t.add_row(
             n,
             f"{iv.estimate:.5f}",
@@ -445,6 +422,7 @@ def ope_run(
             "" if iv.max_weight is None else f"{iv.max_weight:.1f}",
         )
     console.print(t)
+    fit = rep.fit
     if fit is not None and fit.oof_logloss is not None:
         console.print(
             f"reward model ({reward_model}, {folds}-fold cross-fit): out-of-fold "
@@ -457,6 +435,8 @@ def _plot_estimates(results: list[tuple[str, Any]], logged: float, path: Path) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from copyloop.contract import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(results)))
     for i, (_name, iv) in enumerate(results):
@@ -472,7 +452,8 @@ def _plot_estimates(results: list[tuple[str, Any]], logged: float, path: Path) -
     ax.set_xlabel("estimated policy value")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path, "--plot") as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
 
 
@@ -491,56 +472,23 @@ def ope_gate(
         ),
     ] = "auto",
     config: Annotated[Path | None, typer.Option(help="Market config (TOML) for agents.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Promote or hold: promote only when the candidate's lower confidence bound beats the
-    incumbent's estimate (exit code 0 = promote, 1 = hold)."""
-    from copyloop.ope import fit_reward_model, get_estimator
-    from copyloop.ope.gate import gate
+    incumbent's estimate (exit code 0 = promote, 1 = hold, 2 = bad input, 3 = internal error)."""
+    from copyloop.ope.evaluate import gate_policies, gate_to_dict, read_feedback, resolve_target
 
-    try:
-        est = get_estimator(estimator)
-        log, data = _feedback(logs, variants)
-        cand = _target(candidate, data, log, config)
-        inc = _target(incumbent, data, log, config)
-        q = fit_reward_model(data).q if est.needs_reward_model else None
-        d = gate(
-            data,
-            cand,
-            inc,
-            estimator=estimator,
-            q=q,
-            alpha=alpha,
-            method=None if interval == "auto" else interval,
-        )
-    except (LogValidationError, ValueError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+    log, data = read_feedback(logs, variants)
+    cand = resolve_target(candidate, data, log, lambda: market(config))
+    inc = resolve_target(incumbent, data, log, lambda: market(config))
+    d = gate_policies(data, cand, inc, estimator=estimator, alpha=alpha, interval=interval)
     if as_json:
-        sys.stdout.write(
-            json.dumps(
-                {
-                    "promote": d.promote,
-                    "reason": d.reason,
-                    "candidate": {
-                        "estimate": d.candidate.estimate,
-                        "lower": d.candidate.lower,
-                        "upper": d.candidate.upper,
-                    },
-                    "incumbent": {
-                        "estimate": d.incumbent.estimate,
-                        "lower": d.incumbent.lower,
-                        "upper": d.incumbent.upper,
-                    },
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        print_json(gate_to_dict(d))
     else:
         console.print(
             ("[bold green]PROMOTE[/] " if d.promote else "[bold yellow]HOLD[/] ") + escape(d.reason)
         )
-    raise typer.Exit(code=0 if d.promote else 1)
+    raise typer.Exit(code=ExitCode.OK if d.promote else ExitCode.HOLD)
 
 
 @app.command()
@@ -561,22 +509,30 @@ def demo(
     uniform traffic, write the DecisionLog, then compare agents and name the winner; ends with a
     short closed loop in which SmolLM2 writes copy, an agent serves it and the generator learns."""
     from copyloop.agents import UniformPolicy
+    from copyloop.demo import demo_experiment
     from copyloop.envs.simulate import simulate as run
+    from copyloop.experiments import run_experiment, summary_text
     from copyloop.stats import segment_table
 
     if rounds < 1:
-        raise _fail(f"--rounds must be >= 1, got {rounds}")
+        raise fail(f"--rounds must be >= 1, got {rounds}")
+    if compare_rounds < 500:
+        raise fail(f"--compare-rounds must be >= 500, got {compare_rounds}")
+    if generator_rounds < 0:
+        raise fail(f"--generator-rounds must be >= 0, got {generator_rounds}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise fail(f"--out-dir {out_dir} is a file — the demo writes a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    market = _market(None, None)
-    cat = market.catalog
+    m = market(None)
+    cat = m.catalog
     console.print(
         f"market: {cat.n_campaigns} campaigns from the gembench CA_Prod corpus, "
         f"{cat.n_variants} copy variants (MiniLM-embedded), "
-        f"{len(market.population.users):,} users in {market.population.n_segments} segments"
+        f"{len(m.population.users):,} users in {m.population.n_segments} segments"
     )
     log_path = out_dir / "logs.parquet"
-    with _progress(rounds, "uniform traffic") as tick:
-        s = run(market, UniformPolicy(seed=seed), rounds, seed=seed, out=log_path, progress=tick)
+    with progress(rounds, "uniform traffic") as tick:
+        s = run(m, UniformPolicy(seed=seed), rounds, seed=seed, out=log_path, progress=tick)
     console.print(f"wrote {s.rounds:,} decisions to {log_path} (+ variants table)")
     console.print(
         f"clicks {s.clicks:,} · CTR {s.ctr:.4f} · oracle CTR "
@@ -585,7 +541,7 @@ def demo(
         "uniform allocation"
     )
     t = Table(title="observed CTR by segment (uniform traffic)")
-    rows = segment_table(log_path, market)
+    rows = segment_table(log_path, m)
     for c in rows[0]:
         t.add_column(c)
     for r in rows:
@@ -596,41 +552,16 @@ def demo(
             )
         )
     console.print(t)
-
-    from copyloop.experiments import ExperimentConfig, run_experiment, summary_text
-
-    cfg = ExperimentConfig.from_dict(
-        {
-            "name": "demo",
-            "description": "A short comparison on the demo market (copyloop demo).",
-            "seeds": [seed, seed + 1],
-            "rounds": compare_rounds,
-            "batch_size": 500,
-            "eval_every": max(compare_rounds // 20, 500),
-            "agents": [
-                {"name": "uniform", "policy": "uniform"},
-                {"name": "ucb1", "policy": "ucb1", "params": {"c": 0.2}},
-                {
-                    "name": "bernoulli_ts",
-                    "policy": "bernoulli_ts",
-                    "params": {"segment_columns": [0, market.population.n_segments]},
-                },
-                {"name": "linear_ts", "policy": "linear_ts"},
-            ],
-        }
+    cfg = demo_experiment(m, seed=seed, rounds=compare_rounds)
+    console.print(
+        f"comparing {len(cfg.agents)} agents on {compare_rounds:,} impressions × "
+        f"{len(cfg.seeds)} seeds …"
     )
-    console.print(f"comparing 4 agents on {compare_rounds:,} impressions × 2 seeds …")
     res = run_experiment(cfg, out_dir / "compare", workers=1, progress=True, overwrite=True)
     console.print(summary_text(res))
     console.print(f"plots and tables in {res.out_dir}")
     if generator_rounds > 0:
-        cli_generator.demo_loop(market, out_dir / "loop", rounds=generator_rounds, seed=seed)
-
-
-# Sub-apps living in their own modules (they import this module's helpers, so they come last).
-from copyloop.cli_clicksim import clicksim_app  # noqa: E402
-
-app.add_typer(clicksim_app, name="clicksim")
+        cli_generator.demo_loop(m, out_dir / "loop", rounds=generator_rounds, seed=seed)
 
 
 def main() -> None:  # pragma: no cover

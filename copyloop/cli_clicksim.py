@@ -9,8 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from copyloop.cli import _fail, _progress, console, err
-from copyloop.contract import LogValidationError
+from copyloop.cli_common import console, err, print_json, progress
 
 clicksim_app = typer.Typer(
     help="Learned click simulator: fit one on any DecisionLog, check how far to trust it.",
@@ -53,31 +52,39 @@ def clicksim_fit(
     epochs: Annotated[int, typer.Option(help="Most epochs per member (early stopping).")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of split, bootstraps and initialisation.")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0 = torch's default).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Fit a calibrated CTR-model ensemble on a log and save it (weights, config, metrics)."""
     import torch
 
-    from copyloop.envs.clicksim import ClickData, ClickSimConfig, ClickSimError, ClickSimulator
+    from copyloop.contract import check_output_path
+    from copyloop.envs.clicksim import ClickData, ClickSimConfig, ClickSimulator
 
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {threads}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file — a click simulator is saved as a folder")
+    if not out.exists():
+        check_output_path(out, "--out")  # its folder exists and is writable
     if threads:
         torch.set_num_threads(threads)
-    try:
-        cfg = ClickSimConfig(
-            members=members,
-            weighting=weighting,
-            weight_power=weight_power,
-            calibration=calibration,
-            epochs=epochs,
-            seed=seed,
-        )
-        with err.status("reading the log and embedding its variants…"):
-            data = ClickData.from_files(logs, variants)
-        with _progress(cfg.members * cfg.epochs, "fitting click simulator") as tick:
-            sim = ClickSimulator.fit(data, cfg, progress=lambda d, _t, _w: tick(d))
-        sim.save(out)
-    except (ClickSimError, LogValidationError, ValueError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+    cfg = ClickSimConfig(
+        members=members,
+        weighting=weighting,
+        weight_power=weight_power,
+        calibration=calibration,
+        epochs=epochs,
+        seed=seed,
+    )
+    with err.status("reading the log and embedding its variants…"):
+        data = ClickData.from_files(logs, variants)
+    with progress(cfg.members * cfg.epochs, "fitting click simulator") as tick:
+        sim = ClickSimulator.fit(data, cfg, progress=lambda d, _t, _w: tick(d))
+    sim.save(out)
     m = sim.metrics
+    if as_json:
+        print_json({"out": str(out), "metrics": m})
+        return
     t = Table(title=f"click simulator saved to {out}")
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -107,20 +114,19 @@ def clicksim_report(
     plot: Annotated[Path | None, typer.Option(help="Write a reliability plot (PNG).")] = None,
 ) -> None:
     """Fidelity of a simulator on held-out logs (and against the world when it is known)."""
-    from copyloop.contract import log_metadata
-    from copyloop.envs.clicksim import ClickData, ClickSimError, ClickSimulator
+    from copyloop.contract import check_output_path, log_metadata
+    from copyloop.envs.clicksim import ClickData, ClickSimulator
     from copyloop.envs.clicksim_report import fidelity_report, plot_fidelity
 
-    try:
-        sim = ClickSimulator.load(directory)
-        data = ClickData.from_files(logs, variants)
-        market = market_of_log(log_metadata(logs), world)
-        with err.status("scoring the simulator…"):
-            rep = fidelity_report(sim, data, market=market)
-        if plot is not None:
-            plot_fidelity(rep, plot)
-    except (ClickSimError, LogValidationError, ValueError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+    if plot is not None:
+        check_output_path(plot, "--plot")
+    sim = ClickSimulator.load(directory)
+    data = ClickData.from_files(logs, variants)
+    market = market_of_log(log_metadata(logs), world)
+    with err.status("scoring the simulator…"):
+        rep = fidelity_report(sim, data, market=market)
+    if plot is not None:
+        plot_fidelity(rep, plot)
     if as_json:
         print(rep.to_json())
         return

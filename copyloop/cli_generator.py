@@ -3,30 +3,22 @@ generator on the command line (registered by :mod:`copyloop.cli`)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 from rich.table import Table
+
+from copyloop.cli_common import console, err, print_json
+from copyloop.cli_common import market as _market
+from copyloop.cli_common import progress_with_info as _progress
 
 generator_app = typer.Typer(
     help="Tune and compare copy-generator versions (causal LMs).", no_args_is_help=True
 )
 
-console = Console()
-err = Console(stderr=True)
 
 ModelOpt = Annotated[
     str | None,
@@ -37,31 +29,6 @@ ModelOpt = Annotated[
     ),
 ]
 ConfigOpt = Annotated[Path | None, typer.Option(help="Market config (TOML).")]
-
-
-def _fail(msg: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=err,
-    )
-
-
-def _market(config: Path | None) -> Any:
-    from copyloop.envs import Market, MarketConfig
-
-    cfg = MarketConfig.from_toml(config) if config is not None else MarketConfig()
-    with err.status("building the market (real ad corpus, MiniLM embeddings)…"):
-        return Market.get(cfg)
 
 
 def _load(model: str | None, device: str | None = None) -> Any:
@@ -127,32 +94,32 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Write copy variants for a campaign and target segment; scores them in the true world."""
+    from copyloop.contract import check_output_path
     from copyloop.generator.generate import CopyGenerator, SamplingConfig
-    from copyloop.generator.models import ModelLoadError
     from copyloop.generator.prompts import CopyRequest, Style
     from copyloop.generator.reward import WorldReward
 
-    try:
-        market = _market(config)
-        seg = _segment(market, segment)
-        req = CopyRequest(
-            campaign, seg, Style(tone=tone, max_words=max_words, urgency=urgency, cta=cta)
-        )
-        lm = _load(model, device)
-        gen = CopyGenerator(lm, market, sampling=SamplingConfig(temperature=temperature))
-        gen.prompt(req)  # validates campaign / segment before sampling
-        with _progress() as prog:
-            task = prog.add_task(f"sampling {n} variants", total=1, info="")
-            res = gen.generate(
-                [req], n, seed=seed, progress=lambda d: prog.update(task, completed=d)
-            )
-        judge = WorldReward(market, users_per_segment=512, seed=1)
-        kept = res.kept
-        ctr: Any = judge([v.text for v in kept], campaign, seg) if kept else []
-        if out is not None:
-            gen.variants_table(res).write(out)
-    except (ModelLoadError, ValueError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+    # Everything a flag can get wrong is refused before the model (seconds to load) is touched.
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    sampling = SamplingConfig(temperature=temperature)
+    if out is not None:
+        check_output_path(out, "--out")
+    style = Style(tone=tone, max_words=max_words, urgency=urgency, cta=cta)
+    market = _market(config)
+    seg = _segment(market, segment)
+    req = CopyRequest(campaign, seg, style)
+    lm = _load(model, device)
+    gen = CopyGenerator(lm, market, sampling=sampling)
+    gen.prompt(req)  # validates campaign / segment before sampling
+    with _progress() as prog:
+        task = prog.add_task(f"sampling {n} variants", total=1, info="")
+        res = gen.generate([req], n, seed=seed, progress=lambda d: prog.update(task, completed=d))
+    judge = WorldReward(market, users_per_segment=512, seed=1)
+    kept = res.kept
+    ctr: Any = judge([v.text for v in kept], campaign, seg) if kept else []
+    if out is not None:
+        gen.variants_table(res).write(out)
     product = market.catalog.products[campaign]
     rows: list[dict[str, Any]] = [
         {
@@ -169,19 +136,15 @@ def generate(
         if v.rejected is None or show_rejected or as_json
     ]
     if as_json:
-        sys.stdout.write(
-            json.dumps(
-                {
-                    "campaign": campaign,
-                    "campaign_id": market.catalog.campaign_ids[campaign],
-                    "product": product.title,
-                    "segment": market.population.segment_names[seg],
-                    "prompt": gen.prompt(req),
-                    "variants": rows,
-                },
-                indent=2,
-            )
-            + "\n"
+        print_json(
+            {
+                "campaign": campaign,
+                "campaign_id": market.catalog.campaign_ids[campaign],
+                "product": product.title,
+                "segment": market.population.segment_names[seg],
+                "prompt": gen.prompt(req),
+                "variants": rows,
+            }
         )
         return
     t = Table(
@@ -305,72 +268,53 @@ def tune(
 ) -> None:
     """Fine-tune the generator from clicks and save a new model version (weights, metrics.json,
     tune.png with reward, KL and distinct-2 per step)."""
-    from copyloop.contract import DecisionLog, LogValidationError, VariantsTable
-    from copyloop.generator.models import ModelLoadError
-    from copyloop.generator.preference import SamplePool, dpo_tune, preference_pairs
-    from copyloop.generator.prompts import CopyRequest
-    from copyloop.generator.reward import WorldReward, parse_reward
-    from copyloop.generator.tune import (
-        TuneConfig,
-        best_of_n_tune,
-        offline_tune,
-        online_tune,
-        variant_feedback,
-    )
+    from copyloop.generator.jobs import TuneJob, run_tune
+    from copyloop.generator.tune import TuneConfig
 
-    if mode not in ("online", "bon", "dpo", "offline"):
-        raise _fail(f"--mode must be online, bon, dpo or offline, got {mode!r}")
-    try:
-        cfg = TuneConfig(
-            steps=steps,
-            prompts_per_step=prompts_per_step,
-            samples_per_prompt=samples_per_prompt,
-            batch_size=batch_size,
-            lr=lr,
-            kl_coef=kl_coef,
-            kl_budget=kl_budget,
-            train_layers=train_layers or None,
-            seed=seed,
-            eval_every=eval_every,
-        )
-        market = _market(config)
-        if mode == "offline":
-            if logs is None:
-                raise ValueError(
-                    "--mode offline needs --logs (a DecisionLog of generated variants)"
-                )
-            vpath = variants or logs.with_suffix(".variants.parquet")
-            vt = VariantsTable.read(vpath)
-            fb = variant_feedback(DecisionLog.read(logs), vt, prior_strength=cfg.prior_strength)
-        rfn = parse_reward(reward, market)
-        camps = _ints(campaigns, market.catalog.n_campaigns, "--campaigns")
-        spool = SamplePool.load(pool) if mode == "dpo" and pool is not None else None
-        if spool is not None:
-            _check_pool(spool, market)
-        lm = _load(model, device)
-        ref_lm = (
-            _load(None if reference == "base" else reference, device)
-            if mode == "dpo" and reference is not None
-            else None
-        )
-        anchor_lm = (
-            _load(None if kl_anchor == "base" else kl_anchor, device)
-            if mode == "dpo" and kl_anchor is not None
-            else None
-        )
-        if mode == "dpo" and spool is None:
-            spool = _collect(lm, market, rfn, reward, camps, bon_n, seed)
-        pairs = (
-            preference_pairs(
-                spool, pairs_per_prompt=pairs_per_prompt, min_ratio=min_ratio, pairing=pairing
-            )
-            if spool is not None
-            else []
-        )
-    except (ModelLoadError, LogValidationError, ValueError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+    cfg = TuneConfig(
+        steps=steps,
+        prompts_per_step=prompts_per_step,
+        samples_per_prompt=samples_per_prompt,
+        batch_size=batch_size,
+        lr=lr,
+        kl_coef=kl_coef,
+        kl_budget=kl_budget,
+        train_layers=train_layers or None,
+        seed=seed,
+        eval_every=eval_every,
+    )
+    market = _market(config)
+    job = TuneJob(
+        mode=mode,
+        out=out,
+        config=cfg,
+        model=model,
+        reward=reward,
+        logs=logs,
+        variants=variants,
+        campaigns=tuple(_ints(campaigns, market.catalog.n_campaigns, "--campaigns")),
+        bon_n=bon_n,
+        bon_keep=bon_keep,
+        pool=pool,
+        pairs_per_prompt=pairs_per_prompt,
+        pairing=pairing,
+        min_ratio=min_ratio,
+        reference=reference,
+        kl_anchor=kl_anchor,
+        nll_coef=nll_coef,
+        kl_prompts=kl_prompts,
+        version=version,
+        device=device,
+    )
     with _progress() as prog:
-        task = prog.add_task(f"{mode} tuning", total=steps, info="")
+        sample_task = None
+        task = prog.add_task(f"{mode} tuning", total=steps, info="", visible=False)
+
+        def sampled(done: int, total: int) -> None:
+            nonlocal sample_task
+            if sample_task is None:
+                sample_task = prog.add_task("sampling the pool", total=total, info="")
+            prog.update(sample_task, completed=done, total=total)
 
         def tick(done: int, m: dict[str, float]) -> None:
             info = " ".join(
@@ -378,103 +322,32 @@ def tune(
                 for k in ("reward", "kl", "kl_sampled", "distinct2", "valid")
                 if k in m
             )
-            prog.update(task, completed=done, info=info)
+            prog.update(task, completed=done, info=info, visible=True)
 
-        try:
-            if mode == "dpo":
-                assert spool is not None
-                judge = WorldReward(market, users_per_segment=256, seed=1)
-                ereq = [
-                    CopyRequest(int(c), int(sg))
-                    for c, sg in zip(spool.campaigns, spool.segments, strict=True)
-                ]
-                res = dpo_tune(
-                    lm,
-                    market,
-                    pairs,
-                    out,
-                    config=cfg,
-                    beta=kl_coef,
-                    reward=judge,
-                    eval_requests=ereq,
-                    version=version,
-                    extra={"pool": str(pool) if pool else None, "pool_meta": spool.meta},
-                    reference=ref_lm,
-                    kl_anchor=anchor_lm,
-                    kl_prompts=kl_prompts,
-                    nll_coef=nll_coef,
-                    progress=tick,
-                )
-            elif mode == "bon":
-                res = best_of_n_tune(
-                    lm,
-                    market,
-                    rfn,
-                    out,
-                    campaigns=camps,
-                    n=bon_n,
-                    keep=bon_keep,
-                    config=cfg,
-                    version=version,
-                    progress=tick,
-                )
-            elif mode == "online":
-                res = online_tune(
-                    lm,
-                    market,
-                    rfn,
-                    out,
-                    campaigns=camps,
-                    config=cfg,
-                    version=version,
-                    progress=tick,
-                )
-            else:
-                judge = WorldReward(market, users_per_segment=256, seed=1)
-                ereq = [
-                    CopyRequest(c, s)
-                    for c in camps[:8]
-                    for s in range(market.population.n_segments)
-                ]
-                res = offline_tune(
-                    lm,
-                    market,
-                    fb,
-                    out,
-                    config=cfg,
-                    reward=judge,
-                    eval_requests=ereq,
-                    version=version,
-                    progress=tick,
-                )
-        except ValueError as e:
-            raise _fail(str(e)) from None
+        loaded: list[str] = []
+
+        def load(name: str | None) -> Any:
+            lm = _load(name, device)
+            loaded.append(lm.name)
+            return lm
+
+        res = run_tune(job, market, load=load, sampling=sampled, steps=tick)
+    lm_name = loaded[0]  # the model tuning started from
     s = res.summary
     if "kept_step" in s:  # DPO with sampled KL checks: report the weights it kept
         verdict = "within" if s["within_budget"] else "OVER (the start already was)"
         console.print(
-            f"saved {lm.name}@{res.version} to {res.out}: weights of step {s['kept_step']} of "
+            f"saved {lm_name}@{res.version} to {res.out}: weights of step {s['kept_step']} of "
             f"{s['steps']} ({s['seconds']:.0f} s); sampled KL to {s['kl_anchor']} "
             f"{s['kl_sampled_kept']:.2f} nats/seq, {verdict} the budget {s['kl_budget']}; "
             f"reward {s['first_reward']} → {s['kept_reward']}; plot {res.out / 'tune.png'}"
         )
         return
     console.print(
-        f"saved {lm.name}@{res.version} to {res.out} ({s['steps']} steps, {s['seconds']:.0f} s); "
+        f"saved {lm_name}@{res.version} to {res.out} ({s['steps']} steps, {s['seconds']:.0f} s); "
         f"reward {s['first_reward']} → {s['final_reward']} (last 20 % of steps), "
         f"KL {s['final_kl']} nats/seq (budget {s['kl_budget']}); plot {res.out / 'tune.png'}"
     )
-
-
-def _check_pool(pool: Any, market: Any) -> None:
-    """A pool's requests must exist in this market."""
-    nc, ns = market.catalog.n_campaigns, market.population.n_segments
-    if len(pool.campaigns) and (pool.campaigns.max() >= nc or pool.segments.max() >= ns):
-        raise ValueError(
-            f"the pool names campaigns up to {int(pool.campaigns.max())} and segments up to "
-            f"{int(pool.segments.max())}, but this market has {nc} campaigns and {ns} segments "
-            "— collect the pool with the same --config"
-        )
 
 
 def _collect(
@@ -512,19 +385,17 @@ def pool_cmd(
 ) -> None:
     """Sample N lines per (campaign, segment) from a model, filter and score them, and save the
     pool (Parquet) for `generator tune --mode dpo --pool`: one sampling pass, many tuning runs."""
-    from copyloop.generator.models import ModelLoadError
+    from copyloop.contract import check_output_path
     from copyloop.generator.reward import parse_reward
 
-    try:
-        if n < 2:
-            raise ValueError(f"--n must be >= 2 (pairs need two lines per prompt), got {n}")
-        market = _market(config)
-        rfn = parse_reward(reward, market)
-        camps = _ints(campaigns, market.catalog.n_campaigns, "--campaigns")
-        lm = _load(model, device)
-        res = _collect(lm, market, rfn, reward, camps, n, seed)
-    except (ModelLoadError, ValueError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+    if n < 2:
+        raise ValueError(f"--n must be >= 2 (pairs need two lines per prompt), got {n}")
+    check_output_path(out, "--out")
+    market = _market(config)
+    rfn = parse_reward(reward, market)
+    camps = _ints(campaigns, market.catalog.n_campaigns, "--campaigns")
+    lm = _load(model, device)
+    res = _collect(lm, market, rfn, reward, camps, n, seed)
     res.save(out)
     s = res.summary()
     console.print(
@@ -560,23 +431,23 @@ def compare(
         paired_lift_interval,
         relative_lift,
     )
-    from copyloop.generator.models import ModelLoadError
     from copyloop.generator.prompts import CopyRequest
     from copyloop.generator.reward import WorldReward, proxy_world
 
-    try:
-        market = _market(config)
-        camps = _ints(campaigns, market.catalog.n_campaigns, "--campaigns")[:limit]
-        world = None
-        if judge != "world":
-            if not judge.startswith("proxy:"):
-                raise ValueError(f"--judge must be world or proxy:SEED, got {judge!r}")
-            world = proxy_world(market, int(judge.split(":", 1)[1]))
-        jr = WorldReward(market, users_per_segment=judge_users, seed=seed + 1, world=world)
-        b = _load(base)
-        t = _load(tuned)
-    except (ModelLoadError, ValueError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+    if limit < 1 or n < 1 or judge_users < 1:
+        raise ValueError(
+            f"--limit, --n and --judge-users must be >= 1, got {limit}, {n}, {judge_users}"
+        )
+    market = _market(config)
+    camps = _ints(campaigns, market.catalog.n_campaigns, "--campaigns")[:limit]
+    world = None
+    if judge != "world":
+        if not judge.startswith("proxy:") or not judge.split(":", 1)[1].isdigit():
+            raise ValueError(f"--judge must be world or proxy:SEED, got {judge!r}")
+        world = proxy_world(market, int(judge.split(":", 1)[1]))
+    jr = WorldReward(market, users_per_segment=judge_users, seed=seed + 1, world=world)
+    b = _load(base)
+    t = _load(tuned)
     reqs = [CopyRequest(c, s) for c in camps for s in range(market.population.n_segments)]
     evs = []
     with _progress() as prog:
@@ -623,7 +494,7 @@ def compare(
         "kl_tuned_base": kl,
     }
     if as_json:
-        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        print_json(out)
         return
     tab = Table(
         title=f"{judge} CTR of generated variants on {len(reqs)} requests ({n} samples each)"
@@ -675,25 +546,23 @@ def loop(
     """The closed loop: generate variants, allocate simulated traffic with an agent, log, tune the
     generator on the clicks, regenerate; prints the true-world CTR of each round's variants."""
     from copyloop.generator.loop import LoopConfig, run_loop
-    from copyloop.generator.models import ModelLoadError
     from copyloop.generator.tune import TuneConfig
 
-    try:
-        market = _market(config)
-        camps = _ints(campaigns, market.catalog.n_campaigns, "--campaigns")
-        cfg = LoopConfig(
-            rounds=rounds,
-            campaigns=tuple(camps),
-            n=n,
-            impressions=impressions,
-            agent=agent,
-            tune=TuneConfig(steps=steps, lr=lr, kl_coef=0.1 if tuner == "dpo" else 0.05),
-            tuner=tuner,
-            seed=seed,
-        )
-        lm = _load(model)
-    except (ModelLoadError, ValueError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file — the loop writes a folder")
+    market = _market(config)
+    camps = _ints(campaigns, market.catalog.n_campaigns, "--campaigns")
+    cfg = LoopConfig(
+        rounds=rounds,
+        campaigns=tuple(camps),
+        n=n,
+        impressions=impressions,
+        agent=agent,
+        tune=TuneConfig(steps=steps, lr=lr, kl_coef=0.1 if tuner == "dpo" else 0.05),
+        tuner=tuner,
+        seed=seed,
+    )
+    lm = _load(model)
     with err.status("loop…") as st:
         results = run_loop(lm, market, cfg, out, progress=lambda m: st.update(escape(m)))
     print_rounds(results)

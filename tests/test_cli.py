@@ -67,7 +67,7 @@ def test_simulate_writes_true_propensities(tmp_path: Path, config_file: Path) ->
 BAD_SIM = [
     (["--rounds", "0"], "--rounds must be >= 1"),
     (["--policy", "oracle"], "--policy must be one of"),
-    (["--session-length", "0"], "session_length"),
+    (["--session-length", "0"], "--session-length"),
 ]
 
 
