@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -285,21 +287,32 @@ class Policy(ABC):
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"policy file {p} does not exist")
+        fix = "re-save the policy (Policy.save), or check the file was copied whole"
         try:
             with np.load(p, allow_pickle=False) as z:
                 header = json.loads(str(z["__header__"]))
                 state = {k[len("state/") :]: z[k] for k in z.files if k.startswith("state/")}
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"{p} is not a copyloop policy file ({e})") from None
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{p} has format {header.get('format')!r}, expected {FORMAT!r}")
-        klass = {c.__name__: c for c in POLICIES.values()}.get(header["class"])
-        if klass is None or not issubclass(klass, cls):
-            raise ValueError(f"{p} holds a {header['class']}, which is not a {cls.__name__}")
-        pol = klass(**header["params"])
-        pol._calls = int(header["calls"])
-        pol._entropy = int(header["entropy"])
-        if header.get("widths") is not None:
-            pol._widths = header["widths"]
-        pol._set_state(state)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"{p} is not a readable copyloop policy file ({reason}) — it may be truncated "
+                f"or corrupted; {fix}"
+            ) from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            got = header.get("format") if isinstance(header, dict) else None
+            raise ValueError(f"{p} has format {got!r}, expected {FORMAT!r} — {fix}")
+        try:
+            klass = {c.__name__: c for c in POLICIES.values()}.get(header["class"])
+            if klass is None or not issubclass(klass, cls):
+                raise ValueError(f"{p} holds a {header['class']}, which is not a {cls.__name__}")
+            pol = klass(**header["params"])
+            pol._calls = int(header["calls"])
+            pol._entropy = int(header["entropy"])
+            if header.get("widths") is not None:
+                pol._widths = header["widths"]
+            pol._set_state(state)
+        except (KeyError, TypeError) as e:
+            raise ValueError(
+                f"{p}: the policy header or state is incomplete ({type(e).__name__}: {e}) — {fix}"
+            ) from None
         return pol

@@ -344,6 +344,8 @@ def validate_log_table(
     n_cand: npt.NDArray[np.int64] | None = None
     if variants is not None and (~has_cand).any():
         n_cand = _check_against_variants(cols, has_cand, variants, row_offset)
+    if variants is not None and has_cand.any():
+        _check_candidates_known(cand, variants, row_offset)
 
     probs = cols["action_probs"]
     has_probs = np.asarray(probs.is_valid().to_numpy(zero_copy_only=False))
@@ -456,6 +458,30 @@ def validate_log_table(
             )
 
     return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
+def _check_candidates_known(cand: pa.Array, variants: VariantsTable, row_offset: int) -> None:
+    """Explicit candidates must all be variants of the table (their text and embedding are
+    looked up there: an unknown id would silently lose its features)."""
+    lengths = pc.list_value_length(cand).fill_null(0).to_numpy(zero_copy_only=False)
+    flat = cand.flatten()
+    known = pc.is_in(flat, value_set=variants.table.column("variant_id").combine_chunks())
+    ok = np.asarray(known.to_numpy(zero_copy_only=False), bool)
+    if ok.all():
+        return
+    row_of = np.repeat(np.arange(len(cand)), lengths)
+    bad = np.zeros(len(cand), bool)
+    bad[row_of[~ok]] = True
+    unknown = flat.filter(pa.array(~ok)).to_pylist()
+    raise _fail(
+        "candidates",
+        "must be variant ids of the variants table",
+        bad,
+        None,
+        f"unknown id(s) {sorted(set(unknown))[:5]}; pass the variants table the log was made "
+        "with, or add those variants to it",
+        row_offset,
+    )
 
 
 def _check_against_variants(
@@ -759,8 +785,7 @@ def check_unique_event_ids(path: str | os.PathLike[str], *, name: str | None = N
             if not dups:
                 return
             total = con.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {src} GROUP BY event_id "
-                "HAVING count(*) > 1)",
+                f"SELECT count(*) FROM (SELECT 1 FROM {src} GROUP BY event_id HAVING count(*) > 1)",
                 [str(p)],
             ).fetchone()
             ids = [d[0] for d in dups]
@@ -958,9 +983,7 @@ class DecisionLog:
             if batch is None:
                 return
             table = pa.Table.from_batches([batch]).replace_schema_metadata(None)
-            yield DecisionLog(
-                table, variants=variants, row_offset=offset, check_unique_ids=False
-            )
+            yield DecisionLog(table, variants=variants, row_offset=offset, check_unique_ids=False)
             offset += batch.num_rows
 
     def write(

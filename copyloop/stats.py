@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from copyloop.contract import SCHEMA_VERSION, DecisionLog
+from copyloop.contract import SCHEMA_VERSION, DecisionLog, guard_read
 
 
 def summarize_log(path: str | os.PathLike[str], *, batch_size: int = 1_000_000) -> dict[str, Any]:
@@ -22,7 +23,7 @@ def summarize_log(path: str | os.PathLike[str], *, batch_size: int = 1_000_000) 
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"log file {path} does not exist — check the path")
-    meta = pq.ParquetFile(path).schema_arrow.metadata or {}
+    meta = guard_read(Path(path), "log", lambda: pq.read_schema(path)).metadata or {}
     rows = 0
     observed = 0
     reward_sum = 0.0

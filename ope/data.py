@@ -20,7 +20,13 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from copyloop.contract import DecisionLog, LogValidationError, VariantsTable
+from copyloop.contract import (
+    DecisionLog,
+    LogValidationError,
+    UnreadableFileError,
+    VariantsTable,
+    guard_read,
+)
 
 _TOL = 1e-6
 
@@ -102,6 +108,9 @@ def feedback_from_log(log: DecisionLog, variants: VariantsTable | None = None) -
     every slot carries its variant's index (``variant``) into the table's embeddings
     (``variant_embeddings``, for MIPS and the reward models).
     """
+    if variants is not None and log.variants is not variants:
+        # the contract checks the log against this table (candidate ids, campaign sets)
+        log = DecisionLog(log.table, variants=variants)
     r = log.reward
     missing = np.isnan(r)
     if missing.any():
@@ -229,11 +238,18 @@ def load_target(path: str | os.PathLike[str], data: BanditFeedback) -> npt.NDArr
     if not p.is_file():
         raise FileNotFoundError(f"target-probabilities file {p} does not exist")
     if p.suffix == ".npy":
-        arr = np.load(p, allow_pickle=False)
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise UnreadableFileError(
+                f"{p} is not a readable .npy array of target probabilities ({reason}) — it may "
+                "be truncated or corrupted; save it again with numpy.save"
+            ) from None
     elif p.suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        t = pq.read_table(p)
+        t = guard_read(p, "table of target probabilities", lambda: pq.read_table(p))
         if "probs" in t.column_names:
             col = t.column("probs").combine_chunks()
             lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
