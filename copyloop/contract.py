@@ -937,7 +937,10 @@ class DecisionLog:
         p = _existing(path, "log")
         table = guard_read(p, "log", lambda: pq.read_table(p))
         _check_file_kind(p, table.schema, "DecisionLog")
-        return cls(table.replace_schema_metadata(None), variants=variants)
+        try:
+            return cls(table.replace_schema_metadata(None), variants=variants)
+        except LogValidationError as e:
+            raise LogValidationError(f"{p}: {e}") from None
 
     @staticmethod
     def iter_batches(
@@ -983,7 +986,13 @@ class DecisionLog:
             if batch is None:
                 return
             table = pa.Table.from_batches([batch]).replace_schema_metadata(None)
-            yield DecisionLog(table, variants=variants, row_offset=offset, check_unique_ids=False)
+            try:
+                log = DecisionLog(
+                    table, variants=variants, row_offset=offset, check_unique_ids=False
+                )
+            except LogValidationError as e:
+                raise LogValidationError(f"{p}: {e}") from None
+            yield log
             offset += batch.num_rows
 
     def write(
