@@ -357,9 +357,7 @@ def import_log(
     now = np.datetime64(datetime.now(UTC).replace(tzinfo=None), "us")
     rows = 0
     missing_rewards = 0
-    with DecisionLogWriter(
-        out_p, d, metadata=meta, variants_path=var_p, source=src.name
-    ) as writer:
+    with DecisionLogWriter(out_p, d, metadata=meta, variants_path=var_p, source=src.name) as writer:
         for t in _source_batches(src, sorted(set(mapping.source_columns)), batch_size):
             n = t.num_rows
             off = rows

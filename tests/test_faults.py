@@ -56,8 +56,18 @@ def _imported(tmp: Path, name: str, rows: int, **kw: object) -> Path:
     out = tmp / f"{name}.parquet"
     res = runner.invoke(
         app,
-        ["logs", "import", str(src), *IMPORT, "--context-cols", "age", "--event-id-col", "eid"]
-        + ["--out", str(out)],
+        [
+            "logs",
+            "import",
+            str(src),
+            *IMPORT,
+            "--context-cols",
+            "age",
+            "--event-id-col",
+            "eid",
+            "--out",
+            str(out),
+        ],
     )
     assert res.exit_code == 0, res.output
     return out
@@ -110,10 +120,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     f["binary_csv"] = d / "binary.csv"
     f["binary_csv"].write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe" * 20)
     for name, body in {
-        "type_str": "[market]\nsession_length = \"five\"\n",
+        "type_str": '[market]\nsession_length = "five"\n',
         "type_float": "[market.population]\nn_users = 2.5\n",
         "unknown_segment": "[market.world.tastes.bargain_hunters]\nurgency = 1.0\n",
-        "bad_taste_value": "[market.world.tastes.bargain_hunter]\nurgency = \"high\"\n",
+        "bad_taste_value": '[market.world.tastes.bargain_hunter]\nurgency = "high"\n',
         "toml_syntax": "[market\nseed = 1\n",
     }.items():
         (d / f"{name}.toml").write_text(body)
@@ -144,8 +154,11 @@ CASES = [
     # 1. event ids unique across the whole file, on import and in every reader
     Case(
         "import: duplicate id across batches",
-        lambda f, t: _imp("dup_csv", "--event-id-col", "eid", "--batch-size", "100")(f, t)
-        + ["--out", str(t / "o.parquet")],
+        lambda f, t: [
+            *_imp("dup_csv", "--event-id-col", "eid", "--batch-size", "100")(f, t),
+            "--out",
+            str(t / "o.parquet"),
+        ],
         2,
         "rows 10, 900",
         ("o.parquet", "o.variants.parquet"),
@@ -166,16 +179,36 @@ CASES = [
     # 2. corrupted policy / probability / log files: exit 2 (not 1, the gate's hold), named
     Case(
         "gate: truncated policy .npz",
-        lambda f, t: ["ope", "gate", "--logs", str(f["log"]), "--candidate", str(f["trunc_npz"])]
-        + ["--incumbent", str(f["npy"]), "--config", str(f["toml"])],
+        lambda f, t: [
+            "ope",
+            "gate",
+            "--logs",
+            str(f["log"]),
+            "--candidate",
+            str(f["trunc_npz"]),
+            "--incumbent",
+            str(f["npy"]),
+            "--config",
+            str(f["toml"]),
+        ],
         2,
         "trunc.npz is not a readable copyloop policy file",
         extra=("re-save",),
     ),
     Case(
         "gate: bit-flipped policy .npz",
-        lambda f, t: ["ope", "gate", "--logs", str(f["log"]), "--candidate", str(f["flip_npz"])]
-        + ["--incumbent", str(f["npy"]), "--config", str(f["toml"])],
+        lambda f, t: [
+            "ope",
+            "gate",
+            "--logs",
+            str(f["log"]),
+            "--candidate",
+            str(f["flip_npz"]),
+            "--incumbent",
+            str(f["npy"]),
+            "--config",
+            str(f["toml"]),
+        ],
         2,
         "flip.npz",
     ),
@@ -207,7 +240,7 @@ CASES = [
     ),
     Case(
         "import: CSV renamed .parquet as the source",
-        lambda f, t: _imp("csv_as_parquet")(f, t) + ["--out", str(t / "o.parquet")],
+        lambda f, t: [*_imp("csv_as_parquet")(f, t), "--out", str(t / "o.parquet")],
         2,
         "renamed.parquet is not a readable Parquet source",
         ("o.parquet", "o.variants.parquet"),
@@ -216,8 +249,15 @@ CASES = [
     *[
         Case(
             f"simulate --config {name}",
-            lambda f, t, name=name: ["simulate", "--rounds", "10", "--out", str(t / "s.parquet")]
-            + ["--config", str(f["dir"] / f"{name}.toml")],
+            lambda f, t, name=name: [
+                "simulate",
+                "--rounds",
+                "10",
+                "--out",
+                str(t / "s.parquet"),
+                "--config",
+                str(f["dir"] / f"{name}.toml"),
+            ],
             2,
             frag,
             ("s.parquet", "s.variants.parquet"),
@@ -233,16 +273,16 @@ CASES = [
     # 4. output paths checked before any work; nothing left behind
     Case(
         "import --out a folder",
-        lambda f, t: _imp("log")(f, t)[:0]
-        + _imp("bom_csv")(f, t)
-        + ["--out", str(f["dir"] / "a_folder")],
+        lambda f, t: (
+            _imp("log")(f, t)[:0] + _imp("bom_csv")(f, t) + ["--out", str(f["dir"] / "a_folder")]
+        ),
         2,
         "is a folder",
         ("a_folder.variants.parquet",),
     ),
     Case(
         "import --out in a missing folder",
-        lambda f, t: _imp("bom_csv")(f, t) + ["--out", str(t / "missing" / "o.parquet")],
+        lambda f, t: [*_imp("bom_csv")(f, t), "--out", str(t / "missing" / "o.parquet")],
         2,
         "does not exist",
         ("missing",),
@@ -255,8 +295,15 @@ CASES = [
     ),
     Case(
         "simulate --variants-out a folder",
-        lambda f, t: ["simulate", "--rounds", "10", "--out", str(t / "s.parquet")]
-        + ["--variants-out", str(t)],
+        lambda f, t: [
+            "simulate",
+            "--rounds",
+            "10",
+            "--out",
+            str(t / "s.parquet"),
+            "--variants-out",
+            str(t),
+        ],
         2,
         "--variants-out",
         ("s.parquet",),
@@ -276,8 +323,15 @@ CASES = [
     ),
     Case(
         "ope --plot in a missing folder",
-        lambda f, t: ["ope", "--logs", str(f["log"]), "--target-probs", str(f["npy"])]
-        + ["--plot", str(t / "missing" / "x.png")],
+        lambda f, t: [
+            "ope",
+            "--logs",
+            str(f["log"]),
+            "--target-probs",
+            str(f["npy"]),
+            "--plot",
+            str(t / "missing" / "x.png"),
+        ],
         2,
         "--plot",
         ("missing",),
@@ -291,28 +345,50 @@ CASES = [
     ),
     Case(
         "ope --json: zero-click log",
-        lambda f, t: ["ope", "--logs", str(f["no_clicks"]), "--target-probs", str(f["npy"])]
-        + ["--json"],
+        lambda f, t: [
+            "ope",
+            "--logs",
+            str(f["no_clicks"]),
+            "--target-probs",
+            str(f["npy"]),
+            "--json",
+        ],
         2,
         "no click in 300 rows",
     ),
     Case(
         "ope --n-boot 1 names the flag",
-        lambda f, t: ["ope", "--logs", str(f["log"]), "--target-probs", str(f["npy"])]
-        + ["--estimators", "dm", "--n-boot", "1"],
+        lambda f, t: [
+            "ope",
+            "--logs",
+            str(f["log"]),
+            "--target-probs",
+            str(f["npy"]),
+            "--estimators",
+            "dm",
+            "--n-boot",
+            "1",
+        ],
         2,
         "--n-boot must be >= 2",
     ),
     Case(
         "ope --reward-model names the flag",
-        lambda f, t: ["ope", "--logs", str(f["log"]), "--target-probs", str(f["npy"])]
-        + ["--reward-model", "tree"],
+        lambda f, t: [
+            "ope",
+            "--logs",
+            str(f["log"]),
+            "--target-probs",
+            str(f["npy"]),
+            "--reward-model",
+            "tree",
+        ],
         2,
         "--reward-model must be one of",
     ),
     Case(
         "import: ragged CSV row",
-        lambda f, t: _imp("ragged_csv")(f, t) + ["--out", str(t / "o.parquet")],
+        lambda f, t: [*_imp("ragged_csv")(f, t), "--out", str(t / "o.parquet")],
         2,
         "ragged.csv cannot be read as CSV",
         ("o.parquet", "o.variants.parquet"),
@@ -320,30 +396,62 @@ CASES = [
     ),
     Case(
         "import: binary file named .csv",
-        lambda f, t: _imp("binary_csv")(f, t) + ["--out", str(t / "o.parquet")],
+        lambda f, t: [*_imp("binary_csv")(f, t), "--out", str(t / "o.parquet")],
         2,
         "binary.csv",
         ("o.parquet",),
     ),
     Case(
         "generate: --n checked before the model loads",
-        lambda f, t: ["generate", "--campaign", "0", "--segment", "0", "--n", "0"]
-        + ["--model", str(t / "no-model"), "--config", str(f["toml"])],
+        lambda f, t: [
+            "generate",
+            "--campaign",
+            "0",
+            "--segment",
+            "0",
+            "--n",
+            "0",
+            "--model",
+            str(t / "no-model"),
+            "--config",
+            str(f["toml"]),
+        ],
         2,
         "--n must be >= 1",
     ),
     Case(
         "generate: --temperature checked before the model loads",
-        lambda f, t: ["generate", "--campaign", "0", "--segment", "0", "--temperature", "-1"]
-        + ["--model", str(t / "no-model"), "--config", str(f["toml"])],
+        lambda f, t: [
+            "generate",
+            "--campaign",
+            "0",
+            "--segment",
+            "0",
+            "--temperature",
+            "-1",
+            "--model",
+            str(t / "no-model"),
+            "--config",
+            str(f["toml"]),
+        ],
         2,
         "temperature",
     ),
     Case(
         "generate: --out checked before the model loads",
-        lambda f, t: ["generate", "--campaign", "0", "--segment", "0"]
-        + ["--out", str(t / "missing" / "v.parquet"), "--model", str(t / "no-model")]
-        + ["--config", str(f["toml"])],
+        lambda f, t: [
+            "generate",
+            "--campaign",
+            "0",
+            "--segment",
+            "0",
+            "--out",
+            str(t / "missing" / "v.parquet"),
+            "--model",
+            str(t / "no-model"),
+            "--config",
+            str(f["toml"]),
+        ],
         2,
         "--out",
     ),
@@ -356,7 +464,7 @@ CASES = [
     # what must work
     Case(
         "import: UTF-8 BOM header",
-        lambda f, t: _imp("bom_csv")(f, t) + ["--out", str(t / "o.parquet")],
+        lambda f, t: [*_imp("bom_csv")(f, t), "--out", str(t / "o.parquet")],
         0,
         "imported 2 decisions",
     ),
