@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +258,87 @@ def test_obp_round_trip() -> None:
     bad = dict(fb, pscore=np.zeros(n))
     with pytest.raises(LogValidationError, match="propensity"):
         from_obp(bad)
+
+
+def _variants(ids: list[str], text: str = "t") -> VariantsTable:
+    return VariantsTable.from_records(
+        [{"variant_id": v, "campaign_id": "c", "text": f"{text} {v}"} for v in ids]
+    )
+
+
+def test_log_and_variants_are_one_unit(tmp_path: Path) -> None:
+    """Both files carry one pair id; a table from another write is refused by readers; an
+    error inside the block leaves neither file."""
+    from copyloop.contract import read_variants_for, variants_sidecar
+
+    out = tmp_path / "l.parquet"
+    with DecisionLogWriter(out, 3, variants=_variants(["a", "b", "c"])) as w:
+        w.write(DecisionLog.from_arrays(**base_kwargs()))
+    assert variants_sidecar(out) == tmp_path / "l.variants.parquet"
+    assert read_variants_for(out).variant_ids == ["a", "b", "c"]
+    # the table of another write (e.g. a rerun killed between its two renames)
+    other = tmp_path / "other.parquet"
+    with DecisionLogWriter(other, 3, variants=_variants(["a", "b", "c"], "new")) as w:
+        w.write(DecisionLog.from_arrays(**base_kwargs()))
+    variants_sidecar(other).replace(variants_sidecar(out))
+    with pytest.raises(LogValidationError, match="not written together"):
+        read_variants_for(out)
+    fresh = tmp_path / "fresh.parquet"
+    with pytest.raises(RuntimeError), DecisionLogWriter(fresh, 3) as w:
+        w.set_variants(_variants(["a", "b", "c"]))
+        w.write(DecisionLog.from_arrays(**base_kwargs()))
+        raise RuntimeError("boom")
+    assert not fresh.exists() and not variants_sidecar(fresh).exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_writer_refuses_duplicate_ids_across_batches(tmp_path: Path) -> None:
+    out = tmp_path / "l.parquet"
+    second = DecisionLog.from_arrays(**{**base_kwargs(), "event_id": ["x", "e1", "y", "z"]})
+    with (
+        pytest.raises(LogValidationError, match=r"'e1' at rows 1, 5"),
+        DecisionLogWriter(out, 3, variants=_variants(["a", "b", "c"])) as w,
+    ):
+        w.write(DecisionLog.from_arrays(**base_kwargs()))
+        w.write(second)
+    assert not out.exists() and not (tmp_path / "l.variants.parquet").exists()
+
+
+def test_stale_temp_files_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from copyloop.contract import sweep_stale_temps
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    out = tmp_path / "l.parquet"
+    stale = tmp_path / f".l.parquet.{int(dead.stdout)}.tmp"
+    live = tmp_path / f".l.parquet.{os.getppid()}.tmp"  # the test runner's parent: alive
+    other = tmp_path / f".m.parquet.{int(dead.stdout)}.tmp"  # another file's: not ours
+    for p in (stale, live, other):
+        p.write_bytes(b"partial")
+    assert sweep_stale_temps(out) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_explicit_candidates_must_be_known_variants() -> None:
+    with pytest.raises(LogValidationError, match=r"`candidates` must be variant ids.*\['c'\]"):
+        DecisionLog.from_arrays(**base_kwargs(), variants=_variants(["a", "b"]))
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p: p.mkdir(), "is a folder"),
+        (lambda p: None, "does not exist"),
+    ],
+    ids=["folder", "missing-parent"],
+)
+def test_output_path_checked_before_writing(tmp_path: Path, make, match: str) -> None:
+    from copyloop.contract import OutputPathError, check_output_path
+
+    target = tmp_path / "x.parquet" if match == "is a folder" else tmp_path / "no" / "x.parquet"
+    make(target)
+    with pytest.raises(OutputPathError, match=match):
+        check_output_path(target)
