@@ -3,6 +3,7 @@ generator on the command line (registered by :mod:`copyloop.cli`)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -382,6 +383,7 @@ def pool_cmd(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     device: Annotated[str | None, typer.Option(help="torch device.")] = None,
     config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Sample N lines per (campaign, segment) from a model, filter and score them, and save the
     pool (Parquet) for `generator tune --mode dpo --pool`: one sampling pass, many tuning runs."""
@@ -398,6 +400,9 @@ def pool_cmd(
     res = _collect(lm, market, rfn, reward, camps, n, seed)
     res.save(out)
     s = res.summary()
+    if as_json:
+        print_json({"out": str(out), **s})
+        return
     console.print(
         f"wrote {out}: {int(s['lines'])} lines for {int(s['prompts'])} prompts, "
         f"{s['valid']:.0%} valid, mean reward of valid lines {s['mean_reward']:.5f}"
@@ -542,6 +547,7 @@ def loop(
     ] = "kto",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The closed loop: generate variants, allocate simulated traffic with an agent, log, tune the
     generator on the clicks, regenerate; prints the true-world CTR of each round's variants."""
@@ -565,6 +571,9 @@ def loop(
     lm = _load(model)
     with err.status("loop…") as st:
         results = run_loop(lm, market, cfg, out, progress=lambda m: st.update(escape(m)))
+    if as_json:
+        print_json({"out": str(out), "rounds": [asdict(r) for r in results]})
+        return
     print_rounds(results)
     console.print(f"logs, variants and model versions in {out}/round*/; summary {out}/rounds.json")
 
