@@ -544,10 +544,6 @@ class ClickSimulator:
     def copy_dim(self) -> int:
         return int(self._copy_mean.size)
 
-    @property
-    def n_members(self) -> int:
-        return len(self._members)
-
     def campaign_index(self, campaign: str | int) -> int:
         """Index of a campaign id (or pass an index through, range-checked)."""
         if isinstance(campaign, (int, np.integer)):

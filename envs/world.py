@@ -441,8 +441,3 @@ class ClickWorld:
         users = np.asarray(users, np.int64)
         rows = self.user_table[users]
         return sigmoid(self._logits(rows, np.zeros(users.size, np.int64), terms, t))
-
-    @property
-    def segment_offsets(self) -> npt.NDArray[np.float64]:
-        """Calibrated per-segment logit offsets."""
-        return self._offset.copy()

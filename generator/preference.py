@@ -228,27 +228,6 @@ def collect_pool(
     )
 
 
-def rescore_pool(pool: SamplePool, reward: RewardFn, *, reward_name: str = "") -> SamplePool:
-    """The same lines scored by another reward (validity unchanged): e.g. rank a pool by the
-    learned click simulator and judge the tuned model in the true world, or the reverse."""
-    r = np.zeros(len(pool))
-    for g in range(len(pool.prompts)):
-        rows = np.flatnonzero((pool.group == g) & pool.valid)
-        if rows.size:
-            texts = [pool.texts[i] for i in rows]
-            r[rows] = reward(texts, int(pool.campaigns[g]), int(pool.segments[g]))
-    return SamplePool(
-        campaigns=pool.campaigns.copy(),
-        segments=pool.segments.copy(),
-        prompts=list(pool.prompts),
-        group=pool.group.copy(),
-        texts=list(pool.texts),
-        reward=r,
-        valid=pool.valid.copy(),
-        meta={**pool.meta, "reward": reward_name, "rescored_from": pool.meta.get("reward", "")},
-    )
-
-
 def feedback_pool(feedback: Any) -> SamplePool:
     """A DecisionLog's per-variant feedback (:func:`~copyloop.generator.tune.variant_feedback`)
     as a pool: each (campaign, segment) group is a prompt, each variant's shrunk IPW CTR its
