@@ -8,6 +8,7 @@ An experiment is one TOML file (the shipped ones are in ``configs/``)::
     batch_size = 100          # decisions per policy update
     eval_every = 100          # metric granularity, in impressions
     save_logs = false         # also write logs/{env}-{agent}-{seed}.parquet DecisionLogs
+                              # (each with its variants table, *.variants.parquet)
 
     [market]                  # MarketConfig.from_dict
     catalog = { n_campaigns = 24 }
@@ -219,7 +220,7 @@ class ExperimentConfig:
         market: the base market table (:meth:`copyloop.envs.MarketConfig.from_dict`).
         batch_size: decisions per policy update (and sessions stepped together).
         eval_every: impressions between recorded metric points (the last point is ``rounds``).
-        save_logs: also write every run's DecisionLog to ``logs/``.
+        save_logs: also write every run's DecisionLog (with its variants table) to ``logs/``.
         description: free text, kept in ``config.toml`` and ``summary.md``.
 
     Example:
@@ -474,7 +475,6 @@ class RunSpec:
     batch_size: int
     eval_every: int
     log_path: str | None = None
-    variants_path: str | None = None
 
 
 _MARKETS: dict[MarketConfig, Market] = {}
@@ -512,9 +512,9 @@ def _blas_threads(n: int) -> Iterator[None]:
 def run_one(spec: RunSpec, progress: Callable[[int], None] | None = None) -> pd.DataFrame:
     """One run: train if asked, then ``rounds`` impressions with learning after every batch.
 
-    The stepping and accounting are :func:`copyloop.envs.simulate.simulate`'s (same env, batch
-    and seeds, so the totals agree), recording the cumulative metrics at every ``eval_every``
-    impressions instead of only the totals.
+    Runs :func:`copyloop.envs.simulate.run_loop`, the loop that ``simulate`` runs too (same
+    env, batch and seeds, so the totals agree), recording the cumulative metrics at every
+    ``eval_every`` impressions instead of only the totals.
 
     Args:
         spec: the run.
@@ -523,9 +523,7 @@ def run_one(spec: RunSpec, progress: Callable[[int], None] | None = None) -> pd.
     Returns:
         Rows ``experiment, env, agent, seed, t`` + :data:`METRICS`, one per metric point.
     """
-    from copyloop.contract import DecisionLogWriter
-    from copyloop.envs.simulate import events_to_log
-    from copyloop.envs.vector import CopyMarketVectorEnv
+    from copyloop.envs.simulate import StepBatch, run_loop
 
     market = _market(spec.market)
     policy = spec.agent.make(spec.seed)
@@ -543,57 +541,30 @@ def run_one(spec: RunSpec, progress: Callable[[int], None] | None = None) -> pd.
     )
     series = np.zeros((4, points.size))  # clicks, expected, oracle, regret at each point
     totals = np.zeros(4)
-    env = CopyMarketVectorEnv(min(spec.batch_size, spec.rounds), market=market)
-    obs, _ = env.reset(seed=spec.seed)
-    run_id = f"{spec.env}-{spec.agent.name}-{spec.seed}"
-    done, p = 0, 0
-    with contextlib.ExitStack() as stack:
-        writer = None
-        if spec.log_path is not None:
-            meta = {
-                "policy": repr(policy),
-                "seed": str(spec.seed),
-                "experiment": spec.experiment,
-                "context_names": json.dumps(market.population.feature_names),
-            }
-            writer = stack.enter_context(
-                DecisionLogWriter(spec.log_path, market.user_dim, metadata=meta)
-            )
-        while done < spec.rounds:
-            decision = policy.act(obs)
-            nxt, rewards, _, _, info = env.step(decision.actions)
-            take = min(env.num_envs, spec.rounds - done)
-            rows = slice(0, take)
-            ctr = info["true_ctr"][rows]
-            a = decision.actions[rows]
-            chosen = ctr[np.arange(take), a]
-            best = ctr.max(axis=1)
-            cum = np.cumsum(np.stack([rewards[rows], chosen, best, best - chosen]), axis=1)
-            q = int(np.searchsorted(points, done + take, side="right"))
-            if q > p:  # metric points inside this batch (impression t = done + i + 1)
-                series[:, p:q] = totals[:, None] + cum[:, points[p:q] - done - 1]
-                p = q
-            totals += cum[:, -1]
-            if writer is not None:
-                writer.write(
-                    events_to_log(
-                        market,
-                        obs,
-                        decision,
-                        info,
-                        rewards,
-                        run_id=run_id,
-                        policy_id=policy.policy_id,
-                        rows=rows,
-                    )
-                )
-            policy.update({k: v[rows] for k, v in obs.items()}, a, rewards[rows])
-            obs = nxt
-            done += take
-            if progress is not None:
-                progress(done)
-    if spec.variants_path is not None:
-        market.catalog.variants.write(spec.variants_path)
+    p = 0
+
+    def record(b: StepBatch) -> None:
+        nonlocal p
+        cum = np.cumsum(np.stack([b.clicks, b.expected, b.oracle, b.oracle - b.expected]), axis=1)
+        q = int(np.searchsorted(points, b.end, side="right"))
+        if q > p:  # metric points inside this batch (impression t = start + i + 1)
+            series[:, p:q] = totals[:, None] + cum[:, points[p:q] - b.start - 1]
+            p = q
+        totals[:] += cum[:, -1]
+        if progress is not None:
+            progress(b.end)
+
+    run_loop(
+        market,
+        policy,
+        spec.rounds,
+        seed=spec.seed,
+        batch_size=spec.batch_size,
+        out=spec.log_path,
+        run_id=f"{spec.env}-{spec.agent.name}-{spec.seed}",
+        metadata={"experiment": spec.experiment},
+        on_batch=record,
+    )
     df = pd.DataFrame(
         {
             "experiment": spec.experiment,
@@ -721,17 +692,8 @@ def run_experiment(
         specs = cfg.runs()
         if cfg.save_logs:
             (tmp / "logs").mkdir()
-            first: dict[str, RunSpec] = {}
-            for s in specs:
-                first.setdefault(s.env, s)
             specs = [
-                replace(
-                    s,
-                    log_path=str(tmp / "logs" / f"{s.env}-{s.agent.name}-{s.seed}.parquet"),
-                    variants_path=str(tmp / "logs" / f"{s.env}.variants.parquet")
-                    if first[s.env] is s
-                    else None,
-                )
+                replace(s, log_path=str(tmp / "logs" / f"{s.env}-{s.agent.name}-{s.seed}.parquet"))
                 for s in specs
             ]
         start = time.perf_counter()

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from copyloop.agents import POLICIES, UniformPolicy
-from copyloop.contract import DecisionLog
+from copyloop.contract import DecisionLog, read_variants_for
 from copyloop.experiments import (
     CONFIG_DIR,
     ExperimentConfig,
@@ -134,9 +134,13 @@ def test_save_logs_writes_valid_decision_logs(smoke_dict: dict[str, Any], tmp_pa
     logs = res.out_dir / "logs"
     assert sorted(p.name for p in logs.iterdir()) == [
         "default-ucb1-0.parquet",
+        "default-ucb1-0.variants.parquet",
         "default-ucb1-1.parquet",
-        "default.variants.parquet",
+        "default-ucb1-1.variants.parquet",
     ]
+    for name in ("default-ucb1-0", "default-ucb1-1"):  # each log is paired with its own table
+        variants = read_variants_for(logs / f"{name}.parquet")
+        assert variants is not None and variants.n_variants > 0
     log = DecisionLog.read(logs / "default-ucb1-1.parquet")
     final = res.metrics[(res.metrics["seed"] == 1) & (res.metrics["t"] == 500)].iloc[0]
     assert len(log) == 500
