@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
-from copyloop.experiments.runner import main
+import argparse
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run an experiment config and print its summary (see :mod:`copyloop.experiments.runner`)."""
+    from copyloop.experiments.runner import run_experiment
+    from copyloop.experiments.summary import summary_text
+
+    ap = argparse.ArgumentParser(
+        description="Compare agents on the copy market: agents × seeds × market variants, in "
+        "parallel processes."
+    )
+    ap.add_argument("config", help="experiment TOML, or a shipped config name (smoke, ...)")
+    ap.add_argument("--out", required=True, help="output folder (new or empty)")
+    ap.add_argument("--workers", type=int, default=None, help="processes (default min(2, CPUs))")
+    ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    args = ap.parse_args(argv)
+    result = run_experiment(args.config, args.out, workers=args.workers, overwrite=args.overwrite)
+    print(summary_text(result))
+    print(f"wrote {result.out_dir} in {result.elapsed_s:.1f} s")
+
 
 if __name__ == "__main__":
     main()

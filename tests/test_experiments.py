@@ -235,6 +235,33 @@ def test_shipped_configs_parse() -> None:
         assert ExperimentConfig.from_dict(tomllib.loads(cfg.to_toml())) == cfg
 
 
+def test_toml_round_trip_is_exact(smoke_dict: dict[str, Any]) -> None:
+    """config → TOML (tomli-w) → config is exact: awkward strings, float reprs, numpy scalars and
+    the fully resolved tables of every shipped config."""
+    d = copy.deepcopy(smoke_dict) | {
+        "description": 'quotes " and \\ backslash, ünïcode, a tab\tand a\nnewline',
+        "seeds": [np.int64(0), 7],
+        "rounds": np.int64(3000),
+    }
+    d["agents"][1]["params"] = {"epsilon": 0.1 + 0.2, "prior_ctr": np.float32(0.05)}
+    cfg = ExperimentConfig.from_dict(d)
+    back = ExperimentConfig.from_dict(tomllib.loads(cfg.to_toml()))
+    assert back == cfg
+    assert back.description == d["description"]
+    assert back.agents[1].params["epsilon"] == 0.30000000000000004
+    assert back.agents[1].params["prior_ctr"] == float(np.float32(0.05))
+    for name in sorted(p.stem for p in CONFIG_DIR.glob("*.toml")):
+        resolved = ExperimentConfig.from_toml(config_path(name)).resolved()
+        assert ExperimentConfig.from_dict(tomllib.loads(resolved.to_toml())) == resolved
+
+
+def test_toml_refuses_none(smoke_dict: dict[str, Any]) -> None:
+    d = copy.deepcopy(smoke_dict)
+    d["agents"][1]["params"] = {"epsilon": None}
+    with pytest.raises(ValueError, match="TOML has no null"):
+        ExperimentConfig.from_dict(d).to_toml()
+
+
 def test_run_spec_is_plain_data(smoke: ExperimentResult) -> None:
     import pickle
 
