@@ -30,7 +30,8 @@ import numpy.typing as npt
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from copyloop.envs.clicksim import ClickData, ClickSimError, ClickSimulator, _logloss
+from copyloop.envs.clicksim import ClickData, ClickSimError, ClickSimulator
+from copyloop.envs.clicksim.calibration import logloss
 
 
 @dataclass
@@ -133,8 +134,8 @@ def fidelity_report(
         clicks=float(y.sum()),
         base_rate=base,
         auc=float(roc_auc_score(y, pred)),
-        logloss=_logloss(pred, y),
-        logloss_base_rate=_logloss(np.full(y.size, sim.base_rate), y),
+        logloss=logloss(pred, y),
+        logloss_base_rate=logloss(np.full(y.size, sim.base_rate), y),
         ece=ece,
         reliability=curve,
     )

@@ -87,10 +87,10 @@ def _ceiling(market: Any, train: Any, heldout: Any) -> dict[str, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    from copyloop.envs.clicksim import _embedding_pca, _project
+    from copyloop.envs.clicksim.model import embedding_pca, project
 
-    mean, comp = _embedding_pca(train.copy, 8)
-    x_all = _project(train.copy, mean, comp)
+    mean, comp = embedding_pca(train.copy, 8)
+    x_all = project(train.copy, mean, comp)
     category = np.array([p.category for p in market.catalog.products])
     names = train.context_names
     dev = [i for i, n in enumerate(names) if n.startswith("device=")]

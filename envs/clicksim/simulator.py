@@ -1,40 +1,5 @@
-"""The learned click simulator: a CTR model fit on any DecisionLog and its variants table.
-
-Users have their own click logs, not our click world. :class:`ClickSimulator` learns
-CTR(user, copy) from such a log so the market env, the agents and the generator can run on it,
-and :mod:`copyloop.envs.clicksim_report` says how far to trust it.
-
-The model is a two-tower factorisation machine over the log's context features and the copy's
-text (its MiniLM embedding plus the readable text features of :mod:`copyloop.envs.text`)::
-
-    logit(u, v, c) = b + w_u(u)  + w_v(v) + w_c[c]                 (first-order terms)
-                   + < U(u),  V(v) + C[c] >                         (user × copy × campaign)
-
-with ``U``, ``V`` small MLP towers and ``C`` a learned vector per campaign (the product's own
-appeal and who it appeals to). Texts the log never showed are scored through their text tower,
-which is what lets the generator be rewarded by the simulator.
-
-Training:
-
-- an ensemble of ``members`` models, each with its own initialisation and batch order (a deep
-  ensemble, Lakshminarayanan et al. 2017; optionally each on a Poisson(1) bootstrap of the rows,
-  which on 200k-row click logs cost 0.007 AUC, so it is off by default); their disagreement
-  (standard deviation of the calibrated CTRs) is the simulator's epistemic uncertainty;
-- optional propensity weighting (``weighting="ipw"``): each row is weighted by
-  ``(1/K) / propensity`` (self-normalised, clipped at ``max_weight``), so the fit targets the
-  uniform-logging distribution instead of the logging policy's, which corrects the bias a skewed
-  (e.g. Thompson-sampling) logger leaves in a naive fit;
-- early stopping and calibration on a held-out slice of the log: Platt scaling of the ensemble's
-  mean logit (temperature and bias), or isotonic regression.
-
-Example:
-    >>> sim = ClickSimulator.fit(log, variants)                      # doctest: +SKIP
-    >>> sim.save("clicksim/")                                         # doctest: +SKIP
-    >>> sim = ClickSimulator.load("clicksim/")                        # doctest: +SKIP
-    >>> sim.click_reward(["Save 20% today!"], campaign="p123", segment="bargain_hunter")
-    ... # doctest: +SKIP
-    [0.031]
-"""
+"""The fitted click simulator: scoring users × copy, fitting the ensemble, saving and loading it,
+and the bound fast path the env uses (see :mod:`copyloop.envs.clicksim`)."""
 
 from __future__ import annotations
 
@@ -43,7 +8,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +17,11 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from copyloop.contract import (
-    DecisionLog,
-    LogValidationError,
-    VariantsTable,
-    atomic_path,
-    log_metadata,
-)
-from copyloop.envs.text import N_TEXT_FEATURES, text_features
+from copyloop.contract import LogValidationError, VariantsTable, atomic_path
+from copyloop.envs.clicksim.calibration import Calibrator, logloss
+from copyloop.envs.clicksim.config import ClickSimConfig, ClickSimError
+from copyloop.envs.clicksim.data import ClickData, copy_inputs
+from copyloop.envs.clicksim.model import TwoTower, embedding_pca, np_mlp, project
 from copyloop.envs.world import sigmoid as _sigmoid
 
 FORMAT_VERSION = 1
@@ -73,404 +35,6 @@ CONTEXT_SAMPLE = 4096
 realistic users of a segment."""
 
 _F32 = npt.NDArray[np.float32]
-
-
-class ClickSimError(ValueError):
-    """A click simulator could not be fit, loaded or used; the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class ClickSimConfig:
-    """How to fit a :class:`ClickSimulator`.
-
-    Attributes:
-        members: ensemble size (>= 1; their spread is the epistemic uncertainty, 5+ recommended).
-        hidden: width of each tower's hidden layer.
-        factors: dimension of the user × copy interaction.
-        epochs: most passes over the training rows (early stopping usually ends sooner).
-        patience: epochs without validation improvement before a member stops.
-        batch_size: rows per gradient step.
-        lr: Adam learning rate.
-        weight_decay: L2 penalty (AdamW).
-        embedding_pca: principal components of the text embeddings (over the log's variants)
-            the copy tower reads (0 = the full embedding). Fewer inputs, less memorisation of
-            individual variants, better generalisation to new copy.
-        weighting: ``"none"`` (plain likelihood), ``"ipw"`` (propensity weights on the likelihood,
-            early stopping and calibration, see the module doc) or ``"ipw-select"`` (plain
-            likelihood; propensity weights on early stopping and calibration only).
-        max_weight: clip of the self-normalised propensity weights.
-        weight_power: flattening exponent of the weights (1 = plain importance weights; the
-            default 0.5 trades a little bias for much less variance, which won in
-            ``experiments/clicksim_fidelity.py``).
-        calibration: ``"platt"`` (temperature + bias on the ensemble logit), ``"isotonic"`` or
-            ``"none"``.
-        holdout: fraction of rows held out for early stopping and calibration.
-        bootstrap: train each member on a Poisson(1) bootstrap of the rows (off by default: the
-            members of a deep ensemble already disagree where data are thin, and bootstrapping
-            throws away a third of each member's rows).
-        seed: seed of the split, the bootstraps, the initialisations and the batch order.
-    """
-
-    members: int = 5
-    hidden: int = 64
-    factors: int = 16
-    epochs: int = 30
-    patience: int = 3
-    batch_size: int = 2048
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    embedding_pca: int = 8
-    weighting: str = "none"
-    max_weight: float = 50.0
-    weight_power: float = 0.5
-    calibration: str = "platt"
-    holdout: float = 0.1
-    bootstrap: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        checks = {
-            "members": self.members >= 1,
-            "hidden": self.hidden >= 1,
-            "factors": self.factors >= 1,
-            "epochs": self.epochs >= 1,
-            "patience": self.patience >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "embedding_pca": self.embedding_pca >= 0,
-            "max_weight": self.max_weight >= 1,
-            "holdout": 0.0 < self.holdout < 0.5,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"ClickSimConfig: invalid `{name}`={getattr(self, name)!r}")
-        if self.weighting not in ("none", "ipw", "ipw-select"):
-            raise ValueError(
-                f"`weighting` must be 'none', 'ipw' or 'ipw-select', got {self.weighting!r}"
-            )
-        if not 0.0 < self.weight_power <= 1.0:
-            raise ValueError(f"`weight_power` must be in (0, 1], got {self.weight_power}")
-        if self.calibration not in ("platt", "isotonic", "none"):
-            raise ValueError(
-                f"`calibration` must be 'platt', 'isotonic' or 'none', got {self.calibration!r}"
-            )
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClickSimConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown click-simulator setting(s) {unknown}; known: {sorted(known)}"
-            )
-        return cls(**d)
-
-
-# ----------------------------------------------------------------------------------------------
-# data
-# ----------------------------------------------------------------------------------------------
-
-
-def copy_inputs(texts: Sequence[str], embeddings: _F32 | None = None) -> _F32:
-    """The copy-side input of the model: ``[MiniLM embedding | readable text features]``."""
-    if embeddings is None:
-        from copyloop.envs.embed import default_encoder
-
-        embeddings = default_encoder().encode(list(texts))
-    emb = np.asarray(embeddings, np.float32)
-    if emb.shape[0] != len(texts):
-        raise ClickSimError(f"{len(texts)} texts but {emb.shape[0]} embeddings — pass one per text")
-    return np.hstack([emb, text_features(list(texts))]).astype(np.float32)
-
-
-@dataclass
-class ClickData:
-    """A log joined to its variants table: what the model trains and is scored on.
-
-    Attributes:
-        context: user features, ``(n, du)``.
-        variant: row of each shown variant in the variants table, ``(n,)``.
-        campaign: index of each row's campaign in :attr:`campaign_ids`, ``(n,)``.
-        reward: clicks in [0, 1], ``(n,)``.
-        propensity: logged propensity of the shown variant, ``(n,)``.
-        n_candidates: number of candidates each decision chose among, ``(n,)``.
-        copy: model input of every variant, ``(V, e + text features)``.
-        variant_campaign: campaign index of every variant, ``(V,)``.
-        campaign_ids: campaign ids in variants-table order.
-        variant_ids: variant ids in table order.
-        texts: variant texts in table order.
-        context_names: names of the context features when the log says (else None).
-        user_id: the log's user ids (for ground-truth checks on simulated logs), or None.
-        action_index: the logged slot of each row.
-        metadata: the log file's key/value metadata.
-    """
-
-    context: _F32
-    variant: npt.NDArray[np.int64]
-    campaign: npt.NDArray[np.int64]
-    reward: npt.NDArray[np.float32]
-    propensity: npt.NDArray[np.float64]
-    n_candidates: npt.NDArray[np.int64]
-    copy: _F32
-    variant_campaign: npt.NDArray[np.int64]
-    campaign_ids: list[str]
-    variant_ids: list[str]
-    texts: list[str]
-    embeddings: _F32 | None
-    context_names: list[str] | None = None
-    user_id: list[str | None] | None = None
-    action_index: npt.NDArray[np.int64] | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.reward.size)
-
-    @classmethod
-    def from_files(
-        cls, logs: str | Path, variants: str | Path | None = None, *, need_reward: bool = True
-    ) -> ClickData:
-        """Read a DecisionLog Parquet file and its variants table (default
-        ``<logs>.variants.parquet``, as ``copyloop simulate`` writes it)."""
-        lp = Path(logs)
-        vp = Path(variants) if variants is not None else lp.with_suffix(".variants.parquet")
-        if not vp.is_file():
-            raise ClickSimError(
-                f"variants table {vp} does not exist — pass --variants with the variants table "
-                "the log's actions refer to"
-            )
-        vt = VariantsTable.read(vp)
-        log = DecisionLog.read(lp)
-        return cls.from_log(log, vt, metadata=log_metadata(lp), need_reward=need_reward)
-
-    @classmethod
-    def from_log(
-        cls,
-        log: DecisionLog,
-        variants: VariantsTable,
-        *,
-        metadata: dict[str, str] | None = None,
-        need_reward: bool = True,
-    ) -> ClickData:
-        """Join ``log`` to ``variants``; clear errors when they do not belong together."""
-        if log.n_rows == 0:
-            raise ClickSimError("the log is empty — a click simulator needs logged impressions")
-        reward = log.reward
-        if need_reward:
-            missing = np.isnan(reward)
-            if missing.all():
-                raise ClickSimError(
-                    "the log has no rewards (`reward` is null in every row) — a click simulator "
-                    "learns from observed clicks; log rewards or join them in before fitting"
-                )
-            if missing.any():
-                rows = np.flatnonzero(missing)[:5].tolist()
-                raise ClickSimError(
-                    f"`reward` is null in {int(missing.sum())} rows (e.g. rows {rows}) — drop "
-                    "unobserved rows before fitting"
-                )
-            bad = (reward < 0) | (reward > 1)
-            if bad.any():
-                rows = np.flatnonzero(bad)[:5].tolist()
-                raise ClickSimError(
-                    f"`reward` must be a click in [0, 1]; rows {rows} have "
-                    f"{reward[bad][:5].tolist()} — the click simulator models click probabilities"
-                )
-        vids = variants.variant_ids
-        index = {v: i for i, v in enumerate(vids)}
-        actions = log.column("action")
-        row = np.fromiter((index.get(a, -1) for a in actions), np.int64, len(actions))
-        if (row < 0).any():
-            bad_rows = np.flatnonzero(row < 0)
-            shown = [actions[i] for i in bad_rows[:5].tolist()]
-            raise ClickSimError(
-                f"{bad_rows.size} logged actions are not in the variants table (e.g. {shown} in "
-                f"rows {bad_rows[:5].tolist()}) — pass the variants table the log was written "
-                "with (`copyloop simulate` writes it next to the log as *.variants.parquet)"
-            )
-        camps, _starts, counts = variants.campaign_index()
-        camp_ids = [str(c) for c in camps.to_pylist()]
-        variant_campaign = np.repeat(np.arange(len(camp_ids)), counts).astype(np.int64)
-        camp_index = {c: i for i, c in enumerate(camp_ids)}
-        log_camp = log.column("campaign_id")
-        campaign = np.fromiter((camp_index.get(c, -1) for c in log_camp), np.int64, len(log_camp))
-        mismatch = campaign != variant_campaign[row]
-        if mismatch.any():
-            bad_rows = np.flatnonzero(mismatch)
-            i = int(bad_rows[0])
-            raise ClickSimError(
-                f"{bad_rows.size} rows show a variant of another campaign (row {i}: campaign "
-                f"{log_camp[i]!r}, variant {actions[i]!r} belongs to "
-                f"{camp_ids[int(variant_campaign[row[i]])]!r}) — the variants table does not "
-                "match the log"
-            )
-        cands = log.column("candidates")
-        n_cand = np.asarray(
-            [
-                int(counts[c]) if cd is None else len(cd)
-                for c, cd in zip(campaign, cands, strict=True)
-            ],
-            np.int64,
-        )
-        meta = dict(metadata or {})
-        names = None
-        if "context_names" in meta:
-            try:
-                names = [str(x) for x in json.loads(meta["context_names"])]
-            except (json.JSONDecodeError, TypeError):
-                names = None
-            if names is not None and len(names) != log.context_dim:
-                names = None
-        texts = variants.texts
-        emb = variants.embeddings
-        return cls(
-            context=np.ascontiguousarray(log.context, np.float32),
-            variant=row,
-            campaign=campaign,
-            reward=np.nan_to_num(reward).astype(np.float32),
-            propensity=log.propensity.astype(np.float64),
-            n_candidates=n_cand,
-            copy=copy_inputs(texts, emb),
-            variant_campaign=variant_campaign,
-            campaign_ids=camp_ids,
-            variant_ids=vids,
-            texts=texts,
-            embeddings=emb,
-            context_names=names,
-            user_id=log.column("user_id"),
-            action_index=log.action_index.astype(np.int64),
-            metadata=meta,
-        )
-
-    def ipw_weights(self, max_weight: float, power: float = 1.0) -> npt.NDArray[np.float64]:
-        """Self-normalised weights ``((1/K) / propensity) ** power`` (target: uniform over
-        candidates; ``power < 1`` flattens them, Shimodaira 2000), clipped at ``max_weight`` and
-        renormalised to mean 1."""
-        w = ((1.0 / self.n_candidates) / self.propensity) ** power
-        w = w / w.mean()
-        w = np.minimum(w, max_weight)
-        return w / w.mean()
-
-
-# ----------------------------------------------------------------------------------------------
-# the model
-# ----------------------------------------------------------------------------------------------
-
-
-def _embedding_pca(copy: _F32, k: int) -> tuple[_F32, _F32]:
-    """Mean and top-``k`` principal axes of the embedding part of copy inputs (over distinct
-    variants; signs fixed so the largest loading is positive). ``k=0``: no projection."""
-    emb = copy[:, :-N_TEXT_FEATURES].astype(np.float64)
-    if k == 0:
-        return np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
-    mean = emb.mean(0)
-    _, _, vt = np.linalg.svd(emb - mean, full_matrices=False)
-    vt = vt[: min(k, vt.shape[0])]
-    vt = vt * np.sign(vt[np.arange(vt.shape[0]), np.abs(vt).argmax(axis=1)])[:, None]
-    return mean.astype(np.float32), vt.astype(np.float32)
-
-
-def _project(copy: _F32, mean: _F32, components: _F32) -> _F32:
-    """``[PCA(embedding) | text features]``; identity when there are no components."""
-    if components.size == 0:
-        return copy
-    emb = copy[:, :-N_TEXT_FEATURES]
-    if emb.shape[1] != mean.size:
-        raise ClickSimError(
-            f"text embeddings have {emb.shape[1]} dimensions, the simulator was fit on "
-            f"{mean.size} — use the same text encoder"
-        )
-    return np.hstack([(emb - mean) @ components.T, copy[:, -N_TEXT_FEATURES:]]).astype(np.float32)
-
-
-class _TwoTower(nn.Module):
-    """One ensemble member (see the module docstring for the logit)."""
-
-    def __init__(self, du: int, dv: int, n_campaigns: int, hidden: int, factors: int) -> None:
-        super().__init__()
-        out = factors + 1  # column 0: first-order term, the rest: interaction factors
-        self.user = nn.Sequential(nn.Linear(du, hidden), nn.ReLU(), nn.Linear(hidden, out))
-        self.copy = nn.Sequential(nn.Linear(dv, hidden), nn.ReLU(), nn.Linear(hidden, out))
-        # Row n_campaigns is the "unknown campaign" (always zero: never trained).
-        self.campaign = nn.Embedding(n_campaigns + 1, out)
-        nn.init.zeros_(self.campaign.weight)
-        self.bias = nn.Parameter(torch.zeros(1))
-
-    def forward(self, u: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        uu = self.user(u)
-        vv = self.copy(v) + self.campaign(c)
-        return self.bias + uu[:, 0] + vv[:, 0] + (uu[:, 1:] * vv[:, 1:]).sum(1)
-
-
-def _np_mlp(seq: nn.Sequential) -> Callable[[_F32], _F32]:
-    first, last = seq[0], seq[2]
-    assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
-    w1 = first.weight.detach().numpy().T.copy()
-    b1 = first.bias.detach().numpy().copy()
-    w2 = last.weight.detach().numpy().T.copy()
-    b2 = last.bias.detach().numpy().copy()
-
-    def f(x: _F32) -> _F32:
-        h = x @ w1
-        h += b1
-        np.maximum(h, 0.0, out=h)
-        y = h @ w2
-        y += b2
-        return y.astype(np.float32, copy=False)
-
-    return f
-
-
-def _logloss(p: npt.NDArray[np.floating], y: npt.NDArray[np.floating], w: Any = None) -> float:
-    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
-    ll = -(y * np.log(p) + (1 - y) * np.log1p(-p))
-    return float(np.average(ll, weights=w))
-
-
-@dataclass
-class Calibrator:
-    """Maps an uncalibrated logit to a calibrated probability (Platt, isotonic or identity)."""
-
-    kind: str = "none"
-    a: float = 1.0
-    b: float = 0.0
-    x: list[float] = field(default_factory=list)
-    y: list[float] = field(default_factory=list)
-
-    def __call__(self, logit: npt.NDArray[np.floating]) -> _F32:
-        if self.kind == "isotonic":
-            p = _sigmoid(logit)
-            return np.interp(p, self.x, self.y).astype(np.float32)
-        return _sigmoid(self.a * np.asarray(logit, np.float32) + self.b)
-
-    @classmethod
-    def fit(
-        cls, kind: str, logit: npt.NDArray[np.floating], y: npt.NDArray[np.floating], w: Any
-    ) -> Calibrator:
-        if kind == "none":
-            return cls("none")
-        if kind == "isotonic":
-            from sklearn.isotonic import IsotonicRegression
-
-            iso = IsotonicRegression(out_of_bounds="clip", y_min=1e-6, y_max=1 - 1e-6)
-            iso.fit(_sigmoid(logit), y, sample_weight=w)
-            return cls("isotonic", x=iso.X_thresholds_.tolist(), y=iso.y_thresholds_.tolist())
-        from scipy.optimize import minimize
-
-        z = np.asarray(logit, np.float64)
-        yy = np.asarray(y, np.float64)
-        ww = np.ones_like(z) if w is None else np.asarray(w, np.float64)
-
-        def loss(ab: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
-            t = ab[0] * z + ab[1]
-            p = 1.0 / (1.0 + np.exp(-t))
-            ll = np.sum(ww * (np.logaddexp(0.0, t) - yy * t)) / ww.sum()
-            g = ww * (p - yy) / ww.sum()
-            return float(ll), np.array([np.sum(g * z), np.sum(g)])
-
-        res = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
-        return cls("platt", a=float(res.x[0]), b=float(res.x[1]))
 
 
 @dataclass
@@ -494,7 +58,7 @@ class ClickSimulator:
         self,
         *,
         config: ClickSimConfig,
-        members: list[_TwoTower],
+        members: list[TwoTower],
         calibrator: Calibrator,
         user_mean: _F32,
         user_scale: _F32,
@@ -525,8 +89,8 @@ class ClickSimulator:
         self.path: Path | None = None
         for m in members:
             m.eval()
-        self._user_fns = [_np_mlp(m.user) for m in members]
-        self._copy_fns = [_np_mlp(m.copy) for m in members]
+        self._user_fns = [np_mlp(m.user) for m in members]
+        self._copy_fns = [np_mlp(m.copy) for m in members]
         self._camp_w = [m.campaign.weight.detach().numpy().copy() for m in members]
         self._bias = np.array([float(m.bias.detach()) for m in members], np.float32)
         self._variant_copy = copy_inputs(variants.texts, variants.embeddings)
@@ -578,7 +142,7 @@ class ClickSimulator:
         return [f(z) for f in self._user_fns]
 
     def _copy_terms(self, copy: _F32, campaign: npt.NDArray[np.int64]) -> list[_F32]:
-        x = _project(np.asarray(copy, np.float32), self._pca_mean, self._pca_components)
+        x = project(np.asarray(copy, np.float32), self._pca_mean, self._pca_components)
         if x.shape[1] != self.copy_dim:
             raise ClickSimError(
                 f"copy inputs have {x.shape[1]} features after projection, the model reads "
@@ -736,8 +300,8 @@ class ClickSimulator:
         u_all = data.context
         user_mean = u_all[train].mean(0).astype(np.float32)
         user_scale = np.maximum(u_all[train].std(0), 1e-3).astype(np.float32)
-        pca_mean, pca_comp = _embedding_pca(data.copy, cfg.embedding_pca)
-        copy_x = _project(data.copy, pca_mean, pca_comp)
+        pca_mean, pca_comp = embedding_pca(data.copy, cfg.embedding_pca)
+        copy_x = project(data.copy, pca_mean, pca_comp)
         copy_used = copy_x[data.variant[train]]
         copy_mean = copy_used.mean(0).astype(np.float32)
         copy_scale = np.maximum(copy_used.std(0), 1e-3).astype(np.float32)
@@ -749,7 +313,7 @@ class ClickSimulator:
         n_camp = len(data.campaign_ids)
         total = cfg.members * cfg.epochs
         done = 0
-        members: list[_TwoTower] = []
+        members: list[TwoTower] = []
         member_epochs: list[int] = []
         val_t = torch.from_numpy(val)
         train_t = torch.from_numpy(train)
@@ -763,7 +327,7 @@ class ClickSimulator:
             w_train = torch.from_numpy((fit_weights[train] * boot).astype(np.float32))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(rng.integers(2**31)))
-                net = _TwoTower(u_all.shape[1], copy_x.shape[1], n_camp, cfg.hidden, cfg.factors)
+                net = TwoTower(u_all.shape[1], copy_x.shape[1], n_camp, cfg.hidden, cfg.factors)
             # Start from the base rate so early epochs are not spent learning the intercept.
             with torch.no_grad():
                 base = float(np.average(data.reward[train], weights=fit_weights[train]))
@@ -787,7 +351,7 @@ class ClickSimulator:
                 net.eval()
                 with torch.no_grad():
                     z = net(uz[val_t], vz[var_t[val_t]], camp_t[val_t]).numpy()
-                vl = _logloss(_sigmoid(z), data.reward[val], w_val)
+                vl = logloss(_sigmoid(z), data.reward[val], w_val)
                 done += 1
                 if progress is not None:
                     progress(done, total, f"member {m + 1}/{cfg.members} val log-loss {vl:.5f}")
@@ -812,8 +376,8 @@ class ClickSimulator:
                 [mm(uz[val_t], vz[var_t[val_t]], camp_t[val_t]).numpy() for mm in members]
             )
         calib = Calibrator.fit(cfg.calibration, zs.mean(0), data.reward[val], w_val)
-        raw_ll = _logloss(_sigmoid(zs.mean(0)), data.reward[val], w_val)
-        cal_ll = _logloss(np.mean([calib(z) for z in zs], 0), data.reward[val], w_val)
+        raw_ll = logloss(_sigmoid(zs.mean(0)), data.reward[val], w_val)
+        cal_ll = logloss(np.mean([calib(z) for z in zs], 0), data.reward[val], w_val)
         base_rate = float(data.reward[train].mean())
         rs = np.random.default_rng([cfg.seed, 31337])
         keep = rs.choice(n, size=min(CONTEXT_SAMPLE, n), replace=False)
@@ -839,7 +403,7 @@ class ClickSimulator:
             "base_rate": base_rate,
             "holdout_logloss_raw": raw_ll,
             "holdout_logloss_calibrated": cal_ll,
-            "holdout_logloss_base_rate": _logloss(
+            "holdout_logloss_base_rate": logloss(
                 np.full(val.size, base_rate), data.reward[val], w_val
             ),
             "member_epochs": member_epochs,
@@ -949,7 +513,7 @@ class ClickSimulator:
             n_camp = len(meta["campaign_ids"])
             members = []
             for i in range(cfg.members):
-                net = _TwoTower(
+                net = TwoTower(
                     meta["context_dim"], meta["copy_dim"], n_camp, cfg.hidden, cfg.factors
                 )
                 prefix = f"member{i}."
@@ -1019,15 +583,3 @@ class BoundSimulator:
         pred.mean[~used] = 0.0
         pred.std[~used] = 0.0
         return pred
-
-
-__all__ = [
-    "BoundSimulator",
-    "CTRPrediction",
-    "Calibrator",
-    "ClickData",
-    "ClickSimConfig",
-    "ClickSimError",
-    "ClickSimulator",
-    "copy_inputs",
-]
