@@ -137,7 +137,9 @@ def test_env_on_the_simulator(sim, market) -> None:
     want = sim.bind_catalog(market.catalog).predict(
         obs["user"][None], market.catalog.slots[[env._block.campaigns[env._i]]]
     )
-    np.testing.assert_allclose(info["true_ctr"], want.mean[0], rtol=1e-6)
+    # float32: the env scores its users in blocks of 256, this checks one user alone, and the
+    # matrix products of the two shapes round differently (measured: 1.1e-6 relative).
+    np.testing.assert_allclose(info["true_ctr"], want.mean[0], rtol=1e-5)
     world = CopyMarketEnv(market=market)
     _, winfo = world.reset(seed=3)
     assert not np.allclose(winfo["true_ctr"], info["true_ctr"])  # not the world's CTRs
@@ -303,7 +305,7 @@ def test_cli_bad_input(logs, tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(app, ["clicksim", "fit", "--logs", str(logs[0]), "--out",
                               str(tmp_path / "s"), "--weighting", "magic"])  # fmt: skip
-    assert res.exit_code == 2 and "`weighting`" in res.output
+    assert res.exit_code == 2 and "--weighting" in res.output
     assert not (tmp_path / "s").exists()
     missing = str(tmp_path / "no.parquet")
     res = runner.invoke(app, ["clicksim", "fit", "--logs", str(logs[0]), "--out",
