@@ -92,7 +92,7 @@ def run_all(
         )
         futures: dict[Future[pd.DataFrame], int] = {}
         try:
-            futures = {pool.submit(run, s): i for i, s in enumerate(specs)}
+            futures = {pool.submit(run, s, None): i for i, s in enumerate(specs)}
             results: dict[int, pd.DataFrame] = {}
             pending = set(futures)
             finished = 0
