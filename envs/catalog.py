@@ -20,6 +20,8 @@ import numpy.typing as npt
 from copyloop.contract import VariantsTable
 from copyloop.envs.corpus import Product, load_products
 from copyloop.envs.embed import TextEncoder, default_encoder
+from copyloop.envs.featurize import CANDIDATE_BOUND as CANDIDATE_BOUND
+from copyloop.envs.featurize import CopyFeaturizer
 from copyloop.envs.text import text_features, tone_of
 from copyloop.envs.users import CATEGORIES, TONES
 
@@ -54,9 +56,6 @@ def first_sentence(text: str, max_chars: int = 110) -> str:
         s = s[:max_chars].rsplit(" ", 1)[0].rstrip(",;:") + "…"
     return s
 
-
-CANDIDATE_BOUND = 10.0
-"""Bound of every candidate feature (the observation Box is [-10, 10])."""
 
 Template = Callable[[Product], str]
 
@@ -161,6 +160,8 @@ class Catalog:
             the last row is all zeros (padding for unused slots).
         slots: variant index of each campaign's candidate slot, (C, K), -1 where unused.
         n_candidates: variants per campaign, (C,).
+        campaign_ids: id of each campaign.
+        featurizer: the fitted map from copy to ``candidate_feats`` (new lines use it too).
     """
 
     config: CatalogConfig
@@ -173,6 +174,7 @@ class Catalog:
     slots: npt.NDArray[np.int64]
     n_candidates: npt.NDArray[np.int64]
     campaign_ids: list[str] = field(default_factory=list)
+    featurizer: CopyFeaturizer | None = None
 
     @property
     def n_campaigns(self) -> int:
@@ -259,7 +261,8 @@ def build_catalog(
         r["attributes"] = json.dumps(r["attributes"], sort_keys=True)
     variants = VariantsTable.from_records(rows)
     tf = text_features(texts)
-    cand = _candidate_features(emb, tf, cfg.pca_dim)
+    featurizer = CopyFeaturizer.fit(emb, cfg.pca_dim)
+    cand = _candidate_features(featurizer, emb, texts)
     slots = np.full((len(chosen), cfg.max_variants), -1, np.int64)
     vc = np.asarray(variant_campaign, np.int64)
     start = 0
@@ -277,6 +280,7 @@ def build_catalog(
         slots=slots,
         n_candidates=n_cand,
         campaign_ids=[f"p{p.product_id}" for p in chosen],
+        featurizer=featurizer,
     )
 
 
@@ -294,26 +298,10 @@ def _stratified(pool: Sequence[Product], n: int | None, rng: np.random.Generator
 
 
 def _candidate_features(
-    emb: npt.NDArray[np.float32], tf: npt.NDArray[np.float32], pca_dim: int
+    featurizer: CopyFeaturizer, emb: npt.NDArray[np.float32], texts: Sequence[str]
 ) -> npt.NDArray[np.float32]:
-    """[PCA(embedding) | text features], plus a zero padding row at the end."""
-    parts = []
-    if pca_dim:
-        centred = emb - emb.mean(0, keepdims=True)
-        _, s, vt = np.linalg.svd(centred, full_matrices=False)
-        k = min(pca_dim, vt.shape[0])
-        # Fix each component's sign (largest loading positive): SVD signs are arbitrary.
-        vt = vt * np.sign(vt[np.arange(vt.shape[0]), np.abs(vt).argmax(axis=1)])[:, None]
-        comp = centred @ vt[:k].T / np.maximum(s[:k] / np.sqrt(max(len(emb) - 1, 1)), 1e-8)
-        if k < pca_dim:
-            comp = np.pad(comp, ((0, 0), (0, pca_dim - k)))
-        # standardised components, clipped so observations stay inside the declared Box
-        # Rounded to 1e-4 so the features (and every agent's variant identities) do not depend
-        # on the BLAS thread count behind the SVD.
-        comp = np.round(comp, 4)
-        parts.append(np.clip(comp, -CANDIDATE_BOUND, CANDIDATE_BOUND).astype(np.float32))
-    parts.append(np.clip(tf, 0.0, CANDIDATE_BOUND))
-    feats = np.concatenate(parts, axis=1).astype(np.float32)
+    """The featurizer's features of every variant, plus a zero padding row at the end."""
+    feats = featurizer.transform(emb, texts)
     out = np.vstack([feats, np.zeros((1, feats.shape[1]), np.float32)])
     out.setflags(write=False)
     return out
