@@ -15,19 +15,27 @@ from __future__ import annotations
 import copy
 import json
 import os
+import threading
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
+from copyloop.agents.request import Choice, check_context, event_key, floor_probs, pick
+
+if TYPE_CHECKING:
+    from copyloop.agents.store import VariantStore
+    from copyloop.contract import DecisionLog
+
 Obs = Mapping[str, npt.NDArray[Any]]
 FORMAT = "copyloop-policy/1"
+_DEFAULT_PATH_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,9 @@ class Policy(ABC):
         self.seed = seed
         self.exploration_floor = exploration_floor
         self._calls = 0
+        self._updates = 0
         self._entropy = seed if seed is not None else int(np.random.default_rng().integers(2**62))
+        self._store: VariantStore | None = None
 
     # ---- the two verbs --------------------------------------------------------------------------
     def act(self, obs: Obs) -> Decision:
@@ -186,13 +196,156 @@ class Policy(ABC):
             raise ValueError("`actions` must be valid (unmasked) slots of their rows")
         if sample_weight is None:
             self._learn(batch, a.astype(np.int64), r)
-            return
-        if not self.supports_weights:
-            raise ValueError(f"{type(self).__name__} does not take `sample_weight`")
-        w = np.atleast_1d(np.asarray(sample_weight, dtype=np.float64))
-        if w.shape != (b,) or not np.all(np.isfinite(w)) or np.any(w < 0):
-            raise ValueError(f"`sample_weight` must be {b} finite weights >= 0")
-        self._learn_weighted(batch, a.astype(np.int64), r, w)
+        else:
+            if not self.supports_weights:
+                raise ValueError(f"{type(self).__name__} does not take `sample_weight`")
+            w = np.atleast_1d(np.asarray(sample_weight, dtype=np.float64))
+            if w.shape != (b,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise ValueError(f"`sample_weight` must be {b} finite weights >= 0")
+            self._learn_weighted(batch, a.astype(np.int64), r, w)
+        self._updates += 1
+
+    # ---- one request at a time ------------------------------------------------------------------
+    learns_from_rows: ClassVar[bool] = True
+    """Whether :meth:`update` / :meth:`learn_log` can teach this policy (PPO learns by train)."""
+    how_it_learns: ClassVar[str] = "from rows: update() with env batches, learn_log() with logs"
+
+    @property
+    def model_version(self) -> str:
+        """The version of the learned state: the number of updates it has taken."""
+        return str(self._updates)
+
+    @property
+    def store(self) -> VariantStore | None:
+        """The variant store :meth:`decide` looks candidates up in (see :meth:`attach`)."""
+        return self._store
+
+    def attach(self, store: VariantStore) -> Policy:
+        """Use ``store`` for :meth:`decide` and :meth:`learn_log` (returns self for chaining)."""
+        known = getattr(self, "_widths", None)
+        if known is not None and store.dim != known["candidate"]:
+            raise ValueError(
+                f"the store's variants have {store.dim} features but this policy learned on "
+                f"{known['candidate']} — use the store (featurizer) it was trained with"
+            )
+        self._store = store
+        return self
+
+    def decide(
+        self,
+        context: npt.ArrayLike,
+        candidate_ids: Sequence[str],
+        *,
+        event_id: str,
+        store: VariantStore | None = None,
+    ) -> Choice:
+        """Choose one of ``candidate_ids`` for one request, with every candidate's probability.
+
+        Safe to call from many threads at once (it reads the learned state, never writes it);
+        the choice is a function of (event id, model version, request), so the same event on
+        the same snapshot gives the same decision.
+
+        Args:
+            context: the request's features, (du,), as the policy was trained on.
+            candidate_ids: variant ids in the store, unique, in display order.
+            event_id: the request's id; its hash is the decision's randomness.
+            store: the variant store (default: the attached one).
+
+        Example:
+            >>> pol = LinearTSPolicy(seed=0).attach(store)  # doctest: +SKIP
+            >>> c = pol.decide(user_features, ["p1-original", "p1-urgent"], event_id="e-42")
+            >>> c.variant_id, c.probs, c.model_version  # doctest: +SKIP
+        """
+        st = store if store is not None else self._store
+        if st is None:
+            raise ValueError("no variant store: attach one (policy.attach(store)) or pass store=")
+        if not isinstance(event_id, str) or not event_id:
+            raise ValueError(f"`event_id` must be a non-empty string, got {event_id!r}")
+        ids = list(candidate_ids)
+        rows = st.rows(ids)
+        known = getattr(self, "_widths", None)
+        u = check_context(context, None if known is None else known["user"])
+        if known is not None and st.dim != known["candidate"]:
+            raise ValueError(
+                f"the store's variants have {st.dim} features but this policy learned on "
+                f"{known['candidate']} — use the store (featurizer) it was trained with"
+            )
+        version = self.model_version
+        key = event_key(self._entropy, version, event_id)
+        probs = floor_probs(self._decide_request(u, st.features[rows], key), self.exploration_floor)
+        i = pick(probs, key)
+        return Choice(event_id, ids[i], i, probs, version)
+
+    def _decide_request(
+        self, user: npt.NDArray[np.float32], cand: npt.NDArray[np.float32], key: int
+    ) -> npt.NDArray[np.float64]:
+        """Every candidate's probability for one request, (K,). This default runs the batched
+        decision on a batch of one with a generator seeded by the event ``key``; agents with a
+        per-request fast path override it."""
+        k = cand.shape[0]
+        obs = {
+            "user": user[None, :],
+            "candidates": cand.reshape(1, -1),
+            "shown": np.zeros((1, k), np.float32),
+            "action_mask": np.ones((1, k), np.int8),
+        }
+        with _DEFAULT_PATH_LOCK:  # batched code may grow caches: one request at a time here
+            _, probs = self._decide(obs, np.ones((1, k), bool), np.random.default_rng(key))
+        return np.asarray(probs[0], np.float64)
+
+    def learn_log(
+        self,
+        log: DecisionLog,
+        store: VariantStore | None = None,
+        *,
+        sample_weight: npt.ArrayLike | None = None,
+        batch_size: int = 4096,
+    ) -> int:
+        """Learn from DecisionLog rows — the rows the service stores, a replayed log, a warm
+        start — through the same :meth:`update` as the env's batches.
+
+        Each row teaches (context, the chosen variant's features from the store, reward); rows
+        without an observed reward are skipped. Returns the rows learned from.
+
+        Raises:
+            ValueError: the policy cannot learn from rows (PPO), an action id the store does
+                not know, a context width the policy was not trained on.
+        """
+        if not self.learns_from_rows:
+            name = type(self).__name__
+            raise ValueError(f"{name} cannot learn from log rows: {self.how_it_learns}")
+        st = store if store is not None else self._store
+        if st is None:
+            raise ValueError("no variant store: attach one (policy.attach(store)) or pass store=")
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+        reward = log.reward
+        keep = np.flatnonzero(~np.isnan(reward))
+        actions = log.table.column("action").to_pylist()
+        try:
+            rows = st.rows([actions[i] for i in keep]) if keep.size else np.zeros(0, np.int64)
+        except ValueError as e:
+            if "repeats" not in str(e):
+                raise ValueError(f"the log's `action`: {e}") from None
+            index = {v: i for i, v in enumerate(st.ids)}
+            rows = np.array([index[actions[i]] for i in keep], np.int64)
+        ctx = log.context
+        w = None if sample_weight is None else np.asarray(sample_weight, np.float64)
+        if w is not None and w.shape != (log.n_rows,):
+            raise ValueError(f"`sample_weight` must have one weight per log row ({log.n_rows})")
+        feats = st.features
+        for start in range(0, keep.size, batch_size):
+            sl = slice(start, start + batch_size)
+            idx = keep[sl]
+            n = idx.size
+            obs = {
+                "user": ctx[idx],
+                "candidates": feats[rows[sl]],
+                "shown": np.zeros((n, 1), np.float32),
+                "action_mask": np.ones((n, 1), np.int8),
+            }
+            self.update(obs, np.zeros(n, np.int64), reward[idx], None if w is None else w[idx])
+        return int(keep.size)
 
     # ---- subclass hooks ---------------------------------------------------------------------
     @abstractmethod
@@ -234,8 +387,14 @@ class Policy(ABC):
         return None
 
     def _check_obs(self, obs: dict[str, npt.NDArray[Any]]) -> None:
-        """Context-width check: the first batch fixes the widths, later ones must match."""
-        widths = {k: int(np.shape(obs[k])[1]) for k in ("user", "candidates", "action_mask")}
+        """Width check: the first batch fixes the user and per-candidate feature widths, later
+        ones must match (the number of candidates may vary: a log row carries only the chosen
+        one, a request its own set)."""
+        k = max(int(np.shape(obs["action_mask"])[1]), 1)
+        widths = {
+            "user": int(np.shape(obs["user"])[1]),
+            "candidate": int(np.shape(obs["candidates"])[1]) // k,
+        }
         known = getattr(self, "_widths", None)
         if known is None:
             self._widths = widths
@@ -271,6 +430,7 @@ class Policy(ABC):
             "class": type(self).__name__,
             "params": self.get_params(),
             "calls": self._calls,
+            "updates": self._updates,
             "entropy": str(self._entropy),
             "widths": widths,
         }
@@ -308,8 +468,13 @@ class Policy(ABC):
             pol = klass(**header["params"])
             pol._calls = int(header["calls"])
             pol._entropy = int(header["entropy"])
-            if header.get("widths") is not None:
-                pol._widths = header["widths"]
+            pol._updates = int(header.get("updates", 0))
+            widths = header.get("widths")
+            if widths is not None and "candidates" in widths:  # files before per-slot widths
+                k = max(int(widths["action_mask"]), 1)
+                widths = {"user": widths["user"], "candidate": int(widths["candidates"]) // k}
+            if widths is not None:
+                pol._widths = widths
             pol._set_state(state)
         except (KeyError, TypeError) as e:
             raise ValueError(

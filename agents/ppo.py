@@ -97,6 +97,12 @@ class PPOPolicy(Policy):
     """
 
     policy_id = "ppo"
+    learns_from_rows = False
+    how_it_learns = (
+        "PPO learns on-policy, from its own rollouts in an env — call train(market, "
+        "total_timesteps=...) (or `train_steps` in an experiment config); it cannot learn from "
+        "single rows, delayed rewards or another policy's log"
+    )
 
     def __init__(
         self,
@@ -240,13 +246,13 @@ class PPOPolicy(Policy):
         widths = {
             k: int(np.prod(space[k].shape or ())) for k in ("user", "candidates", "action_mask")
         }
-        known = getattr(self, "_widths", None)
+        known = getattr(self, "_space_widths", None)
         if known is not None and known != widths:
             raise ValueError(
                 f"observation widths {widths} differ from the policy's {known} — "
                 "one policy serves one market layout"
             )
-        self._widths = widths
+        self._space_widths = widths
 
     # ---- deciding ----------------------------------------------------------------------------
     def _decide(
@@ -287,8 +293,8 @@ class PPOPolicy(Policy):
         actions: npt.NDArray[np.int64],
         rewards: npt.NDArray[np.float64],
     ) -> None:
-        """No online update: PPO learns through :meth:`train` (on-policy rollouts)."""
-        return None
+        """PPO does not learn from rows: refuse, saying how it learns."""
+        raise ValueError(f"{type(self).__name__} cannot learn from rows: {self.how_it_learns}")
 
     # ---- persistence ---------------------------------------------------------------------------
     @staticmethod

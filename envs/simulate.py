@@ -226,7 +226,7 @@ def run_loop(
                         rows=rows,
                     )
                 )
-            if learn:
+            if learn and getattr(policy, "learns_from_rows", True):  # PPO learns by train()
                 policy.update({k: v[rows] for k, v in obs.items()}, a, rewards[rows])
             obs = nxt
             done += take

@@ -166,12 +166,13 @@ def test_unmasked_ppo_and_exploration_floor(market: Any, obs: Any) -> None:
     assert (d.probs[mask] >= 0.05 - 1e-12).all()
 
 
-def test_update_is_a_no_op_and_bad_inputs_are_refused(
+def test_update_refuses_saying_how_ppo_learns_and_bad_inputs_are_refused(
     trained: PPOPolicy, market: Any, obs: Any
 ) -> None:
     before = trained.action_probs(obs)
     d = trained.act(obs)
-    trained.update(obs, d.actions, np.ones(d.actions.size))
+    with pytest.raises(ValueError, match=r"cannot learn from rows: .*call train\(market"):
+        trained.update(obs, d.actions, np.ones(d.actions.size))
     np.testing.assert_array_equal(trained.action_probs(obs), before)
     with pytest.raises(ValueError, match="observation space differs"):
         trained.train(market.with_session_length(3), 512, num_envs=64)

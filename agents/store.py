@@ -1,0 +1,201 @@
+"""Variants by id: what a per-request decision looks up (features, campaign), and how a new line
+of copy joins without refitting anything.
+
+Example:
+    >>> store = VariantStore.from_catalog(market.catalog)  # doctest: +SKIP
+    >>> store.rows(["p123-original", "p123-urgent"])  # doctest: +SKIP
+    array([0, 3])
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+_F32 = npt.NDArray[np.float32]
+
+
+class VariantStore:
+    """Variant id → candidate features (and campaign), shared by every agent of a deployment.
+
+    Reads are lock-free: :meth:`add` builds new arrays and swaps them in one assignment, so a
+    concurrent :meth:`rows` / :attr:`features` reader sees the table before or after, never half.
+
+    Args:
+        ids: variant ids, unique.
+        features: their candidate features, (n, dc) — from a :class:`CopyFeaturizer`.
+        campaigns: campaign id of each variant (the default candidate set of a campaign is its
+            variants in this order).
+        featurizer: the featurizer ``features`` came from; needed to :meth:`add` new lines.
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        features: npt.ArrayLike,
+        campaigns: Sequence[str] | None = None,
+        featurizer: Any = None,
+    ) -> None:
+        feats = np.asarray(features, np.float32)
+        ids = [str(i) for i in ids]
+        if feats.ndim != 2 or feats.shape[0] != len(ids):
+            raise ValueError(
+                f"`features` must be ({len(ids)}, dc) — one row per id — got {feats.shape}"
+            )
+        index = {v: i for i, v in enumerate(ids)}
+        if len(index) != len(ids):
+            dup = sorted({v for v in ids if ids.count(v) > 1})[:5]
+            raise ValueError(f"variant ids must be unique; repeated: {dup}")
+        camps = [str(c) for c in campaigns] if campaigns is not None else [""] * len(ids)
+        if len(camps) != len(ids):
+            raise ValueError(f"{len(camps)} campaigns for {len(ids)} variants — one per variant")
+        feats.setflags(write=False)
+        self.featurizer = featurizer
+        self._lock = threading.Lock()
+        self._state = (ids, index, feats, camps)
+
+    @classmethod
+    def from_catalog(cls, catalog: Any) -> VariantStore:
+        """The catalog's variants with their candidate features (and its featurizer)."""
+        camps = [catalog.campaign_ids[c] for c in catalog.variant_campaign.tolist()]
+        return cls(
+            catalog.variant_ids,
+            catalog.candidate_feats[: catalog.n_variants],
+            camps,
+            catalog.featurizer,
+        )
+
+    # ---- reads ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._state[0])
+
+    def __contains__(self, variant_id: object) -> bool:
+        return variant_id in self._state[1]
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._state[0])
+
+    @property
+    def features(self) -> _F32:
+        """Candidate features of every variant, (n, dc), read-only."""
+        return self._state[2]
+
+    @property
+    def dim(self) -> int:
+        return int(self._state[2].shape[1])
+
+    def campaign_of(self, variant_id: str) -> str:
+        _, index, _, camps = self._state
+        return camps[index[variant_id]]
+
+    def campaign_rows(self, campaign_id: str) -> npt.NDArray[np.int64]:
+        """Rows of a campaign's variants, in store order (its default candidate set)."""
+        camps = self._state[3]
+        rows = np.array([i for i, c in enumerate(camps) if c == campaign_id], np.int64)
+        if rows.size == 0:
+            raise ValueError(f"campaign {campaign_id!r} has no variants in the store")
+        return rows
+
+    def rows(self, variant_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Store rows of ``variant_ids`` (a request's candidates), refusing what cannot be one.
+
+        Raises:
+            ValueError: empty, repeated or unknown ids (naming them).
+        """
+        ids = list(variant_ids)
+        if not ids:
+            raise ValueError("`candidate_ids` is empty — a decision needs at least one candidate")
+        index = self._state[1]
+        try:
+            out = np.fromiter((index[v] for v in ids), np.int64, len(ids))
+        except (KeyError, TypeError):
+            unknown = [v for v in ids if not isinstance(v, str) or v not in index][:5]
+            raise ValueError(
+                f"unknown variant id(s) {unknown} in `candidate_ids` — add them to the store "
+                "first (VariantStore.add, or the service's admin API)"
+            ) from None
+        if len(set(out.tolist())) != out.size:
+            dup = sorted({v for v in ids if ids.count(v) > 1})[:5]
+            raise ValueError(f"`candidate_ids` repeats {dup} — each candidate once")
+        return out
+
+    # ---- writes ---------------------------------------------------------------------------------
+    def add(
+        self,
+        variant_ids: Sequence[str],
+        texts: Sequence[str],
+        campaign_id: str,
+        *,
+        embeddings: npt.ArrayLike | None = None,
+        encoder: Any = None,
+    ) -> npt.NDArray[np.int64]:
+        """Featurize new lines of copy with the saved featurizer and add them (no refit).
+
+        Args:
+            variant_ids: new, unique ids.
+            texts: the lines.
+            campaign_id: the campaign they belong to.
+            embeddings: their MiniLM embeddings (default: ``encoder`` embeds them).
+            encoder: a :class:`copyloop.envs.embed.TextEncoder` (default: the packaged MiniLM).
+
+        Returns:
+            The new rows.
+        """
+        if self.featurizer is None:
+            raise ValueError("this store has no featurizer — build it with a featurizer to add")
+        if len(variant_ids) != len(texts) or not texts:
+            raise ValueError(
+                f"give one text per id; got {len(variant_ids)} ids, {len(texts)} texts"
+            )
+        if embeddings is None:
+            if encoder is None:
+                from copyloop.envs.embed import default_encoder
+
+                encoder = default_encoder()
+            embeddings = encoder.encode(list(texts))
+        feats = self.featurizer.transform(embeddings, list(texts))
+        with self._lock:
+            ids, index, old, camps = self._state
+            new = [str(v) for v in variant_ids]
+            clash = [v for v in new if v in index] + sorted({v for v in new if new.count(v) > 1})
+            if clash:
+                raise ValueError(f"variant id(s) {clash[:5]} already exist — ids are unique")
+            all_ids = ids + new
+            merged = np.vstack([old, feats]).astype(np.float32)
+            merged.setflags(write=False)
+            self._state = (
+                all_ids,
+                {v: i for i, v in enumerate(all_ids)},
+                merged,
+                camps + [campaign_id] * len(new),
+            )
+            return np.arange(len(ids), len(all_ids), dtype=np.int64)
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        ids, _, feats, camps = self._state
+        out: dict[str, npt.NDArray[Any]] = {
+            "store.ids": np.array(ids, dtype=np.str_),
+            "store.features": feats,
+            "store.campaigns": np.array(camps, dtype=np.str_),
+        }
+        if self.featurizer is not None:
+            out.update(self.featurizer.to_arrays())
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, npt.NDArray[Any]]) -> VariantStore:
+        from copyloop.envs.featurize import CopyFeaturizer
+
+        feat = CopyFeaturizer.from_arrays(arrays) if "featurizer.mean" in arrays else None
+        return cls(
+            arrays["store.ids"].tolist(),
+            arrays["store.features"],
+            arrays["store.campaigns"].tolist(),
+            feat,
+        )
