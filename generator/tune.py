@@ -40,7 +40,14 @@ import numpy as np
 import numpy.typing as npt
 
 from copyloop.generator.filters import CopyFilter, FilterConfig, clean, name_words
-from copyloop.generator.generate import Samples, SamplingConfig, distinct_n, sample
+from copyloop.generator.generate import (
+    Samples,
+    SamplingConfig,
+    cache_keyword,
+    distinct_n,
+    returned_cache,
+    sample,
+)
 from copyloop.generator.models import LoadedModel, save_model
 from copyloop.generator.prompts import CopyRequest, Style, build_messages, render_prompt
 from copyloop.generator.reward import RewardFn
@@ -171,7 +178,7 @@ def completion_logprobs(
         use_cache=True,
         logits_to_keep=1,
     )
-    past = out.past_key_values
+    past = returned_cache(out)
     first = out.logits[:, -1:, :]
     if rows.shape[0] != s.prompt_ids.shape[0] or bool(
         (rows != torch.arange(rows.shape[0], device=rows.device)).any()
@@ -187,8 +194,8 @@ def completion_logprobs(
             input_ids=comp[:, :-1],
             attention_mask=attn[:, :-1],
             position_ids=cpos[:, :-1],
-            past_key_values=past,
             use_cache=True,
+            **{cache_keyword(model): past},
         )
         logits = torch.cat([first, out2.logits], 1)
     else:
