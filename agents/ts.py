@@ -15,7 +15,9 @@ which is again exactly what is done; only the distance to idealised TS grows (se
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ from scipy.special import expit
 
 from copyloop.agents.base import Policy
 from copyloop.agents.features import FEATURE_MAPS, VariantIndex, candidate_block, features
+from copyloop.agents.request import gaussian_win_probs
 
 
 def choose_from_draws(
@@ -355,6 +358,8 @@ class LinearTSPolicy(_GaussianHeadTS):
         self._b: npt.NDArray[np.float64] | None = None
         self._chol: npt.NDArray[np.float64] | None = None
         self._mean: npt.NDArray[np.float64] | None = None
+        self._srv: _Serving | None = None
+        self._srv_lock = threading.Lock()
 
     def _init(self, d: int) -> None:
         if self._A is None:
@@ -391,8 +396,35 @@ class LinearTSPolicy(_GaussianHeadTS):
         self._b += x.T @ (weights * rewards)
         if not np.all(weights == 1.0):
             x = x * np.sqrt(weights)[:, None]
+            rewards = rewards * np.sqrt(weights)
         self._A += x.T @ x  # one operand transposed: BLAS syrk, half the flops of a gemm
         self._chol = self._mean = None
+        # The per-request posterior follows a few rows by rank-one (Sherman-Morrison) updates,
+        # O(d²) each; a big batch (or an old cache) is refactorised from A on the next decide.
+        srv = self._srv
+        if srv is not None and x.shape[0] <= _RANK_ONE_ROWS and srv.age < _REFRESH_EVERY:
+            self._srv = srv.rank_one(x, rewards, self.noise**2)
+        else:
+            self._srv = None
+
+    def _serving(self, d: int) -> _Serving:
+        """The per-request posterior (mean, v²Σ in float32), from A and b when stale."""
+        srv = self._srv
+        if srv is not None:
+            return srv
+        with self._srv_lock:
+            if self._srv is None:
+                mean, chol = self._posterior(d)
+                inv = cho_solve((chol, True), np.eye(d), check_finite=False)
+                cov = np.ascontiguousarray(self.noise**2 * inv, dtype=np.float32)  # C order:
+                self._srv = _Serving(mean.astype(np.float32), cov, 0)  # decide reshapes views
+            return self._srv
+
+    def _decide_request(self, user, cand, key):  # type: ignore[no-untyped-def]
+        if type(self)._phi is not _GaussianHeadTS._phi:  # a learned representation
+            return super()._decide_request(user, cand, key)
+        mean, cov = _request_moments(self, self._serving, user, cand)
+        return gaussian_win_probs(mean, cov)
 
     def _get_state(self) -> dict[str, npt.NDArray[Any]]:
         return {} if self._A is None else {"A": self._A, "b": self._b}  # type: ignore[dict-item]
@@ -401,6 +433,7 @@ class LinearTSPolicy(_GaussianHeadTS):
         if "A" in state:
             self._A, self._b = np.asarray(state["A"], float), np.asarray(state["b"], float)
             self._chol = self._mean = None
+            self._srv = None
 
 
 class LogisticTSPolicy(_GaussianHeadTS):
@@ -456,12 +489,29 @@ class LogisticTSPolicy(_GaussianHeadTS):
         assert self._m is not None and self._q is not None
         return self._m[None, :] + self.alpha * rng.standard_normal((m, d)) / np.sqrt(self._q)
 
+    def _decide_request(self, user, cand, key):  # type: ignore[no-untyped-def]
+        def moments(d: int) -> _Serving:
+            self._init(d)
+            m, q = self._m, self._q
+            assert m is not None and q is not None
+            return _Serving(m.astype(np.float32), (self.alpha**2 / q).astype(np.float32), 0)
+
+        mean, cov = _request_moments(self, moments, user, cand, diagonal=True)
+        return gaussian_win_probs(mean, cov)
+
     def _learn(self, obs, actions, rewards):  # type: ignore[no-untyped-def]
         x = self._chosen_phi(obs, actions)
         self._init(x.shape[1])
         m, q = self._m, self._q
         assert m is not None and q is not None
         y = 2.0 * (rewards > 0.5) - 1.0
+        if x.shape[0] <= _RANK_ONE_ROWS:
+            # Row by row the MAP is exact in one dimension: under the prior N(m, diag(1/q)) the
+            # one-row optimum lies on m + s·x/q, so a few Newton steps on s replace L-BFGS.
+            for xi, yi in zip(x, y, strict=True):
+                m, q = _logistic_row_update(m, q, xi, float(yi))
+            self._m, self._q = m, q
+            return
 
         def loss(w: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
             z = y * (x @ w)
@@ -690,6 +740,12 @@ class LinUCBPolicy(_GaussianHeadTS):
 
         return sample_from(probs, rng), probs
 
+    def _decide_request(self, user, cand, key):  # type: ignore[no-untyped-def]
+        mean, var = _request_moments(self, self._lin._serving, user, cand, only_diagonal=True)
+        score = mean + self.alpha * np.sqrt(np.maximum(var, 0.0))
+        best = score >= score.max()
+        return best / best.sum()
+
     def _learn(self, obs, actions, rewards):  # type: ignore[no-untyped-def]
         self._lin._learn(obs, actions, rewards)
         self._inv = None
@@ -700,3 +756,94 @@ class LinUCBPolicy(_GaussianHeadTS):
     def _set_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
         self._lin._set_state(state)
         self._inv = None
+
+
+_RANK_ONE_ROWS = 4
+"""Updates of at most this many rows keep the per-request posterior by rank-one updates."""
+_REFRESH_EVERY = 2048
+"""Rank-one updates before the float32 per-request posterior is recomputed from A (drift)."""
+
+
+@dataclass(frozen=True)
+class _Serving:
+    """A per-request posterior: mean (d,) and covariance (d, d) or its diagonal (d,), float32.
+
+    Immutable: an update builds a new one and swaps it in, so a concurrent decide reads either
+    the old or the new posterior whole.
+    """
+
+    mean: npt.NDArray[np.float32]
+    cov: npt.NDArray[np.float32]
+    age: int
+
+    def rank_one(
+        self, x: npt.NDArray[np.float64], r: npt.NDArray[np.float64], v2: float
+    ) -> _Serving:
+        """Recursive least squares, row by row: C ← C − Cx xᵀC/(v² + xᵀCx), μ ← μ + k(r − xᵀμ)
+        with C = v²Σ and k = Cx/(v² + xᵀCx)."""
+        mean, cov = self.mean, self.cov
+        for xi, ri in zip(x.astype(np.float32), r, strict=True):
+            cx = cov @ xi
+            den = np.float32(v2) + xi @ cx
+            gain = cx / den
+            mean = mean + gain * np.float32(ri - xi @ mean)
+            cov = cov - np.outer(cx, gain)
+        return _Serving(mean, cov, self.age + x.shape[0])
+
+
+def _request_moments(
+    pol: _GaussianHeadTS,
+    serving: Callable[[int], _Serving],
+    user: npt.NDArray[np.float32],
+    cand: npt.NDArray[np.float32],
+    *,
+    diagonal: bool = False,
+    only_diagonal: bool = False,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Mean (K,) and covariance (K, K) — or variances (K,) — of the K candidates' scores
+    φ_k·θ under the posterior, without building φ (K, d).
+
+    With φ = [1, u] ⊗ [1, c] the covariance is C₁ M C₁ᵀ where M (dc+1, dc+1) contracts Σ with
+    [1, u] on both user indices: one pass over Σ, O(d²), then K×K work.
+    """
+    c1 = _with_one(cand)  # (K, dc1)
+    dc1 = c1.shape[1]
+    if pol.features == "candidate":
+        srv = serving(dc1)
+        mean = c1 @ srv.mean
+        cov = (c1 * srv.cov) @ c1.T if diagonal else c1 @ srv.cov @ c1.T
+        return mean, (np.einsum("kk->k", cov) if only_diagonal else cov)
+    u1 = _with_one(user)  # (du1,)
+    du1 = u1.shape[0]
+    srv = serving(du1 * dc1)
+    mean = (u1 @ srv.mean.reshape(du1, dc1)) @ c1.T
+    if diagonal:  # diagonal Σ: Cov(s_k, s_l) = Σ_a c_ka c_la Σ_i u_i² σ²_ia
+        w = (u1 * u1) @ srv.cov.reshape(du1, dc1)
+        cov = (c1 * w) @ c1.T
+    else:
+        t = (u1 @ srv.cov.reshape(du1, -1)).reshape(dc1, du1, dc1)
+        m = t.transpose(0, 2, 1) @ u1  # (dc1, dc1)
+        if only_diagonal:
+            return mean, np.einsum("ka,ab,kb->k", c1, m, c1)
+        cov = c1 @ m @ c1.T
+    return mean, (np.einsum("kk->k", cov) if only_diagonal else cov)
+
+
+def _logistic_row_update(
+    m: npt.NDArray[np.float64], q: npt.NDArray[np.float64], x: npt.NDArray[np.float64], y: float
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """One row of Chapelle & Li's Laplace update, solved exactly: the MAP is m + s·x/q with s
+    the root of s = y·σ(−y(a + g s)), a = x·m, g = Σ x²/q."""
+    a = float(x @ m)
+    g = float((x * x) @ (1.0 / q))
+    s = 0.0
+    for _ in range(30):  # Newton on f(s) = s − y σ(−y(a + g s)), f' = 1 + g σ(1−σ) > 0
+        sig = float(expit(-y * (a + g * s)))
+        f = s - y * sig
+        step = f / (1.0 + g * sig * (1.0 - sig))
+        s -= step
+        if abs(step) < 1e-12:
+            break
+    w = m + s * x / q
+    p = float(expit(x @ w))
+    return w, q + x * x * p * (1.0 - p)
