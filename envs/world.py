@@ -1,12 +1,10 @@
 """The click world: ground-truth CTR(user, copy text) for experiments.
 
-The world reads each variant's text the way a reader would: its MiniLM embedding (a segment-
-specific taste direction) and readable cues (tone, urgency, call to action, value words, benefits
-that match the user's interests, length). Preferences are segment dependent, so the best copy
-differs by segment; base rates are calibrated per segment to realistic display-ad CTRs
-(0.5–5 %); preferences can drift; repeated exposure within a session wears an ad out.
+Preferences are segment dependent, so the best copy differs by segment; base rates are
+calibrated per segment to realistic display-ad CTRs (0.5–5 %); preferences can drift; repeated
+exposure within a session wears an ad out. Two versions (:attr:`WorldConfig.version`):
 
-The logit of a first impression is
+**v1** (``copyloop/CopyMarket-v0``) reads fixed word lists. The logit of a first impression is
 
     logit = b[segment] + evening(hour)
           + T[segment, device, variant]                (tone taste, urgency, CTA, length,
@@ -16,11 +14,39 @@ The logit of a first impression is
           + benefit_weight · Σ_c interest[c] · benefit_words_c(copy)
           + interest_weight · log(6 · interest[category of product])
 
-and CTR = sigmoid(logit) · fatigue_same^(times this variant was shown this session)
-                         · fatigue_any^(impressions earlier in the session).
+Copy no marketer would ship games it (cue-stuffed lists, false claims, audience talk): see
+``copyloop world audit``.
+
+**v2** (``copyloop/CopyMarket-v1``) reads each line against its own product
+(:func:`~copyloop.envs.text.read_copy`, :class:`~copyloop.envs.text.ProductFacts`), the way a
+reader would, and every effect saturates:
+
+    logit = b[segment] + evening(hour) + interest_weight · log(6 · interest[category])
+          + Q(copy, product)                                     (the same for every reader)
+          + g · cues · (tone taste + urgency + CTA)[segment]      (taken in only if relevant)
+          + g · cues · (tone_match · [tone match] + value_weight · (price_sens − 0.4) · value)
+          + detail · min(6 · interest[category], 3) · tanh(grounded detail words / 3)
+          + embedding direction[segment] + appeal[product] − length(segment, device)
+
+    Q = relevance · tanh((cos(copy, product) − 0.55) / 0.15)
+        − ungrounded · tanh(n / 4)  − claims · tanh(n / 1.5)  − audience · tanh(n)
+        − spam · tanh(n)  − lists · tanh((run − 3)⁺ / 2)  − hype · tanh((n − 3)⁺ / 2)
+        − repetition · tanh((share − 0.2)⁺ / 0.2)  − caps · ramp(share, 0.2, 0.6)
+        − exclamations · tanh((n − 1)⁺ / 2)  − gibberish · ramp(share, 0.1, 0.5)
+        − codes · ramp(share, 0.3, 0.8)  − too_long · ramp(words, 25, 50)
+
+with ``g = ramp(cos, 0.35, 0.6)`` and the weights in :class:`ReadingWeights`. ``cos`` is the
+MiniLM cosine between the line and the product's title + description; grounded detail words
+come from the product's own description; claims (superlatives, health, guarantees) count only
+when the product's text does not make them.
+
+In both, CTR = sigmoid(logit) · fatigue_same^(times this variant was shown this session)
+                              · fatigue_any^(impressions earlier in the session).
 
 With drift, T moves between two preference tables, ``T(t) = (1 − m(t)) T_A + m(t) T_B`` with
-``m(t) = strength · (1 − cos(2πt / period)) / 2`` over the impression clock ``t``.
+``m(t) = strength · (1 − cos(2πt / period)) / 2`` over the impression clock ``t``. Everything
+copy-dependent is computed once per variant when the world is built (and once per judged line
+in :meth:`ClickWorld.ctr_of_texts`), so both versions cost the same per impression.
 
 Agents never see any of this: envs expose the true CTRs only in ``info`` for regret.
 """
@@ -28,7 +54,8 @@ Agents never see any of this: envs expose the true CTRs only in ``info`` for reg
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -40,12 +67,15 @@ from copyloop.envs.text import (
     BENEFIT_SLICE,
     CTA_COL,
     LENGTH_COL,
+    READ,
     TONE_SLICE,
     URGENCY_COL,
     VALUE_COL,
+    ProductFacts,
+    read_copy,
     text_features,
 )
-from copyloop.envs.users import DEVICES, TONES, UserPopulation
+from copyloop.envs.users import CATEGORIES, DEVICES, TONES, UserPopulation
 
 
 @dataclass(frozen=True)
@@ -82,6 +112,86 @@ DEFAULT_TASTES: dict[str, SegmentTaste] = {
 
 
 @dataclass(frozen=True)
+class ReadingWeights:
+    """How world v2 turns its reading of a line (:func:`~copyloop.envs.text.read_copy`, against
+    the line's own product) into logit. Every effect saturates (tanh or a clipped ramp), so
+    piling up a cue buys little and piling up a fault costs at most its weight.
+
+    Attributes:
+        relevance: logit range of the copy's semantic match to its product: ``relevance ·
+            tanh((cos − relevance_mid) / relevance_scale)`` with ``cos`` the MiniLM cosine
+            between the line and the product's title + description.
+        relevance_mid: cosine at which relevance adds nothing.
+        relevance_scale: cosine span of the relevance ramp.
+        gate_low: below this cosine a reader ignores the copy's tone, urgency, call to action
+            and value cues (they are not about anything the reader wants)...
+        gate_high: ...and from this cosine on the cues count in full (linear in between).
+        cues: scale of those segment and user tastes once taken in (v1's weights × this).
+        detail: logit per unit of ``tanh(grounded detail words / 3)``, scaled per user by
+            interest in the product's category (``min(6 · interest, 3)``): specific benefits
+            the product's own description has.
+        ungrounded: most logit lost to content words from neither the product's text nor
+            generic marketing (``tanh(n / 4)``).
+        claims: most logit lost to claims the product's text does not make (superlatives,
+            health, guarantees; ``tanh(n / 1.5)``).
+        audience: most logit lost to descriptions of the audience (``tanh(n)``).
+        spam: most logit lost to spam marks (``tanh(n)``).
+        lists: most logit lost to a list: a run of one- or two-word items between commas, or
+            of generic words with nothing between them (``tanh((run − 3) / 2)``).
+        hype: most logit lost to piled-up urgency, value and call-to-action words
+            (``tanh((hits − 3) / 2)``: a deadline and a call to action are fine, seven are not).
+        repetition: most logit lost to repeated words (``tanh((share − 0.2) / 0.2)``).
+        caps: most logit lost to words in capitals (ramp from 20 % to 60 % of words).
+        exclamations: most logit lost to "!" beyond the first (``tanh((n − 1) / 2)``).
+        gibberish: most logit lost to non-words (ramp from 10 % to 50 % of words).
+        codes: most logit lost to words with digits (ramp from 30 % to 80 % of words).
+        length: most logit lost to a length away from the segment's ideal
+            (``tanh(((words − ideal) / ideal)²)``, × ``mobile_length_mult`` on mobile).
+        too_long: most logit lost to length itself, for every reader (ramp from 25 to 50
+            words: nobody reads a pasted product page in an ad slot).
+    """
+
+    relevance: float = 1.0
+    relevance_mid: float = 0.55
+    relevance_scale: float = 0.15
+    gate_low: float = 0.35
+    gate_high: float = 0.6
+    cues: float = 0.6
+    detail: float = 0.6
+    ungrounded: float = 0.4
+    claims: float = 1.5
+    audience: float = 1.5
+    spam: float = 1.5
+    lists: float = 1.0
+    hype: float = 1.0
+    repetition: float = 2.0
+    caps: float = 2.5
+    exclamations: float = 0.8
+    gibberish: float = 1.5
+    codes: float = 1.0
+    length: float = 0.5
+    too_long: float = 1.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name not in ("relevance_mid", "gate_low", "gate_high") and v < 0:
+                raise ValueError(f"`reading.{f.name}` must be >= 0, got {v}")
+        if self.relevance_scale <= 0:
+            raise ValueError(f"`reading.relevance_scale` must be > 0, got {self.relevance_scale}")
+        if not -1.0 <= self.gate_low < self.gate_high <= 1.0:
+            raise ValueError(
+                "`reading.gate_low` < `reading.gate_high` must be cosines in [-1, 1], got "
+                f"{self.gate_low} and {self.gate_high}"
+            )
+
+
+WorldVersion = Literal["v1", "v2"]
+"""Click-world versions: v1 adds word-list cues (``CopyMarket-v0``); v2 reads copy against its
+product (``CopyMarket-v1``)."""
+
+
+@dataclass(frozen=True)
 class WorldConfig:
     """Parameters of the click world (defaults give 0.5–5 % CTRs).
 
@@ -91,12 +201,20 @@ class WorldConfig:
             drawn from ``seed``. In a config file a table of segment tables
             (``[market.world.tastes.bargain_hunter]``) whose keys override that segment's
             default taste.
+        version: ``"v1"``: the logit adds fixed word-list cues (what ``CopyMarket-v0`` runs;
+            kept so earlier results reproduce). ``"v2"``: it reads each line against its own
+            product — relevance, grounded detail, clarity, and the costs of unsupported
+            claims, audience talk, lists, repetition, capitals, "!" piles and spam (what
+            ``CopyMarket-v1`` runs). See the module docstring.
+        reading: v2's weights (see :class:`ReadingWeights`); v1 ignores them.
         tone_weight: scale of each segment's tone preferences (taken from its tone mix).
         tone_match: logit bonus when the copy's tone is the user's own preferred tone.
-        length_penalty: logit lost per squared word away from the segment's ideal length.
+        length_penalty: v1: logit lost per squared word away from the segment's ideal length
+            (v2 saturates it: ``reading.length``).
         mobile_length_mult: the length penalty is this much stronger on mobile.
         value_weight: logit per unit of value cues, scaled by (price sensitivity − 0.4).
-        benefit_weight: logit for benefit cues that match the user's interests.
+        benefit_weight: v1: logit for benefit-lexicon cues that match the user's interests
+            (v2 reads grounded detail instead: ``reading.detail``).
         interest_weight: logit per log-unit of the user's interest in the product's category.
         embedding_weight: standard deviation of the embedding-direction term.
         product_sd: standard deviation of the product's own appeal.
@@ -111,6 +229,8 @@ class WorldConfig:
     tastes: tuple[tuple[str, SegmentTaste], ...] = field(
         default=tuple(DEFAULT_TASTES.items()), metadata={"names": "segment"}
     )
+    version: WorldVersion = "v1"
+    reading: ReadingWeights = field(default_factory=ReadingWeights)
     tone_weight: float = 0.4
     tone_match: float = 0.35
     length_penalty: float = 0.002
@@ -127,6 +247,8 @@ class WorldConfig:
     fatigue_any: float = 0.97
 
     def __post_init__(self) -> None:
+        if self.version not in ("v1", "v2"):
+            raise ValueError(f"`version` must be 'v1' or 'v2', got {self.version!r}")
         if self.drift_period is not None and self.drift_period < 2:
             raise ValueError(
                 f"`drift_period` must be >= 2 impressions or None, got {self.drift_period}"
@@ -234,21 +356,30 @@ class ClickWorld:
         self._emb_scale = cfg.embedding_weight * np.sqrt(emb_dim)
 
         cat = self.catalog
+        if cfg.version == "v2":
+            self._init_reading()
         self.terms = self.slot_terms(
             cat.embeddings,
             cat.text_feats,
             cat.variant_campaign,
             cat.slots,
             np.arange(cat.n_campaigns),
+            texts=cat.variants.texts,
         )
         # Per-user parts.
         u = pop.users
         sd = (u.segment * len(DEVICES) + u.device).astype(np.float32)
         # User-level weights of the copy's cues (matching SlotTerms.cues): interests × benefit
-        # cues, price sensitivity × value cues, a bonus for the user's own preferred tone.
+        # cues (v2: interest in the product's category × grounded detail), price sensitivity ×
+        # value cues, a bonus for the user's own preferred tone.
+        interest_w = (
+            cfg.benefit_weight * u.interests
+            if cfg.version == "v1"
+            else cfg.reading.detail * np.minimum(6.0 * u.interests, 3.0)
+        )
         cue_w = np.concatenate(
             [
-                cfg.benefit_weight * u.interests,
+                interest_w,
                 (cfg.value_weight * (u.price_sensitivity - 0.4))[:, None],
                 cfg.tone_match * np.eye(len(TONES))[u.preferred_tone],
             ],
@@ -267,6 +398,67 @@ class ClickWorld:
         self._slot_mask = cat.slots >= 0
 
     # ---- per-variant terms ---------------------------------------------------------------------
+    def _init_reading(self) -> None:
+        """v2: each campaign's product facts and the MiniLM embedding of its title and
+        description (what copy is read against)."""
+        from copyloop.envs.embed import default_encoder
+
+        products = self.catalog.products
+        self._facts = [
+            ProductFacts.of(p.title, p.description, p.brand, p.category_name) for p in products
+        ]
+        emb = default_encoder().encode([f"{p.title}. {p.description}" for p in products])
+        if emb.shape[1] != self.catalog.embeddings.shape[1]:
+            raise ValueError(
+                f"world v2 embeds products with the packaged MiniLM ({emb.shape[1]}-d) but the "
+                f"catalog's embeddings are {self.catalog.embeddings.shape[1]}-d — build the "
+                "catalog with the default encoder"
+            )
+        self._product_emb = emb.astype(np.float64)
+
+    def read(
+        self,
+        texts: Sequence[str],
+        embeddings: npt.NDArray[np.float32],
+        campaign: npt.NDArray[np.int64],
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float32]]:
+        """v2's segment-independent reading of lines shown in ``campaign`` ``(V,)``.
+
+        Returns:
+            ``quality`` ``(V,)``: relevance minus every fault (see :class:`ReadingWeights`);
+            ``gate`` ``(V,)`` in [0, ``cues``]: how far the reader takes in the line's cues;
+            ``reading`` ``(V, len(READING_NAMES))``: :func:`~copyloop.envs.text.read_copy`.
+        """
+        w = self.config.reading
+        campaign = np.asarray(campaign, np.int64)
+        r = read_copy(texts, [self._facts[c] for c in campaign]).astype(np.float64)
+        cos = np.einsum("ve,ve->v", embeddings.astype(np.float64), self._product_emb[campaign])
+
+        def col(name: str) -> npt.NDArray[np.float64]:
+            return r[:, READ[name]]
+
+        def ramp(x: npt.NDArray[np.float64], lo: float, hi: float) -> npt.NDArray[np.float64]:
+            return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+
+        stuffing = np.maximum(col("list_run"), col("keyword_run"))
+        quality = (
+            w.relevance * np.tanh((cos - w.relevance_mid) / w.relevance_scale)
+            - w.ungrounded * np.tanh(col("ungrounded") / 4.0)
+            - w.claims * np.tanh(col("unsupported_claims") / 1.5)
+            - w.audience * np.tanh(col("audience"))
+            - w.spam * np.tanh(col("spam"))
+            - w.lists * np.tanh(np.maximum(stuffing - 3.0, 0.0) / 2.0)
+            - w.hype * np.tanh(np.maximum(col("hype") - 3.0, 0.0) / 2.0)
+            - w.repetition * np.tanh(np.maximum(col("repetition") - 0.2, 0.0) / 0.2)
+            - w.caps * ramp(col("caps"), 0.2, 0.6)
+            - w.exclamations * np.tanh(np.maximum(col("exclamations") - 1.0, 0.0) / 2.0)
+            - w.gibberish * ramp(col("unknown"), 0.1, 0.5)
+            - w.codes * ramp(col("codes"), 0.3, 0.8)
+            - w.too_long * ramp(col("words"), 25.0, 50.0)
+        )
+        gate = w.cues * ramp(cos, w.gate_low, w.gate_high)
+        return quality, gate, r.astype(np.float32)
+
     def slot_terms(
         self,
         embeddings: npt.NDArray[np.float32],
@@ -274,36 +466,48 @@ class ClickWorld:
         campaign: npt.NDArray[np.int64],
         slots: npt.NDArray[np.int64],
         row_campaign: npt.NDArray[np.int64],
+        *,
+        texts: Sequence[str] | None = None,
     ) -> SlotTerms:
         """Logit terms of any texts (embeddings ``(V, e)``, features ``(V, F)``, shown in
         campaigns ``(V,)``), laid out in rows of slots ``(R, K)`` (variant index, −1 = unused)
-        whose campaigns are ``row_campaign`` ``(R,)``."""
+        whose campaigns are ``row_campaign`` ``(R,)``. World v2 also reads the ``texts``."""
         cfg = self.config
         n_seg = len(self.tastes)
+        n_v = embeddings.shape[0]
         tone = np.argmax(text_feats[:, TONE_SLICE], axis=1).astype(np.int64)
         urg = np.array([t.urgency for t in self.tastes])[:, None] * text_feats[None, :, URGENCY_COL]
         cta = np.array([t.cta for t in self.tastes])[:, None] * text_feats[None, :, CTA_COL]
         words = 20.0 * text_feats[:, LENGTH_COL]
         ideal = np.array([t.ideal_words for t in self.tastes])[:, None]
-        length = cfg.length_penalty * (words[None, :] - ideal) ** 2  # (S, V)
         appeal = self._appeal[campaign][None, :]
         used = slots >= 0
         idx = np.where(used, slots, 0)
-        cues = np.concatenate(
-            [
-                text_feats[:, BENEFIT_SLICE],
-                text_feats[:, VALUE_COL : VALUE_COL + 1],
-                np.eye(len(TONES))[tone],
-            ],
-            axis=1,
-        ).astype(np.float64)
+        value = text_feats[:, VALUE_COL : VALUE_COL + 1].astype(np.float64)
+        tone_1h = np.eye(len(TONES))[tone]
+        if cfg.version == "v1":
+            gate, quality = np.ones(n_v), np.zeros(n_v)
+            length = cfg.length_penalty * (words[None, :] - ideal) ** 2  # (S, V)
+            benefit = text_feats[:, BENEFIT_SLICE].astype(np.float64)
+        else:
+            if texts is None or len(texts) != n_v:
+                raise ValueError("world v2 reads the copy itself: pass `texts`, one per embedding")
+            quality, gate, reading = self.read(texts, embeddings, campaign)
+            length = cfg.reading.length * np.tanh(((words[None, :] - ideal) / ideal) ** 2)
+            # Grounded detail counts in the product's own category (weighted per user by
+            # interest in it); tone and value cues only as far as the reader takes the line in.
+            detail = np.tanh(reading[:, READ["detail_hits"]] / 3.0)
+            cats = np.array([self.catalog.products[c].category for c in campaign], np.int64)
+            benefit = detail[:, None] * np.eye(len(CATEGORIES))[cats]
+            value, tone_1h = gate[:, None] * value, gate[:, None] * tone_1h
+        cues = np.concatenate([benefit, value, tone_1h], axis=1).astype(np.float64)
         dev_mult = np.array([cfg.mobile_length_mult if d == "mobile" else 1.0 for d in DEVICES])
 
         def table(
             dirs: npt.NDArray[np.float64], tone_pref: npt.NDArray[np.float64]
         ) -> npt.NDArray[np.float64]:
             emb = self._emb_scale * (dirs @ embeddings.T.astype(np.float64))  # (S, V)
-            seg = tone_pref[:, tone] + urg + cta + emb + appeal  # (S, V)
+            seg = gate * (tone_pref[:, tone] + urg + cta) + emb + appeal + quality  # (S, V)
             out = seg[:, None, :] - dev_mult[None, :, None] * length[:, None, :]  # (S, D, V)
             out = out.reshape(n_seg * len(DEVICES), -1)[:, idx]  # (S·D, R, K)
             return np.where(used[None], out, UNUSED_LOGIT).astype(np.float32)
@@ -437,6 +641,7 @@ class ClickWorld:
             np.full(n, campaign, np.int64),
             np.arange(n)[None, :],
             np.array([campaign]),
+            texts=list(texts),
         )
         users = np.asarray(users, np.int64)
         rows = self.user_table[users]
