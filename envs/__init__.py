@@ -1,5 +1,6 @@
 """The copy market: user profiles, the real ad corpus and catalog, text embeddings, the click
-world and the Gymnasium envs (``copyloop/CopyMarket-v0``, single and natively vectorised)."""
+world and the Gymnasium envs (``copyloop/CopyMarket-v1`` on click world v2 and
+``copyloop/CopyMarket-v0`` on world v1, single and natively vectorised)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,26 @@ from copyloop.envs.embed import TextEncoder
 from copyloop.envs.market import CopyMarketEnv, Market, MarketConfig
 from copyloop.envs.users import CATEGORIES, TONES, PopulationConfig, SegmentSpec, UserPopulation
 from copyloop.envs.vector import CopyMarketVectorEnv
-from copyloop.envs.world import ClickWorld, SegmentTaste, WorldConfig
+from copyloop.envs.world import ClickWorld, ReadingWeights, SegmentTaste, WorldConfig
 
 ENV_ID = "copyloop/CopyMarket-v0"
+"""The market env on click world v1 (word-list cues; earlier results reproduce on it)."""
+ENV_ID_V1 = "copyloop/CopyMarket-v1"
+"""The market env on click world v2 (copy read against its own product)."""
 
-if ENV_ID not in gym.registry:
-    gym.register(
-        id=ENV_ID,
-        entry_point="copyloop.envs.market:CopyMarketEnv",
-        vector_entry_point="copyloop.envs.vector:CopyMarketVectorEnv",
-    )
+for _id, _world in ((ENV_ID, "v1"), (ENV_ID_V1, "v2")):
+    if _id not in gym.registry:
+        gym.register(
+            id=_id,
+            entry_point="copyloop.envs.market:CopyMarketEnv",
+            vector_entry_point="copyloop.envs.vector:CopyMarketVectorEnv",
+            kwargs={"world": _world},
+        )
 
 __all__ = [
     "CATEGORIES",
     "ENV_ID",
+    "ENV_ID_V1",
     "TONES",
     "AssetMissingError",
     "Catalog",
@@ -36,6 +43,7 @@ __all__ = [
     "MarketConfig",
     "PopulationConfig",
     "Product",
+    "ReadingWeights",
     "SegmentSpec",
     "SegmentTaste",
     "TextEncoder",

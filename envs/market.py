@@ -2,8 +2,9 @@
 
 :class:`Market` is built once (embedding the catalog is the expensive part) and shared by every
 env made from the same :class:`MarketConfig`. :class:`CopyMarketEnv` is the single env
-registered as ``copyloop/CopyMarket-v0``; :mod:`copyloop.envs.vector` holds the natively batched
-version registered as its ``vector_entry_point``.
+registered as ``copyloop/CopyMarket-v0`` (click world v1) and ``copyloop/CopyMarket-v1`` (click
+world v2); :mod:`copyloop.envs.vector` holds the natively batched version registered as their
+``vector_entry_point``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from copyloop.config import ConfigError, config_from_dict, config_to_dict, read_
 from copyloop.envs.catalog import CANDIDATE_BOUND, Catalog, CatalogConfig, build_catalog
 from copyloop.envs.embed import TextEncoder
 from copyloop.envs.users import PopulationConfig, UserPopulation
-from copyloop.envs.world import ClickWorld, WorldConfig
+from copyloop.envs.world import ClickWorld, WorldConfig, WorldVersion
 
 if TYPE_CHECKING:
     from copyloop.envs.clicksim import BoundSimulator, ClickSimulator
@@ -156,11 +157,14 @@ class Market:
         # Per-campaign observation tables, so a batch of sessions gathers whole rows.
         self.slot_features = cat.candidate_feats[pad].reshape(cat.n_campaigns, -1)
         self.slot_mask = (cat.slots >= 0).astype(np.int8)
+        self.user_pack = self._pack_users()
+
+    def _pack_users(self) -> npt.NDArray[np.float32]:
         # A user's observation features and the world's per-user terms side by side: drawing a
         # batch of random users is then one gather of contiguous rows.
         pack = np.hstack([self.population.all_features, self.world.user_table])
         # Rows padded to whole 64-byte cache lines: the random-row gather is ~3× faster.
-        self.user_pack = np.pad(pack, ((0, 0), (0, -pack.shape[1] % 16)))
+        return np.pad(pack, ((0, 0), (0, -pack.shape[1] % 16)))
 
     @classmethod
     def get(cls, config: MarketConfig | None = None) -> Market:
@@ -169,6 +173,24 @@ class Market:
         if cfg not in cls._cache:
             cls._cache[cfg] = cls(cfg)
         return cls._cache[cfg]
+
+    def with_world(self, version: WorldVersion) -> Market:
+        """The same users and catalog judged by click world ``version`` (``"v1"`` or ``"v2"``);
+        shared like :meth:`get` when this market is the shared one for its config."""
+        if version == self.config.world.version:
+            return self
+        cfg = replace(self.config, world=replace(self.config.world, version=version))
+        shared = Market._cache.get(self.config) is self
+        if shared and cfg in Market._cache:
+            return Market._cache[cfg]
+        other = object.__new__(Market)
+        other.__dict__.update(self.__dict__)
+        other.config = cfg
+        other.world = ClickWorld(self.catalog, self.population, cfg.world)
+        other.user_pack = other._pack_users()
+        if shared:
+            Market._cache[cfg] = other
+        return other
 
     def with_session_length(self, session_length: int) -> Market:
         """The same market (shared catalog and world) with another session length."""
@@ -300,11 +322,16 @@ def resolve_market(
     session_length: int | None,
     click_model: ClickSimulator | str | Path | None,
     pessimism: float,
+    world: WorldVersion | None = None,
 ) -> Market:
     """The market an env runs on, from its constructor arguments."""
     if market is not None and config is not None and market.config != config:
         raise ValueError("pass either `config` or `market`, not both with different configs")
     base = market if market is not None else Market.get(config)
+    if world is not None:
+        if world not in ("v1", "v2"):
+            raise ValueError(f"`world` must be 'v1', 'v2' or None, got {world!r}")
+        base = base.with_world(world)
     if session_length is not None:
         base = base.with_session_length(session_length)
     if click_model is not None:
@@ -380,14 +407,20 @@ class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
     clock); ``invalid_action``.
 
     ## Arguments
-    ``gym.make("copyloop/CopyMarket-v0", config=MarketConfig(...))`` or ``market=Market(...)``;
-    ``session_length`` overrides the config's; ``click_model`` (a fitted
+    ``gym.make("copyloop/CopyMarket-v1", config=MarketConfig(...))`` or ``market=Market(...)``;
+    ``world`` (``"v1"``/``"v2"``) overrides the config's click world (the registered IDs set
+    it: ``CopyMarket-v0`` runs world v1, ``CopyMarket-v1`` world v2); ``session_length``
+    overrides the config's; ``click_model`` (a fitted
     :class:`~copyloop.envs.clicksim.ClickSimulator` or its directory) draws clicks from the
     learned simulator instead of the world, with ``pessimism`` ensemble standard deviations
     taken off every CTR. ``info["true_ctr"]`` is then the simulator's CTR.
 
     ## Version History
-    * v0: initial version.
+    * v1: click world v2 (``world="v2"``): CTR follows the copy's relevance to its own product,
+      the specific benefits its description backs, and clarity; unsupported claims, audience
+      descriptions, off-product copy, lists, repetition, capitals, "!" piles and spam cost
+      clicks, and every cue saturates. Spaces, rewards and episode ends are unchanged.
+    * v0: initial version (click world v1: word-list cues, which copy can game).
     """
 
     metadata: dict[str, Any] = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012
@@ -402,8 +435,9 @@ class CopyMarketEnv(gym.Env[dict[str, npt.NDArray[Any]], np.int64]):
         click_model: ClickSimulator | str | Path | None = None,
         pessimism: float = 0.0,
         render_mode: str | None = None,
+        world: WorldVersion | None = None,
     ) -> None:
-        self.market = resolve_market(config, market, session_length, click_model, pessimism)
+        self.market = resolve_market(config, market, session_length, click_model, pessimism, world)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"`render_mode` must be one of {self.metadata['render_modes']} or None"

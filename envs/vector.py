@@ -1,7 +1,8 @@
 """The natively numpy-batched copy market: ``num_envs`` sessions advance in one array step.
 
-Registered as the ``vector_entry_point`` of ``copyloop/CopyMarket-v0``, so
-``gym.make_vec("copyloop/CopyMarket-v0", num_envs=1024)`` returns it. Sessions that end are
+Registered as the ``vector_entry_point`` of ``copyloop/CopyMarket-v0`` (click world v1) and
+``copyloop/CopyMarket-v1`` (world v2), so ``gym.make_vec("copyloop/CopyMarket-v1",
+num_envs=1024)`` returns it. Sessions that end are
 reset within the same step (``AutoresetMode.SAME_STEP``): the returned observation is the new
 session's first, and ``info["final_obs"]`` holds the ended session's last (its ``user``,
 ``candidates`` and ``action_mask`` are the arrays returned at the previous step: they did not
@@ -28,6 +29,7 @@ from copyloop.envs.market import (
     draw_sessions,
     resolve_market,
 )
+from copyloop.envs.world import WorldVersion
 
 if TYPE_CHECKING:
     from copyloop.envs.clicksim import ClickSimulator
@@ -64,10 +66,11 @@ class CopyMarketVectorEnv(
         session_length: int | None = None,
         click_model: ClickSimulator | str | Path | None = None,
         pessimism: float = 0.0,
+        world: WorldVersion | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"`num_envs` must be >= 1, got {num_envs}")
-        self.market = resolve_market(config, market, session_length, click_model, pessimism)
+        self.market = resolve_market(config, market, session_length, click_model, pessimism, world)
         self.num_envs = num_envs
         self.session_length = self.market.config.session_length
         k = self.market.max_candidates
