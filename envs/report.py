@@ -9,7 +9,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
+from copyloop.envs.audit import audit_lines
 from copyloop.envs.catalog import BENEFIT_PHRASE, short_title
 from copyloop.envs.embed import default_encoder
 from copyloop.envs.market import Market
@@ -22,8 +24,10 @@ CRAFTED: tuple[str, ...] = (
     "Wow, the {short}: {benefit}. Ready to treat yourself? Shop now!",
     "{short}: {benefit}. Designed to last, with full specs. Explore it.",
 )
-"""Copy that combines cues no single catalog style combines (benefit + value + CTA + tone):
-evidence that copy better than the corpus's exists, i.e. that a generator can win."""
+"""Copy that combines cues no single catalog style combines (benefit + value + CTA + tone): in
+world v1, evidence that copy better than the corpus's exists. Its benefit phrase is the
+category's, not the product's, so world v2 reads it as generic; the honest evidence there is
+the audit's good lines (:data:`~copyloop.envs.audit.GOOD_TEMPLATES`, the product's own facts)."""
 
 
 @dataclass
@@ -47,6 +51,8 @@ class WorldReport:
     pairwise_best_disagreement: float
     crafted_beats_corpus: float
     crafted_lift: float
+    good_beats_corpus: float
+    good_lift: float
     campaigns: int
     users_per_segment: int
 
@@ -58,7 +64,8 @@ def world_report(
     market: Market, *, users_per_segment: int = 300, campaigns: int | None = 60, seed: int = 0
 ) -> WorldReport:
     """Measure base CTR by segment, CTR spread across variants, how often the best variant
-    differs by segment, and how often crafted copy beats every catalog variant.
+    differs by segment, and how often crafted copy and the audit's good lines (the best of a
+    campaign's lines, per segment) beat every catalog variant.
 
     Args:
         market: the market to measure.
@@ -104,33 +111,22 @@ def world_report(
     pairs = [(a, b) for a in range(pop.n_segments) for b in range(a + 1, pop.n_segments)]
     disagree = np.mean([np.mean(best[a] != best[b]) for a, b in pairs]) if pairs else 0.0
 
-    # Crafted copy vs the catalog's best, per (campaign, segment).
-    wins, lifts = [], []
-    crafted_texts = []
-    for c in camps:
-        p = cat.products[c]
-        crafted_texts.append(
-            [
-                t.format(
-                    short=short_title(p.title),
-                    benefit=BENEFIT_PHRASE[p.category_name],
-                    brand=f"{p.brand} " if p.brand else "",
-                )
-                for t in CRAFTED
-            ]
-        )
-    emb = default_encoder().encode([t for ts in crafted_texts for t in ts])
-    emb = emb.reshape(n_c, len(CRAFTED), -1)
-    for j, c in enumerate(camps):
-        for s, members in enumerate(seg_users):
-            crafted = (
-                world.ctr_of_texts(crafted_texts[j], int(c), members, embeddings=emb[j])
-                .mean(0)
-                .max()
+    # Crafted copy (cue combinations) and the audit's good lines (the product's own facts) vs
+    # the catalog's best, per (campaign, segment).
+    crafted_texts = [
+        [
+            t.format(
+                short=short_title(p.title),
+                benefit=BENEFIT_PHRASE[p.category_name],
+                brand=f"{p.brand} " if p.brand else "",
             )
-            corpus = np.nanmax(masked[s, j])
-            wins.append(crafted > corpus)
-            lifts.append(crafted / corpus - 1.0)
+            for t in CRAFTED
+        ]
+        for p in (cat.products[c] for c in camps)
+    ]
+    good = audit_lines(cat.products, camps, seed)["good"]
+    crafted_wins, crafted_lift = _beats_best(market, camps, crafted_texts, seg_users, masked)
+    good_wins, good_lift = _beats_best(market, camps, good, seg_users, masked)
     overall = float(np.sum([r.share * r.base_ctr for r in rows]))
     return WorldReport(
         segments=rows,
@@ -138,8 +134,33 @@ def world_report(
         mean_best_over_worst=float(np.mean(best_over_worst)),
         campaigns_best_differs=float(differs),
         pairwise_best_disagreement=float(disagree),
-        crafted_beats_corpus=float(np.mean(wins)),
-        crafted_lift=float(np.median(lifts)),
+        crafted_beats_corpus=crafted_wins,
+        crafted_lift=crafted_lift,
+        good_beats_corpus=good_wins,
+        good_lift=good_lift,
         campaigns=n_c,
         users_per_segment=users_per_segment,
     )
+
+
+def _beats_best(
+    market: Market,
+    camps: npt.NDArray[np.int64],
+    texts: list[list[str]],
+    seg_users: list[npt.NDArray[np.int64]],
+    seg_ctr: npt.NDArray[np.float64],
+) -> tuple[float, float]:
+    """Share of (campaign, segment) pairs where the best of a campaign's ``texts`` beats every
+    catalog variant (``seg_ctr`` (S, n_c, K), NaN in unused slots), and the median lift."""
+    emb = default_encoder().encode([t for ts in texts for t in ts])
+    wins, lifts = [], []
+    start = 0
+    for j, c in enumerate(camps.tolist()):
+        e = emb[start : start + len(texts[j])]
+        start += len(texts[j])
+        for s, members in enumerate(seg_users):
+            best = market.world.ctr_of_texts(texts[j], c, members, embeddings=e).mean(0).max()
+            corpus = np.nanmax(seg_ctr[s, j])
+            wins.append(best > corpus)
+            lifts.append(best / corpus - 1.0)
+    return float(np.mean(wins)), float(np.median(lifts))
