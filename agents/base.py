@@ -13,6 +13,7 @@ and :meth:`Policy._learn`, and expose learned state through :meth:`Policy._get_s
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import threading
@@ -419,11 +420,19 @@ class Policy(ABC):
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Save parameters and learned state to one ``.npz`` file (no pickle)."""
+    def save(self, path: str | os.PathLike[str], *, store: VariantStore | None = None) -> Path:
+        """Save parameters and learned state to one ``.npz`` file: a versioned snapshot.
+
+        No pickle; written atomically; a sha256 over every array is kept in the header and
+        checked on load. With ``store`` (default: the attached one) the variant store and its
+        featurizer travel in the same file, so one artifact serves requests.
+        """
         from copyloop.contract import atomic_path
 
         state = {f"state/{k}": np.asarray(v) for k, v in self._get_state().items()}
+        st = store if store is not None else self._store
+        if st is not None:
+            state.update({f"store/{k}": np.asarray(v) for k, v in st.to_arrays().items()})
         widths = getattr(self, "_widths", None)
         header = {
             "format": FORMAT,
@@ -431,8 +440,10 @@ class Policy(ABC):
             "params": self.get_params(),
             "calls": self._calls,
             "updates": self._updates,
+            "model_version": self.model_version,
             "entropy": str(self._entropy),
             "widths": widths,
+            "sha256": _arrays_digest(state),
         }
         p = Path(path)
         with atomic_path(p) as tmp, open(tmp, "wb") as f:
@@ -451,7 +462,7 @@ class Policy(ABC):
         try:
             with np.load(p, allow_pickle=False) as z:
                 header = json.loads(str(z["__header__"]))
-                state = {k[len("state/") :]: z[k] for k in z.files if k.startswith("state/")}
+                arrays = {k: z[k] for k in z.files if k != "__header__"}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise ValueError(
@@ -461,6 +472,11 @@ class Policy(ABC):
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             got = header.get("format") if isinstance(header, dict) else None
             raise ValueError(f"{p} has format {got!r}, expected {FORMAT!r} — {fix}")
+        digest = header.get("sha256")
+        if digest is not None and digest != _arrays_digest(arrays):
+            raise ValueError(f"{p}: checksum mismatch — the arrays were altered or damaged; {fix}")
+        state = {k[len("state/") :]: v for k, v in arrays.items() if k.startswith("state/")}
+        stored = {k[len("store/") :]: v for k, v in arrays.items() if k.startswith("store/")}
         try:
             klass = {c.__name__: c for c in POLICIES.values()}.get(header["class"])
             if klass is None or not issubclass(klass, cls):
@@ -476,8 +492,22 @@ class Policy(ABC):
             if widths is not None:
                 pol._widths = widths
             pol._set_state(state)
+            if stored:
+                from copyloop.agents.store import VariantStore
+
+                pol._store = VariantStore.from_arrays(stored)
         except (KeyError, TypeError) as e:
             raise ValueError(
                 f"{p}: the policy header or state is incomplete ({type(e).__name__}: {e}) — {fix}"
             ) from None
         return pol
+
+
+def _arrays_digest(arrays: Mapping[str, npt.NDArray[Any]]) -> str:
+    """sha256 over every array's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()

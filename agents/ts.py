@@ -427,13 +427,25 @@ class LinearTSPolicy(_GaussianHeadTS):
         return gaussian_win_probs(mean, cov)
 
     def _get_state(self) -> dict[str, npt.NDArray[Any]]:
-        return {} if self._A is None else {"A": self._A, "b": self._b}  # type: ignore[dict-item]
+        if self._A is None:
+            return {}
+        state = {"A": self._A, "b": self._b}
+        srv = self._srv
+        if srv is not None:  # the serving posterior too: a snapshot serves without inverting A
+            state.update(srv_mean=srv.mean, srv_cov=srv.cov, srv_age=np.array(srv.age))
+        return state  # type: ignore[return-value]
 
     def _set_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
         if "A" in state:
             self._A, self._b = np.asarray(state["A"], float), np.asarray(state["b"], float)
             self._chol = self._mean = None
             self._srv = None
+            if "srv_cov" in state:
+                self._srv = _Serving(
+                    np.asarray(state["srv_mean"], np.float32),
+                    np.ascontiguousarray(state["srv_cov"], np.float32),
+                    int(state["srv_age"]),
+                )
 
 
 class LogisticTSPolicy(_GaussianHeadTS):
