@@ -213,9 +213,13 @@ AUDIENCES: tuple[str, ...] = (
 _CHUNK = re.compile(r"(?<=[.!?])\s+|\s*[;•|]\s*|,\s+|\s+-\s+|\.(?=[A-Z])")
 
 
-def product_fact(p: Product, max_words: int = 10) -> str:
+_DANGLING = STOPWORDS | {"yet", "plus", "while", "&"}
+
+
+def product_fact(p: Product, max_words: int = 12) -> str:
     """A real benefit of ``p``: the clause of its description with the most specific words
-    the title does not already say (no claims, no audience talk), clipped to ``max_words``.
+    the title does not already say (no claims, audience talk, lists, codes, capitals or
+    repetition once put after the product's name), clipped to ``max_words``.
 
     Example:
         >>> p = Product("1", "Trail Runner Shoe", "Light and fast. Cushioned sole for "
@@ -229,10 +233,14 @@ def product_fact(p: Product, max_words: int = 10) -> str:
         words = raw.strip(" .:;'\u2019").split()
         if len(words) < 3:
             continue
-        chunks.append(" ".join(words[:max_words]).rstrip(",;:"))
+        words = words[:max_words]
+        while len(words) > 3 and words[-1].lower().strip(",;:") in _DANGLING:
+            words.pop()  # a clipped clause should not end on "and", "the", "with", …
+        chunks.append(" ".join(words).rstrip(",;:"))
     if not chunks:
         return CATEGORY_NOUN[p.category_name]
-    reading = read_copy(chunks, facts)
+    short = short_title(p.title)
+    reading = read_copy([f"{short}: {c}" for c in chunks], facts)  # as the good lines use it
     faults = (
         reading[:, READ["unsupported_claims"]]
         + reading[:, READ["audience"]]
@@ -240,6 +248,7 @@ def product_fact(p: Product, max_words: int = 10) -> str:
         + np.maximum(reading[:, READ["list_run"]] - 2, 0)
         + np.maximum(reading[:, READ["keyword_run"]] - 3, 0)
         + 5.0 * (reading[:, READ["codes"]] + reading[:, READ["caps"]] + reading[:, READ["unknown"]])
+        + 5.0 * np.maximum(reading[:, READ["repetition"]] - 0.15, 0)
     )
     score = np.minimum(reading[:, READ["detail_hits"]], 6) - 3.0 * faults
     return chunks[int(np.argmax(score))]
