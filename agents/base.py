@@ -20,7 +20,7 @@ import threading
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -301,6 +301,7 @@ class Policy(ABC):
         *,
         sample_weight: npt.ArrayLike | None = None,
         batch_size: int = 4096,
+        progress: Callable[[int], None] | None = None,
     ) -> int:
         """Learn from DecisionLog rows — the rows the service stores, a replayed log, a warm
         start — through the same :meth:`update` as the env's batches.
@@ -346,6 +347,8 @@ class Policy(ABC):
                 "action_mask": np.ones((n, 1), np.int8),
             }
             self.update(obs, np.zeros(n, np.int64), reward[idx], None if w is None else w[idx])
+            if progress is not None:
+                progress(start + n)
         return int(keep.size)
 
     # ---- subclass hooks ---------------------------------------------------------------------

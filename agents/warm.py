@@ -46,35 +46,31 @@ def warm_start(
         progress: called with the rows done.
     """
     from copyloop.agents.baselines import EpsilonGreedyPolicy, UCB1Policy
+    from copyloop.agents.store import VariantStore
     from copyloop.agents.ts import BernoulliTSPolicy
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
-    camp_np = _campaign_rows(log, market)
+    _campaign_rows(log, market)  # the log must belong to this market
     weighted = (
         isinstance(policy, UCB1Policy | EpsilonGreedyPolicy | BernoulliTSPolicy)
         if importance_weights is None
         else importance_weights
     )
-    reward = log.reward
-    keep = np.flatnonzero(~np.isnan(reward))
-    ctx, aidx, prop = log.context, log.action_index.astype(np.int64), log.propensity
-    done = 0
-    for start in range(0, keep.size, batch_size):
-        rows = keep[start : start + batch_size]
-        c = camp_np[rows]
-        obs = _observations(market, ctx[rows], c)
-        if weighted:
-            w = 1.0 / prop[rows]
-            variant = c * market.max_candidates + aidx[rows]
-            _, inv = np.unique(variant, return_inverse=True)
-            mean_w = np.bincount(inv, weights=w) / np.bincount(inv)
-            policy.update(obs, aidx[rows], reward[rows], sample_weight=w / mean_w[inv])
-        else:
-            policy.update(obs, aidx[rows], reward[rows])
-        done += rows.size
-        if progress is not None:
-            progress(done)
+    store = policy.store or VariantStore.from_catalog(market.catalog)
+    w = None
+    if weighted:
+        # 1/propensity, self-normalised per chosen variant so evidence counts stay true counts
+        observed = ~np.isnan(log.reward)
+        raw = 1.0 / log.propensity
+        _, inv = np.unique(np.asarray(log.table.column("action")), return_inverse=True)
+        inv = inv.ravel()
+        mean_w = np.bincount(inv, weights=np.where(observed, raw, 0.0)) / np.maximum(
+            np.bincount(inv, weights=observed.astype(float)), 1.0
+        )
+        w = raw / mean_w[inv]
+    # The same path as the service's delayed rewards: DecisionLog rows through update().
+    policy.learn_log(log, store, sample_weight=w, batch_size=batch_size, progress=progress)
     return policy
 
 
