@@ -106,12 +106,22 @@ class RoundResult:
     tune_summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _candidate_features(gen: Generation, idx: Sequence[int]) -> npt.NDArray[np.float32]:
-    from copyloop.envs.text import text_features
-
+def _candidate_features(
+    market: Any, gen: Generation, idx: Sequence[int]
+) -> npt.NDArray[np.float32]:
+    """The generated lines in the catalog's feature space (its saved featurizer, no refit), so
+    agents see new copy exactly as they see the catalog's."""
     texts = [gen.variants[i].text for i in idx]
-    emb = gen.embeddings[list(idx)] if gen.embeddings is not None else np.zeros((len(idx), 16))
-    return np.hstack([text_features(texts), emb[:, :16]]).astype(np.float32)
+    if gen.embeddings is not None:
+        emb = gen.embeddings[list(idx)]
+    else:
+        from copyloop.envs.embed import default_encoder
+
+        emb = default_encoder().encode(texts)
+    featurizer = market.catalog.featurizer
+    if featurizer is None:
+        raise ValueError("the market's catalog has no featurizer — rebuild the market")
+    return featurizer.transform(emb, texts)
 
 
 def _make_policy(name: str, n_segments: int, seed: int) -> Any:
@@ -157,14 +167,14 @@ def allocate(
     per_group = max(impressions // len(groups), 1)
     seg_users = [np.flatnonzero(pop.users.segment == s) for s in range(pop.n_segments)]
     clicks, expected, rows = 0, 0.0, 0
-    with DecisionLogWriter(out, pop.feature_dim) as writer:
+    with DecisionLogWriter(out, pop.feature_dim, variants=vt) as writer:
         for (c, s), idx in groups.items():
             k = len(idx)
             texts = [gen.variants[i].text for i in idx]
             emb = gen.embeddings[idx] if gen.embeddings is not None else None
             pool = rng.choice(seg_users[s], size=min(2048, seg_users[s].size), replace=False)
             ctr = world.ctr_of_texts(texts, c, pool, embeddings=emb)  # (pool, k)
-            feats = _candidate_features(gen, idx)
+            feats = _candidate_features(market, gen, idx)
             cand = np.zeros((k_max, feats.shape[1]), np.float32)
             cand[:k] = feats
             mask = np.zeros(k_max, np.int8)
@@ -262,8 +272,7 @@ def run_loop(
         say(f"round {rnd}: generating {cfg.n} variants × {len(requests)} requests")
         g = CopyGenerator(lm, market, sampling=sampling, filters=filters)
         gen = g.generate(requests, cfg.n, seed=cfg.seed + 7919 * rnd)
-        vt = g.variants_table(gen)
-        vt.write(rdir / "variants.parquet")
+        vt = g.variants_table(gen)  # written with the round's log, as one unit
         ev = judge_generation(market, gen, requests, judge, f"{lm.name}@{lm.version}")
         say(f"round {rnd}: allocating {cfg.impressions:,} impressions with {cfg.agent}")
         policy = _make_policy(cfg.agent, market.population.n_segments, cfg.seed + rnd)
