@@ -475,8 +475,9 @@ class ProductFacts:
         text: title, description, brand and category, lowercased (claims are looked up in it).
         title_stems: stems of the content words of the title, brand and category name.
         detail_stems: stems of the description's content words that are not in the title.
-        acronyms: words written in capitals on the product's page ("LED", "USB"), which copy
-            may write in capitals too.
+        acronyms: what the product's page writes in capitals and is not plain English —
+            codes, names, short acronyms ("BM18067", "USB", "LED") — which copy may write in
+            capitals too (a page in capitals does not license shouting).
 
     Example:
         >>> f = ProductFacts.of("Trail Runner Shoe", "Cushioned sole for all-day comfort.")
@@ -498,8 +499,15 @@ class ProductFacts:
         body = description
         detail = frozenset(stem(t) for t in _TOKEN.findall(body.lower()) if t not in STOPWORDS)
         raw = f"{head} {description}"
+        vocab = english_words()
         acronyms = frozenset(
-            t.lower() for t in _RAW_TOKEN.findall(raw) if len(t) >= 2 and t.isupper()
+            low
+            for t in _RAW_TOKEN.findall(raw)
+            if len(t) >= 2 and t.isupper()
+            for low in [t.lower()]
+            if any(ch.isdigit() for ch in t)
+            or low not in vocab
+            or (len(t) <= 3 and low not in STOPWORDS)
         )
         return cls(
             text=f"{title} {description} {brand} {category.replace('_', ' ')}".lower(),

@@ -165,8 +165,8 @@ class ReadingWeights:
     lists: float = 1.0
     hype: float = 1.0
     repetition: float = 2.0
-    caps: float = 2.5
-    exclamations: float = 0.8
+    caps: float = 3.0
+    exclamations: float = 1.5
     gibberish: float = 1.5
     codes: float = 1.0
     length: float = 0.5
