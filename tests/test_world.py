@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from copyloop.envs import ClickWorld, SegmentTaste, WorldConfig
+from copyloop.envs import ClickWorld, ReadingWeights, SegmentTaste, WorldConfig
 from copyloop.envs.text import FEATURE_NAMES, text_features, tone_of
 from copyloop.envs.users import TONES, PopulationConfig, UserPopulation
 
@@ -83,17 +83,21 @@ def test_world_is_seeded(market) -> None:
 
 
 BAD_WORLD = [
-    ({"drift_period": 1}, "drift_period"),
-    ({"drift_strength": 1.5}, "drift_strength"),
-    ({"fatigue_same": 0.0}, "fatigue_same"),
-    ({"length_penalty": -1.0}, "length_penalty"),
+    (WorldConfig, {"drift_period": 1}, "drift_period"),
+    (WorldConfig, {"drift_strength": 1.5}, "drift_strength"),
+    (WorldConfig, {"fatigue_same": 0.0}, "fatigue_same"),
+    (WorldConfig, {"length_penalty": -1.0}, "length_penalty"),
+    (WorldConfig, {"version": "v3"}, "`version` must be 'v1' or 'v2'"),
+    (ReadingWeights, {"claims": -1.0}, "reading.claims"),
+    (ReadingWeights, {"relevance_scale": 0.0}, "relevance_scale"),
+    (ReadingWeights, {"gate_low": 0.7, "gate_high": 0.6}, "gate_low"),
 ]
 
 
-@pytest.mark.parametrize(("kwargs", "match"), BAD_WORLD)
-def test_bad_world_config(kwargs, match) -> None:
+@pytest.mark.parametrize(("cls", "kwargs", "match"), BAD_WORLD)
+def test_bad_world_config(cls, kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
-        WorldConfig(**kwargs)
+        cls(**kwargs)
 
 
 def test_bad_taste() -> None:

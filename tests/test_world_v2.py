@@ -21,8 +21,6 @@ from copyloop.envs import (
     ClickWorld,
     CopyMarketEnv,
     CopyMarketVectorEnv,
-    ReadingWeights,
-    WorldConfig,
 )
 from copyloop.envs.audit import ADVERSARIAL_MAX, GOOD_MIN, KINDS, audit_lines, world_audit
 from copyloop.envs.text import READ, ProductFacts, read_copy
@@ -193,24 +191,6 @@ def test_read_copy(text: str, column: str, expected: float) -> None:
 def test_read_copy_needs_one_product_per_text() -> None:
     with pytest.raises(ValueError, match="`facts` must be one ProductFacts or one per text"):
         read_copy(["a", "b"], [SHOE])
-
-
-BAD_READING = [
-    ({"claims": -1.0}, "reading.claims"),
-    ({"relevance_scale": 0.0}, "relevance_scale"),
-    ({"gate_low": 0.7, "gate_high": 0.6}, "gate_low"),
-]
-
-
-@pytest.mark.parametrize(("kwargs", "match"), BAD_READING)
-def test_bad_reading_weights(kwargs, match) -> None:
-    with pytest.raises(ValueError, match=match):
-        ReadingWeights(**kwargs)
-
-
-def test_bad_world_version() -> None:
-    with pytest.raises(ValueError, match="`version` must be 'v1' or 'v2'"):
-        WorldConfig(version="v3")  # type: ignore[arg-type]
 
 
 def test_world_version_from_config() -> None:
