@@ -54,17 +54,17 @@ def _request(market, obs, i: int) -> tuple[np.ndarray, list[str]]:
 @pytest.mark.parametrize("name", ["linear_ts", "logistic_ts"])
 def test_request_propensities_match_thompson_sampling(name, market, store, traffic) -> None:
     """The per-request probabilities (K-dimensional Gaussian over a fixed Sobol bank) agree with
-    the batched path's 50k fresh posterior draws within 0.012 on every candidate (the bank's
-    error ≤ ~0.007 measured in bench/serve_agents.py, plus the reference's own ≤ 0.0022 SE)."""
+    the batched path's 30k fresh posterior draws within 0.016 on every candidate (the bank's
+    error ≤ ~0.007 measured in bench/serve_agents.py, plus 3 × the reference's ≤ 0.0029 SE)."""
     pol = _trained(name, traffic, store)
     obs = traffic[1]
-    for i in range(12):
+    for i in range(6):
         u, ids = _request(market, obs, i)
         got = pol.decide(u, ids, event_id=f"e{i}").probs
-        pol.n_draws = 50_000
+        pol.n_draws = 30_000
         ref = pol.act({k: v[i : i + 1] for k, v in obs.items()}).probs[0, : len(ids)]
         pol.n_draws = 128
-        np.testing.assert_allclose(got, ref, atol=0.012)
+        np.testing.assert_allclose(got, ref, atol=0.016)
         assert got.sum() == pytest.approx(1.0, abs=1e-12)
 
 
