@@ -295,7 +295,8 @@ class SlotTerms:
         table_a: segment×device term per slot, (S·D, R, K).
         table_b: the same under the drifted preferences, (S·D, R, K).
         cues_t: the copy's cues that meet user-level weights, (R, 12, K): benefit cues per
-            category (6), value cues (1), one-hot tone (5).
+            category (6; v2: grounded detail in the product's own category), value cues (1),
+            one-hot tone (5) (v2: both scaled by how far the reader takes the line in).
         category: product category of each row's campaign, (R,).
     """
 
@@ -308,6 +309,9 @@ class SlotTerms:
 @dataclass
 class ClickWorld:
     """Ground-truth click model over a catalog and a user population.
+
+    World v2 (``WorldConfig(version="v2")``) also embeds each campaign's product (title +
+    description, with the packaged MiniLM) when it is built.
 
     Example:
         >>> world = ClickWorld(catalog, population, WorldConfig(seed=0))  # doctest: +SKIP
