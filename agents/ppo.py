@@ -287,6 +287,36 @@ class PPOPolicy(Policy):
         )
         return sample_from(p, rng), p
 
+    def _decide_request(
+        self, user: npt.NDArray[np.float32], cand: npt.NDArray[np.float32], key: int
+    ) -> npt.NDArray[np.float64]:
+        """One request through the policy network: the candidates fill the first of the K slots
+        it was trained on (the rest masked)."""
+        widths = getattr(self, "_space_widths", None)
+        if widths is None:
+            raise ValueError("PPOPolicy must be trained (train(market, ...)) before it decides")
+        k_model = int(widths["action_mask"])
+        k, dc = cand.shape
+        if k > k_model or dc * k_model != widths["candidates"]:
+            per = widths["candidates"] // k_model
+            raise ValueError(
+                f"this PPO policy was trained on {k_model} slots of {per} features; got {k} "
+                f"candidates of {dc} — use at most {k_model} candidates from its market"
+            )
+        slots = np.zeros((k_model, dc), np.float32)
+        slots[:k] = cand
+        mask = np.zeros((1, k_model), bool)
+        mask[0, :k] = True
+        obs = {
+            "user": user[None, :],
+            "candidates": slots.reshape(1, -1),
+            "shown": np.zeros((1, k_model), np.float32),
+            "action_mask": mask.astype(np.int8),
+        }
+        _, probs = self._decide(obs, mask, np.random.default_rng(key))
+        out = np.asarray(probs[0, :k], np.float64)
+        return out / out.sum()
+
     def _learn(
         self,
         obs: dict[str, npt.NDArray[Any]],
