@@ -216,6 +216,7 @@ class PPOPolicy(Policy):
             reset_num_timesteps=False,
             progress_bar=progress,
         )
+        self._updates += 1  # a new model version: decisions' randomness follows it
         return self
 
     def _build(self, env: VecEnv) -> PPO:
