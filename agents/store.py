@@ -18,6 +18,9 @@ import numpy.typing as npt
 
 _F32 = npt.NDArray[np.float32]
 
+MAX_ONEHOT_ARMS = 4096
+"""Most variants a store gives one-hot arm features (its feature table is n × n)."""
+
 
 class VariantStore:
     """Variant id → candidate features (and campaign), shared by every agent of a deployment.
@@ -69,6 +72,39 @@ class VariantStore:
             catalog.featurizer,
         )
 
+    @classmethod
+    def from_variants_table(cls, variants: Any, featurizer: Any = None) -> VariantStore:
+        """The variants of a :class:`~copyloop.VariantsTable`, in table order.
+
+        With ``featurizer`` (a :class:`~copyloop.envs.featurize.CopyFeaturizer`, e.g. the
+        catalog's) each variant gets its copy features from its embedding and text, so agents
+        learn about kinds of copy. Without one — an imported log, whose actions are labels with
+        no text features — each variant gets a one-hot arm feature (one column per variant):
+        linear agents then learn a model per arm plus a shared context term, and counting
+        agents keep one set of counts per variant.
+
+        Raises:
+            ValueError: a featurizer but no embeddings in the table; too many variants for
+                one-hot features (:data:`MAX_ONEHOT_ARMS`).
+        """
+        ids = variants.variant_ids
+        camps = variants.table.column("campaign_id").to_pylist()
+        if featurizer is not None:
+            emb = variants.embeddings
+            if emb is None:
+                raise ValueError(
+                    "the variants table has no embeddings, so its copy cannot be featurized — "
+                    "use one-hot arm features, or a variants table with embeddings"
+                )
+            return cls(ids, featurizer.transform(emb, variants.texts), camps, featurizer)
+        if len(ids) > MAX_ONEHOT_ARMS:
+            raise ValueError(
+                f"the variants table has {len(ids):,} variants; one-hot arm features stop at "
+                f"{MAX_ONEHOT_ARMS:,} (one column per variant) — give the variants embeddings "
+                "and featurize their copy instead"
+            )
+        return cls(ids, np.eye(len(ids), dtype=np.float32), camps)
+
     # ---- reads ----------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._state[0])
@@ -88,6 +124,11 @@ class VariantStore:
     @property
     def dim(self) -> int:
         return int(self._state[2].shape[1])
+
+    @property
+    def campaigns(self) -> list[str]:
+        """Campaign id of every variant, in store order."""
+        return list(self._state[3])
 
     def campaign_of(self, variant_id: str) -> str:
         _, index, _, camps = self._state

@@ -45,33 +45,47 @@ def warm_start(
         importance_weights: force weighting on or off (default: by policy kind, see above).
         progress: called with the rows done.
     """
-    from copyloop.agents.baselines import EpsilonGreedyPolicy, UCB1Policy
     from copyloop.agents.store import VariantStore
-    from copyloop.agents.ts import BernoulliTSPolicy
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
     _campaign_rows(log, market)  # the log must belong to this market
-    weighted = (
-        isinstance(policy, UCB1Policy | EpsilonGreedyPolicy | BernoulliTSPolicy)
-        if importance_weights is None
-        else importance_weights
-    )
     store = policy.store or VariantStore.from_catalog(market.catalog)
-    w = None
-    if weighted:
-        # 1/propensity, self-normalised per chosen variant so evidence counts stay true counts
-        observed = ~np.isnan(log.reward)
-        raw = 1.0 / log.propensity
-        _, inv = np.unique(np.asarray(log.table.column("action")), return_inverse=True)
-        inv = inv.ravel()
-        mean_w = np.bincount(inv, weights=np.where(observed, raw, 0.0)) / np.maximum(
-            np.bincount(inv, weights=observed.astype(float)), 1.0
-        )
-        w = raw / mean_w[inv]
+    w = log_weights(policy, log, importance_weights)
     # The same path as the service's delayed rewards: DecisionLog rows through update().
     policy.learn_log(log, store, sample_weight=w, batch_size=batch_size, progress=progress)
     return policy
+
+
+def needs_weights(policy: Policy) -> bool:
+    """Whether ``policy`` learns from a log with importance weights by default: the
+    non-contextual estimators (UCB1, epsilon-greedy, Bernoulli TS; see :func:`warm_start`)."""
+    from copyloop.agents.baselines import EpsilonGreedyPolicy, UCB1Policy
+    from copyloop.agents.ts import BernoulliTSPolicy
+
+    return isinstance(policy, UCB1Policy | EpsilonGreedyPolicy | BernoulliTSPolicy)
+
+
+def log_weights(
+    policy: Policy, log: DecisionLog, importance_weights: bool | None = None
+) -> npt.NDArray[np.float64] | None:
+    """The per-row weights ``policy`` learns ``log`` with, or None (unweighted).
+
+    Weighted (by default for :func:`needs_weights` policies; ``importance_weights`` forces it on
+    or off): ``1/propensity``, self-normalised per chosen variant so the evidence counts stay
+    the true counts. Shape ``(n,)``, for :meth:`~copyloop.agents.Policy.learn_log`.
+    """
+    weighted = needs_weights(policy) if importance_weights is None else importance_weights
+    if not weighted:
+        return None
+    observed = ~np.isnan(log.reward)
+    raw = 1.0 / log.propensity
+    _, inv = np.unique(np.asarray(log.table.column("action")), return_inverse=True)
+    inv = inv.ravel()
+    mean_w = np.bincount(inv, weights=np.where(observed, raw, 0.0)) / np.maximum(
+        np.bincount(inv, weights=observed.astype(float)), 1.0
+    )
+    return np.asarray(raw / mean_w[inv], np.float64)
 
 
 def _campaign_rows(log: DecisionLog, market: Any) -> npt.NDArray[np.int64]:
