@@ -1,0 +1,413 @@
+"""The HTTP API (FastAPI): ``create_app(config)`` builds one service per app.
+
+The store and the caller's key arrive through dependencies, startup and shutdown happen in the
+lifespan, request and response bodies are strict pydantic models (the OpenAPI schema at
+``/openapi.json`` is the contract), and nothing is kept at module level.
+
+Example:
+    >>> app = create_app(ServiceConfig(store="sqlite:///s.db", featurizer=feat))  # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from copyloop.serve.service import Service, ServiceConfig, ServiceError
+from copyloop.serve.store import CampaignConfig
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Id = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def _unique(v: list[str] | None, what: str) -> list[str] | None:
+    if v is not None and len(set(v)) != len(v):
+        dup = sorted({x for x in v if v.count(x) > 1})[:5]
+        raise ValueError(f"`{what}` repeats {dup} — each id once")
+    return v
+
+
+class RankRequest(Strict):
+    campaign_id: Id
+    context: list[Finite] = Field(min_length=1, max_length=4096)
+    candidate_ids: list[Id] | None = Field(default=None, min_length=1, max_length=1000)
+    excluded_ids: list[Id] = Field(default_factory=list, max_length=1000)
+    event_id: Id | None = None
+    user_id: Id | None = None
+    defer_activation: bool = False
+
+    @field_validator("candidate_ids")
+    @classmethod
+    def _candidates_unique(cls, v: list[str] | None) -> list[str] | None:
+        return _unique(v, "candidate_ids")
+
+
+class AgentChoice(Strict):
+    variant_id: str
+    probabilities: list[float]
+
+
+class RankResponse(Strict):
+    event_id: str
+    variant_id: str
+    probabilities: dict[str, float]
+    model_version: str
+    mode: str
+    agent: AgentChoice | None = None
+
+
+class RewardRequest(Strict):
+    value: Finite
+    reward_id: Annotated[str, Field(max_length=128)] = ""
+
+
+class RewardResponse(Strict):
+    event_id: str
+    status: Literal["accepted", "duplicate"]
+    late: bool
+
+
+class Ok(Strict):
+    ok: bool = True
+
+
+class VariantIn(Strict):
+    text: Annotated[str, Field(min_length=1, max_length=2000)]
+    variant_id: Id | None = None
+
+
+class CampaignIn(Strict):
+    campaign_id: Id
+    context_width: Annotated[int, Field(ge=1, le=4096)]
+    agent: str = "linear_ts"
+    agent_params: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+    mode: Literal["online", "shadow", "logging"] = "online"
+    exploration_floor: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    reward_wait_s: Annotated[float, Field(gt=0.0, le=7 * 86400)] = 60.0
+    default_reward: Finite = 0.0
+    aggregation: Literal["earliest", "sum", "max"] = "earliest"
+    variants: list[VariantIn] = Field(default_factory=list, max_length=1000)
+
+
+class CampaignPatch(Strict):
+    mode: Literal["online", "shadow", "logging"] | None = None
+    exploration_floor: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    reward_wait_s: Annotated[float, Field(gt=0.0, le=7 * 86400)] | None = None
+    default_reward: Finite | None = None
+    aggregation: Literal["earliest", "sum", "max"] | None = None
+
+
+class CampaignOut(Strict):
+    campaign_id: str
+    context_width: int
+    agent: str
+    agent_params: dict[str, Any]
+    mode: str
+    exploration_floor: float
+    reward_wait_s: float
+    default_reward: float
+    aggregation: str
+    active_variants: list[str]
+    model_version: str
+
+
+class VariantsIn(Strict):
+    variants: list[VariantIn] = Field(min_length=1, max_length=1000)
+
+
+class VariantsOut(Strict):
+    variant_ids: list[str]
+
+
+class StatsOut(Strict):
+    decisions: int
+    joined: int
+    learned: int
+    default_rewards: int
+    rewards: int
+    late_rewards: int
+    mean_joined_reward: float | None
+    served: dict[str, int]
+    model_version: str
+    snapshot_version: int
+
+
+class SnapshotOut(Strict):
+    version: int
+    model_version: str
+    created: float
+    rows_learned: int
+
+
+class Health(Strict):
+    status: Literal["ok", "degraded"]
+    campaigns: int
+    learner_error: str | None = None
+
+
+# ---- dependencies -----------------------------------------------------------------------------
+def get_service(request: Request) -> Service:
+    svc: Service = request.app.state.service
+    return svc
+
+
+def require(scope: Literal["client", "admin"]) -> Callable[..., str]:
+    """A dependency: the caller's ``X-API-Key`` must hold ``scope`` (admin keys hold both)."""
+
+    def check(
+        svc: Annotated[Service, Depends(get_service)],
+        x_api_key: Annotated[str | None, Header()] = None,
+    ) -> str:
+        if not x_api_key:
+            raise ServiceError(401, "missing X-API-Key header")
+        got = svc.scope_of(x_api_key)
+        if got is None:
+            raise ServiceError(401, "unknown or revoked API key")
+        if scope == "admin" and got != "admin":
+            raise ServiceError(403, f"this endpoint needs an admin key; yours is {got!r}")
+        return f"key:{x_api_key.split('_')[1] if '_' in x_api_key else '?'}"
+
+    return check
+
+
+SvcDep = Annotated[Service, Depends(get_service)]
+Client = Annotated[str, Depends(require("client"))]
+Admin = Annotated[str, Depends(require("admin"))]
+
+
+# ---- middleware (pure ASGI: no per-request task overhead) --------------------------------------
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimitAndTiming:
+    """413 for bodies above ``limit`` bytes (declared or streamed); latency per endpoint."""
+
+    def __init__(self, app: Any, limit: int, observe: Callable[[str, str, float], None]) -> None:
+        self.app, self.limit, self.observe = app, limit, observe
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        for k, v in scope.get("headers", []):
+            if k == b"content-length" and v.isdigit() and int(v) > self.limit:
+                await _send_413(send, self.limit)
+                return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return msg
+
+        async def tracking_send(msg: Any) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _send_413(send, self.limit)
+        finally:
+            ep = scope.get("endpoint")
+            self.observe(getattr(ep, "__name__", "other"), scope["method"], time.perf_counter() - t0)
+
+
+async def _send_413(send: Callable[[Any], Awaitable[None]], limit: int) -> None:
+    body = f'{{"detail":"request body above {limit} bytes"}}'.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---- the app ----------------------------------------------------------------------------------
+def _campaign_out(svc: Service, campaign_id: str) -> CampaignOut:
+    rt = svc.runtime(campaign_id)
+    c = rt.cfg
+    return CampaignOut(
+        campaign_id=c.campaign_id,
+        context_width=c.context_width,
+        agent=c.agent,
+        agent_params=dict(c.agent_params),
+        mode=c.mode,
+        exploration_floor=c.exploration_floor,
+        reward_wait_s=c.reward_wait_s,
+        default_reward=c.default_reward,
+        aggregation=c.aggregation,
+        active_variants=list(rt.active),
+        model_version=rt.policy.model_version,
+    )
+
+
+def create_app(config: ServiceConfig) -> FastAPI:
+    """The service's FastAPI app; the store opens and the learner starts in its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = Service(config)
+        app.state.service = svc
+        svc.learner.start()
+        try:
+            yield
+        finally:
+            svc.close()
+
+    app = FastAPI(
+        title="copyloop serve",
+        version="1",
+        summary="Rank copy variants for a request and learn from the rewards that follow.",
+        lifespan=lifespan,
+    )
+
+    def observe(endpoint: str, method: str, seconds: float) -> None:
+        svc = getattr(app.state, "service", None)
+        if svc is not None:
+            svc.metrics.latency.labels(endpoint, method).observe(seconds)
+
+    app.add_middleware(BodyLimitAndTiming, limit=config.max_body_bytes, observe=observe)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The offending input is left out: it may not be JSON (NaN) and it echoes the caller.
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.post("/v1/rank", response_model=RankResponse)
+    async def rank(body: RankRequest, svc: SvcDep, _: Client) -> RankResponse:
+        rec, agent = await svc.rank(
+            body.campaign_id,
+            body.context,
+            body.candidate_ids,
+            body.excluded_ids,
+            body.event_id,
+            body.defer_activation,
+            body.user_id,
+        )
+        return RankResponse(
+            event_id=rec.event_id,
+            variant_id=rec.action,
+            probabilities=dict(zip(rec.candidates, rec.action_probs, strict=True)),
+            model_version=rec.model_version,
+            mode=rec.mode,
+            agent=None if agent is None else AgentChoice(**agent),
+        )
+
+    @app.post("/v1/events/{event_id}/reward", response_model=RewardResponse)
+    async def reward(event_id: str, body: RewardRequest, svc: SvcDep, _: Client) -> RewardResponse:
+        out = await svc.reward(event_id, body.reward_id, body.value)
+        status: Literal["accepted", "duplicate"] = (
+            "duplicate" if out.status == "duplicate" else "accepted"
+        )
+        return RewardResponse(event_id=event_id, status=status, late=out.late)
+
+    @app.post("/v1/events/{event_id}/activate", response_model=Ok)
+    async def activate(event_id: str, svc: SvcDep, _: Client) -> Ok:
+        await svc.activate(event_id)
+        return Ok()
+
+    @app.post("/v1/admin/campaigns", response_model=CampaignOut, status_code=201)
+    def create_campaign(body: CampaignIn, svc: SvcDep, actor: Admin) -> CampaignOut:
+        fields = body.model_dump(exclude={"variants"})
+        try:
+            cfg = CampaignConfig(**fields)
+        except ValueError as e:
+            raise ServiceError(422, str(e)) from None
+        svc.create_campaign(cfg, [(v.variant_id, v.text) for v in body.variants], actor)
+        return _campaign_out(svc, cfg.campaign_id)
+
+    @app.get("/v1/admin/campaigns", response_model=list[CampaignOut])
+    def list_campaigns(svc: SvcDep, _: Admin) -> list[CampaignOut]:
+        return [_campaign_out(svc, c) for c in svc.runtimes]
+
+    @app.patch("/v1/admin/campaigns/{campaign_id}", response_model=CampaignOut)
+    def update_campaign(
+        campaign_id: str, body: CampaignPatch, svc: SvcDep, actor: Admin
+    ) -> CampaignOut:
+        changes = body.model_dump(exclude_none=True)
+        svc.update_campaign(campaign_id, changes, actor)
+        return _campaign_out(svc, campaign_id)
+
+    @app.post("/v1/admin/campaigns/{campaign_id}/variants", response_model=VariantsOut)
+    def add_variants(campaign_id: str, body: VariantsIn, svc: SvcDep, actor: Admin) -> VariantsOut:
+        ids = svc.add_variants(campaign_id, [(v.variant_id, v.text) for v in body.variants], actor)
+        return VariantsOut(variant_ids=ids)
+
+    @app.post("/v1/admin/campaigns/{campaign_id}/variants/{variant_id}/retire", response_model=Ok)
+    def retire_variant(campaign_id: str, variant_id: str, svc: SvcDep, actor: Admin) -> Ok:
+        svc.retire_variant(campaign_id, variant_id, actor)
+        return Ok()
+
+    @app.get("/v1/admin/campaigns/{campaign_id}/stats", response_model=StatsOut)
+    def stats(campaign_id: str, svc: SvcDep, _: Admin) -> StatsOut:
+        rt = svc.runtime(campaign_id)
+        s = svc.store.stats(campaign_id)
+        s.pop("oldest_unjoined_ts", None)
+        return StatsOut(
+            **s, model_version=rt.policy.model_version, snapshot_version=rt.snapshot_version
+        )
+
+    @app.get("/v1/admin/campaigns/{campaign_id}/models", response_model=list[SnapshotOut])
+    def models(campaign_id: str, svc: SvcDep, _: Admin) -> list[SnapshotOut]:
+        svc.runtime(campaign_id)
+        return [
+            SnapshotOut(
+                version=s.version,
+                model_version=s.model_version,
+                created=s.created,
+                rows_learned=s.rows_learned,
+            )
+            for s in svc.store.snapshots(campaign_id)
+        ]
+
+    @app.get("/healthz", response_model=Health)
+    def healthz(svc: SvcDep) -> Health:
+        err = svc.learner.error
+        return Health(
+            status="ok" if err is None else "degraded",
+            campaigns=len(svc.runtimes),
+            learner_error=None if err is None else f"{type(err).__name__}: {err}",
+        )
+
+    @app.get("/metrics")
+    def metrics(svc: SvcDep) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        st = svc.store.commit_stats
+        svc.metrics.commits.set(st.commits)
+        svc.metrics.commit_ops.set(st.ops)
+        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

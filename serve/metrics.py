@@ -1,0 +1,49 @@
+"""Prometheus metrics of one service (its own registry: no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """Request latency, decisions, rewards (late, duplicate, default), joins, learner lag,
+    model versions and the store's group commit."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "copyloop_request_seconds",
+            "HTTP request latency by endpoint",
+            ["endpoint", "method"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.decisions = Counter(
+            "copyloop_decisions", "Decisions made (durable)", ["campaign", "mode"], registry=r
+        )
+        self.rewards = Counter("copyloop_rewards", "Rewards accepted (incl. late)", registry=r)
+        self.late_rewards = Counter(
+            "copyloop_late_rewards", "Rewards after their join window (stored, not learned)",
+            registry=r,
+        )
+        self.duplicate_rewards = Counter(
+            "copyloop_duplicate_rewards", "Repeated rewards (same event and reward id)", registry=r
+        )
+        self.joins = Counter("copyloop_joins", "Decisions joined by the learner", registry=r)
+        self.default_rewards = Counter(
+            "copyloop_default_rewards", "Joins that took the default reward (window expired)",
+            registry=r,
+        )
+        self.learned = Counter("copyloop_learned_rows", "Rows the learner taught", registry=r)
+        self.learner_lag = Gauge(
+            "copyloop_learner_lag_seconds",
+            "Age of the oldest settled decision the learner has not joined",
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "copyloop_model_version", "Serving snapshot version", ["campaign"], registry=r
+        )
+        self.commits = Gauge("copyloop_store_commits", "Group-commit transactions", registry=r)
+        self.commit_ops = Gauge(
+            "copyloop_store_commit_ops", "Writes carried by group commits", registry=r
+        )

@@ -1,0 +1,391 @@
+"""The service's core, without HTTP: campaigns in memory (config, variants, the serving
+snapshot), ranking, rewards, admin changes. :mod:`copyloop.serve.app` puts HTTP around it and
+:mod:`copyloop.serve.learner` updates its snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from copyloop.agents import POLICIES, Policy
+from copyloop.agents.request import event_key, pick
+from copyloop.agents.store import VariantStore
+from copyloop.serve.metrics import Metrics
+from copyloop.serve.store import (
+    CampaignConfig,
+    DecisionRecord,
+    RewardOutcome,
+    SQLiteStore,
+    Store,
+    VariantRecord,
+    parse_store_url,
+)
+
+
+class ServiceError(Exception):
+    """A request the service refuses: ``status`` is its HTTP status, ``message`` says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class ServiceConfig:
+    """How to build a service (one per app; tests build one per case).
+
+    Args:
+        store: ``sqlite:///path.db`` (or a path).
+        featurizer: the saved :class:`~copyloop.envs.featurize.CopyFeaturizer` every variant's
+            copy features come from (the catalog's, for the default market).
+        encoder: text encoder for new variants' embeddings (default: the packaged MiniLM,
+            loaded on first use); anything with ``encode(list[str]) -> (n, e)``.
+        snapshot_dir: where snapshots go (default: ``<db>.snapshots/`` beside the database).
+        learn_interval_s: the learner's tick; None runs no learner thread (call
+            ``service.learner.step()`` yourself).
+        max_body_bytes: largest request body accepted (413 above).
+        key_cache_s: how long a verified key is trusted without re-hashing (revocation delay).
+        clock: the time source (seconds since the epoch); tests move it.
+        synchronous: SQLite ``FULL`` (durable acknowledgements) or ``NORMAL``.
+    """
+
+    store: str
+    featurizer: Any
+    encoder: Any = None
+    snapshot_dir: Path | None = None
+    learn_interval_s: float | None = 0.05
+    max_body_bytes: int = 64 * 1024
+    key_cache_s: float = 60.0
+    clock: Callable[[], float] = time.time
+    synchronous: str = "FULL"
+
+    def __post_init__(self) -> None:
+        if self.featurizer is None:
+            raise ValueError("`featurizer` is required: the saved featurizer of the copy")
+        if self.learn_interval_s is not None and not self.learn_interval_s > 0:
+            raise ValueError(f"`learn_interval_s` must be > 0 or None, got {self.learn_interval_s}")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"`max_body_bytes` must be >= 1024, got {self.max_body_bytes}")
+
+
+def new_policy(cfg: CampaignConfig) -> Policy:
+    """A fresh agent of the campaign's kind, parameters and exploration floor.
+
+    Raises:
+        ValueError: an unknown kind, an agent that cannot learn from rows, bad parameters.
+    """
+    klass = POLICIES.get(cfg.agent)
+    if klass is None:
+        raise ValueError(f"`agent` must be one of {sorted(POLICIES)}, got {cfg.agent!r}")
+    if not klass.learns_from_rows:
+        raise ValueError(f"`agent` {cfg.agent!r} cannot learn from logged rows: {klass.how_it_learns}")
+    try:
+        return klass(**cfg.agent_params, exploration_floor=cfg.exploration_floor)
+    except TypeError as e:
+        raise ValueError(f"`agent_params` do not fit {cfg.agent!r}: {e}") from None
+
+
+@dataclass
+class CampaignRuntime:
+    """One campaign in memory. ``policy`` is the serving snapshot, replaced whole (a reference
+    swap) when the learner publishes; ``learner_policy`` is the learner's own copy."""
+
+    cfg: CampaignConfig
+    variants: VariantStore
+    active: list[str]
+    policy: Policy
+    learner_policy: Policy
+    snapshot_version: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Service:
+    """Campaigns, ranking, rewards and admin changes over a :class:`Store`."""
+
+    def __init__(self, config: ServiceConfig, store: Store | None = None) -> None:
+        self.config = config
+        self.clock = config.clock
+        db = parse_store_url(config.store)
+        self.store: Store = store or SQLiteStore(db, synchronous=config.synchronous)
+        self.snapshot_dir = config.snapshot_dir or db.with_name(db.name + ".snapshots")
+        self.metrics = Metrics()
+        self.runtimes: dict[str, CampaignRuntime] = {}
+        self._admin_lock = threading.Lock()
+        self._encoder = config.encoder
+        self._key_cache: dict[str, tuple[str, float]] = {}
+        for cfg in self.store.campaigns():
+            self.runtimes[cfg.campaign_id] = self._load_runtime(cfg)
+        from copyloop.serve.learner import Learner
+
+        self.learner = Learner(self)
+
+    def close(self) -> None:
+        self.learner.stop()
+        self.store.close()
+
+    # ---- campaigns in memory ----------------------------------------------------------------
+    def _variant_store(self, records: Sequence[VariantRecord]) -> VariantStore:
+        feat = self.config.featurizer
+        if not records:
+            return VariantStore([], np.zeros((0, feat.dim), np.float32), [], feat)
+        emb = np.stack([np.asarray(r.embedding, np.float32) for r in records])
+        feats = feat.transform(emb, [r.text for r in records])
+        return VariantStore(
+            [r.variant_id for r in records], feats, [r.campaign_id for r in records], feat
+        )
+
+    def _load_runtime(self, cfg: CampaignConfig) -> CampaignRuntime:
+        """A campaign from the store: its variants, and its last snapshot (or a fresh agent)."""
+        records = self.store.variants(cfg.campaign_id)
+        snaps = self.store.snapshots(cfg.campaign_id)
+        if snaps:
+            serving, learner = (Policy.load(snaps[-1].path) for _ in range(2))
+            for p in (serving, learner):
+                p.exploration_floor = cfg.exploration_floor
+        else:
+            serving, learner = new_policy(cfg), new_policy(cfg)
+        return CampaignRuntime(
+            cfg,
+            self._variant_store(records),
+            [r.variant_id for r in records if r.active],
+            serving,
+            learner,
+            snaps[-1].version if snaps else 0,
+        )
+
+    def runtime(self, campaign_id: str) -> CampaignRuntime:
+        rt = self.runtimes.get(campaign_id)
+        if rt is None:
+            raise ServiceError(404, f"campaign {campaign_id!r} does not exist")
+        return rt
+
+    def encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        if self._encoder is None:
+            from copyloop.envs.embed import default_encoder
+
+            self._encoder = default_encoder()
+        return np.asarray(self._encoder.encode(texts), np.float32)
+
+    # ---- ranking ------------------------------------------------------------------------------
+    def decide(
+        self,
+        campaign_id: str,
+        context: Sequence[float],
+        candidate_ids: Sequence[str] | None,
+        excluded_ids: Sequence[str],
+        event_id: str | None,
+        defer_activation: bool,
+        user_id: str | None = None,
+    ) -> tuple[DecisionRecord, dict[str, Any] | None]:
+        """One decision (not yet stored): the record, and the agent's choice in shadow mode."""
+        rt = self.runtime(campaign_id)
+        cfg = rt.cfg
+        if len(context) != cfg.context_width:
+            raise ServiceError(
+                422,
+                f"`context` has {len(context)} features; campaign {campaign_id!r} declares "
+                f"{cfg.context_width}",
+            )
+        active = set(rt.active)
+        if candidate_ids is None:
+            ids = list(rt.active)
+        else:
+            bad = [c for c in candidate_ids if c not in active][:5]
+            if bad:
+                raise ServiceError(
+                    422,
+                    f"`candidate_ids` {bad} are not active variants of campaign {campaign_id!r}",
+                )
+            ids = list(candidate_ids)
+        if excluded_ids:
+            drop = set(excluded_ids)
+            ids = [c for c in ids if c not in drop]
+        if not ids:
+            raise ServiceError(422, "no candidates left: the campaign has no active variants "
+                               "or every candidate was excluded")
+        eid = event_id or uuid.uuid4().hex
+        ctx = np.asarray(context, np.float32)
+        policy = rt.policy  # one reference read: the whole decision uses one snapshot
+        agent = None
+        if cfg.mode == "logging":
+            probs = np.full(len(ids), 1.0 / len(ids))
+            i = pick(probs, event_key(policy._entropy, "logging", eid))
+            served, probs_l, pid = ids[i], probs.tolist(), "uniform"
+        else:
+            try:
+                choice = policy.decide(ctx, ids, event_id=eid, store=rt.variants)
+            except ValueError as e:
+                raise ServiceError(422, str(e)) from None
+            if cfg.mode == "online":
+                i, served, probs_l, pid = choice.index, choice.variant_id, choice.probs.tolist(), \
+                    policy.policy_id
+            else:  # shadow: the baseline (first candidate) is served, the agent's pick logged
+                i, served, pid = 0, ids[0], "baseline_first"
+                probs_l = [1.0] + [0.0] * (len(ids) - 1)
+                agent = {"variant_id": choice.variant_id, "probabilities": choice.probs.tolist()}
+        now = self.clock()
+        rec = DecisionRecord(
+            event_id=eid,
+            ts=now,
+            campaign_id=campaign_id,
+            user_id=user_id,
+            context=ctx,
+            candidates=ids,
+            action=served,
+            action_index=i,
+            propensity=probs_l[i],
+            action_probs=probs_l,
+            model_version=policy.model_version,
+            policy_id=pid,
+            mode=cfg.mode,
+            deferred=defer_activation,
+            activated=not defer_activation,
+            closes_at=now + cfg.reward_wait_s,
+            agent_action=None if agent is None else agent["variant_id"],
+            agent_probs=None if agent is None else agent["probabilities"],
+        )
+        return rec, agent
+
+    async def rank(self, *args: Any, **kw: Any) -> tuple[DecisionRecord, dict[str, Any] | None]:
+        """Decide, then wait until the decision is durable."""
+        rec, agent = self.decide(*args, **kw)
+        try:
+            await asyncio.wrap_future(self.store.record_decision(rec))
+        except sqlite3.IntegrityError:
+            raise ServiceError(409, f"event id {rec.event_id!r} was already used") from None
+        self.metrics.decisions.labels(rec.campaign_id, rec.mode).inc()
+        return rec, agent
+
+    async def reward(self, event_id: str, reward_id: str, value: float) -> RewardOutcome:
+        out = await asyncio.wrap_future(
+            self.store.record_reward(event_id, reward_id, value, self.clock())
+        )
+        if out.status == "unknown_event":
+            raise ServiceError(404, f"event {event_id!r} has no decision")
+        if out.status == "conflict":
+            raise ServiceError(
+                409, f"reward {reward_id!r} of event {event_id!r} was stored with another value — "
+                "give each distinct reward its own reward_id",
+            )
+        if out.status == "duplicate":
+            self.metrics.duplicate_rewards.inc()
+        else:
+            self.metrics.rewards.inc()
+            if out.late:
+                self.metrics.late_rewards.inc()
+        return out
+
+    async def activate(self, event_id: str) -> None:
+        out = await asyncio.wrap_future(self.store.activate(event_id))
+        if out == "unknown_event":
+            raise ServiceError(404, f"event {event_id!r} has no decision")
+        if out == "joined":
+            raise ServiceError(409, f"event {event_id!r} was already joined; too late to activate")
+
+    # ---- admin --------------------------------------------------------------------------------
+    def _records(
+        self, campaign_id: str, variants: Sequence[tuple[str | None, str]]
+    ) -> list[VariantRecord]:
+        texts = [t for _, t in variants]
+        ids = [
+            vid or f"{campaign_id}-{hashlib.sha1(t.encode()).hexdigest()[:10]}"
+            for vid, t in variants
+        ]
+        if len(set(ids)) != len(ids):
+            raise ServiceError(422, "variants repeat an id or a text — each line once")
+        emb = self.encode(texts) if texts else np.zeros((0, 1), np.float32)
+        return [VariantRecord(i, campaign_id, t, emb[k]) for k, (i, t) in enumerate(zip(ids, texts, strict=True))]
+
+    def create_campaign(
+        self, cfg: CampaignConfig, variants: Sequence[tuple[str | None, str]], actor: str
+    ) -> CampaignRuntime:
+        with self._admin_lock:
+            if cfg.campaign_id in self.runtimes:
+                raise ServiceError(409, f"campaign {cfg.campaign_id!r} exists — PATCH it instead")
+            if "seed" not in cfg.agent_params:  # a decision is replayable from its snapshot
+                cfg = replace(cfg, agent_params={**cfg.agent_params, "seed": secrets.randbits(62)})
+            try:
+                new_policy(cfg)
+            except ValueError as e:
+                raise ServiceError(422, str(e)) from None
+            records = self._records(cfg.campaign_id, variants)
+            try:
+                self.store.create_campaign(cfg, records, actor).result()
+            except sqlite3.IntegrityError as e:
+                raise ServiceError(409, f"a variant id already exists ({e})") from None
+            rt = self._load_runtime(cfg)
+            self.runtimes[cfg.campaign_id] = rt
+            return rt
+
+    def update_campaign(self, campaign_id: str, changes: dict[str, Any], actor: str) -> CampaignConfig:
+        with self._admin_lock:
+            rt = self.runtime(campaign_id)
+            try:
+                cfg = replace(rt.cfg, **changes)
+            except ValueError as e:
+                raise ServiceError(422, str(e)) from None
+            self.store.update_campaign(cfg, actor).result()
+            for p in (rt.policy, rt.learner_policy):
+                p.exploration_floor = cfg.exploration_floor
+            rt.cfg = cfg
+            return cfg
+
+    def add_variants(
+        self, campaign_id: str, variants: Sequence[tuple[str | None, str]], actor: str
+    ) -> list[str]:
+        with self._admin_lock:
+            rt = self.runtime(campaign_id)
+            records = self._records(campaign_id, variants)
+            try:
+                self.store.add_variants(records, actor).result()
+            except sqlite3.IntegrityError:
+                raise ServiceError(409, "a variant with that id (or text) already exists") from None
+            ids = [r.variant_id for r in records]
+            rt.variants.add(
+                ids, [r.text for r in records], campaign_id,
+                embeddings=np.stack([np.asarray(r.embedding) for r in records]),
+            )
+            rt.active = rt.active + ids
+            return ids
+
+    def retire_variant(self, campaign_id: str, variant_id: str, actor: str) -> None:
+        with self._admin_lock:
+            rt = self.runtime(campaign_id)
+            if not self.store.retire_variant(campaign_id, variant_id, actor).result():
+                raise ServiceError(404, f"variant {variant_id!r} is not in campaign {campaign_id!r}")
+            rt.active = [v for v in rt.active if v != variant_id]
+
+    # ---- keys ---------------------------------------------------------------------------------
+    def scope_of(self, key: str) -> str | None:
+        """The scope of an API key, or None for a wrong one (see :func:`store.verify_secret`)."""
+        from copyloop.serve.store import split_key, verify_secret
+
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        now = time.monotonic()
+        cache = self._key_cache
+        hit = cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        parts = split_key(key)
+        if parts is None:
+            return None
+        rec = self.store.key(parts[0])
+        if rec is None or rec.revoked or not verify_secret(rec, parts[1]):
+            return None
+        cache[digest] = (rec.scope, now + self.config.key_cache_s)
+        return rec.scope
+

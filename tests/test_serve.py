@@ -1,0 +1,392 @@
+"""The live rank/reward service (issue 14): rank → reward → learn, reward semantics (idempotent,
+late, default, activation), strict models, auth, durability, restart, export → ope.
+
+Each test builds its own app on a temporary SQLite file with a tiny featurizer and a hashing
+text encoder (no MiniLM); the learner runs by hand (``learner.step()``) on a movable clock,
+except in the freshness test, which runs the real learner thread."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from copyloop.envs.featurize import CopyFeaturizer
+from copyloop.serve import ServiceConfig, create_app
+
+WIDTH = 3
+TEXTS = ["Shop the sale now", "Free shipping today", "New arrivals are in", "Save 20% this week"]
+
+
+class HashEncoder:
+    """A deterministic 16-d 'embedding' of a text (a stand-in for MiniLM in tests)."""
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for t in texts:
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+            v = np.random.default_rng(seed).normal(size=16)
+            out.append(v / np.linalg.norm(v))
+        return np.asarray(out, np.float32)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+FEATURIZER = CopyFeaturizer.fit(HashEncoder().encode([f"line {i}" for i in range(40)]), pca_dim=4)
+
+
+class Harness:
+    def __init__(self, client: TestClient, db: Path, clock: Clock) -> None:
+        self.client, self.db, self.clock = client, db, clock
+        svc = client.app.state.service  # type: ignore[attr-defined]
+        self.svc = svc
+        self.admin = {"X-API-Key": svc.store.create_key("admin", "test").result()}
+        self.key = {"X-API-Key": svc.store.create_key("client", "test").result()}
+
+    def campaign(self, cid: str = "c1", **kw: object) -> dict:
+        body = {
+            "campaign_id": cid,
+            "context_width": WIDTH,
+            "agent_params": {"seed": 7},
+            "reward_wait_s": 10.0,
+            "variants": [{"text": t, "variant_id": f"v{i}"} for i, t in enumerate(TEXTS)],
+            **kw,
+        }
+        r = self.client.post("/v1/admin/campaigns", json=body, headers=self.admin)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def rank(self, **kw: object) -> dict:
+        body = {"campaign_id": "c1", "context": [1.0, 0.0, 0.5], **kw}
+        r = self.client.post("/v1/rank", json=body, headers=self.key)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def reward(self, event_id: str, value: float, **kw: object) -> dict:
+        r = self.client.post(
+            f"/v1/events/{event_id}/reward", json={"value": value, **kw}, headers=self.key
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def stats(self, cid: str = "c1") -> dict:
+        return self.client.get(f"/v1/admin/campaigns/{cid}/stats", headers=self.admin).json()
+
+
+def _config(db: Path, clock: Clock | None = None, **kw: object) -> ServiceConfig:
+    return ServiceConfig(
+        store=f"sqlite:///{db}",
+        featurizer=FEATURIZER,
+        encoder=HashEncoder(),
+        clock=clock or Clock(),
+        **{"learn_interval_s": None, **kw},  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    clock = Clock()
+    db = tmp_path / "s.db"
+    with TestClient(create_app(_config(db, clock))) as client:
+        yield Harness(client, db, clock)
+
+
+def test_rank_reward_learn_changes_probabilities(h: Harness) -> None:
+    """v2 always clicks, the others never: after one learner step its probability rises, the
+    model version moves and a snapshot is listed."""
+    h.campaign()
+    first = h.rank(event_id="probe-0")
+    p0 = first["probabilities"]["v2"]
+    assert sum(first["probabilities"].values()) == pytest.approx(1.0)
+    assert first["mode"] == "online" and first["model_version"] == "0"
+    for i in range(60):
+        d = h.rank(candidate_ids=["v0", "v1", "v2", "v3"])
+        h.reward(d["event_id"], 1.0 if d["variant_id"] == "v2" else 0.0)
+    assert h.svc.learner.step() == 60  # earliest: final at once; the probe's window is open
+    after = h.rank(event_id="probe-1")
+    assert after["model_version"] != "0"
+    assert after["probabilities"]["v2"] > max(p0, 0.5)
+    models = h.client.get("/v1/admin/campaigns/c1/models", headers=h.admin).json()
+    assert [m["version"] for m in models] == [1] and models[0]["rows_learned"] >= 60
+
+
+def test_duplicate_reward_is_idempotent(h: Harness) -> None:
+    h.campaign()
+    e = h.rank()["event_id"]
+    assert h.reward(e, 1.0)["status"] == "accepted"
+    assert h.reward(e, 1.0)["status"] == "duplicate"
+    assert h.reward(e, 1.0, reward_id="r2")["status"] == "accepted"
+    r = h.client.post(f"/v1/events/{e}/reward", json={"value": 0.0}, headers=h.key)
+    assert r.status_code == 409 and "reward_id" in r.json()["detail"]
+    assert h.stats()["rewards"] == 2
+    r = h.client.post("/v1/events/nope/reward", json={"value": 1.0}, headers=h.key)
+    assert r.status_code == 404
+
+
+def test_late_reward_is_counted_not_learned(h: Harness) -> None:
+    h.campaign(aggregation="sum", default_reward=0.0)
+    e = h.rank()["event_id"]
+    h.clock.now += 11  # past the 10 s window
+    assert h.reward(e, 1.0)["late"] is True
+    h.svc.learner.step()
+    s = h.stats()
+    assert (s["late_rewards"], s["rewards"], s["default_rewards"]) == (1, 1, 1)
+    assert s["mean_joined_reward"] == 0.0  # the late click did not count
+    assert h.reward(e, 1.0, reward_id="again")["late"] is True
+
+
+def test_default_reward_on_expiry_and_aggregation(h: Harness) -> None:
+    h.campaign(aggregation="sum", default_reward=-0.5)
+    quiet = h.rank()["event_id"]
+    busy = h.rank()["event_id"]
+    h.reward(busy, 1.0, reward_id="a")
+    h.reward(busy, 2.0, reward_id="b")
+    assert h.svc.learner.step() == 0  # sum waits for the window
+    h.clock.now += 10.5
+    assert h.svc.learner.step() == 2
+    rows = dict(
+        sqlite3.connect(h.db).execute("SELECT event_id, reward FROM decisions").fetchall()
+    )
+    assert rows == {quiet: -0.5, busy: 3.0}
+    assert h.stats()["default_rewards"] == 1
+
+
+def test_activation_semantics(h: Harness) -> None:
+    """Deferred and never activated → joined but not learned; activated → learned; activation
+    after the join → 409."""
+    h.campaign(aggregation="max")
+    never = h.rank(defer_activation=True)["event_id"]
+    later = h.rank(defer_activation=True)["event_id"]
+    r = h.client.post(f"/v1/events/{later}/activate", headers=h.key)
+    assert r.status_code == 200
+    for e in (never, later):
+        h.reward(e, 1.0)
+    h.clock.now += 11
+    h.svc.learner.step()
+    learned = dict(
+        sqlite3.connect(h.db).execute("SELECT event_id, learned FROM decisions").fetchall()
+    )
+    assert learned == {never: 0, later: 1}
+    r = h.client.post(f"/v1/events/{never}/activate", headers=h.key)
+    assert r.status_code == 409
+    assert h.client.post("/v1/events/x/activate", headers=h.key).status_code == 404
+
+
+BAD_RANK = [
+    ({"candidate_ids": []}, "candidate_ids"),
+    ({"candidate_ids": ["v0", "v0"]}, "repeats"),
+    ({"context": [1.0, 2.0]}, "declares 3"),
+    ({"context": [True, 1.0, 1.0]}, "context"),
+    ({"context": "1,2,3"}, "context"),
+    ({"surprise": 1}, "surprise"),
+    ({"candidate_ids": ["v0", "nope"]}, "not active"),
+    ({"excluded_ids": ["v0", "v1", "v2", "v3"]}, "no candidates"),
+    ({"campaign_id": ""}, "campaign_id"),
+]
+
+
+@pytest.mark.parametrize(("change", "match"), BAD_RANK)
+def test_rank_refuses_bad_input(h: Harness, change: dict, match: str) -> None:
+    h.campaign()
+    body = {"campaign_id": "c1", "context": [1.0, 0.0, 0.5], **change}
+    r = h.client.post("/v1/rank", json=body, headers=h.key)
+    assert r.status_code == 422, r.text
+    assert match in r.text
+
+
+@pytest.mark.parametrize(
+    "body", [{"value": True}, {"value": "1"}, {"value": 1.0, "extra": 1}, {}, {"value": None}]
+)
+def test_reward_refuses_bad_input(h: Harness, body: dict) -> None:
+    h.campaign()
+    e = h.rank()["event_id"]
+    r = h.client.post(f"/v1/events/{e}/reward", json=body, headers=h.key)
+    assert r.status_code == 422, r.text
+
+
+def test_nan_and_oversized_bodies_are_refused(h: Harness) -> None:
+    h.campaign()
+    raw = '{"campaign_id": "c1", "context": [NaN, 0.0, 0.5]}'
+    hdr = {**h.key, "content-type": "application/json"}
+    assert h.client.post("/v1/rank", content=raw, headers=hdr).status_code == 422
+    big = json.dumps({"campaign_id": "c1", "context": [0.0] * 20_000})
+    assert h.client.post("/v1/rank", content=big, headers=hdr).status_code == 413
+
+
+def test_auth_table_and_keys_hashed_at_rest(h: Harness) -> None:
+    h.campaign()
+    cases = [
+        ("post", "/v1/rank", None, 401),
+        ("post", "/v1/rank", {"X-API-Key": "cl_nothere_secret"}, 401),
+        ("post", "/v1/rank", {"X-API-Key": h.key["X-API-Key"] + "x"}, 401),
+        ("post", "/v1/rank", {"X-API-Key": "garbage"}, 401),
+        ("post", "/v1/rank", h.key, 200),
+        ("post", "/v1/rank", h.admin, 200),
+        ("get", "/v1/admin/campaigns", None, 401),
+        ("get", "/v1/admin/campaigns", h.key, 403),
+        ("get", "/v1/admin/campaigns", h.admin, 200),
+    ]
+    body = {"campaign_id": "c1", "context": [1.0, 0.0, 0.5]}
+    for method, path, headers, status in cases:
+        kw = {"json": body} if method == "post" else {}
+        r = getattr(h.client, method)(path, headers=headers or {}, **kw)
+        assert r.status_code == status, (path, headers, r.text)
+    secret = h.key["X-API-Key"].split("_", 2)[2]
+    raw = h.db.read_bytes() + (h.db.with_name(h.db.name + "-wal").read_bytes())
+    assert secret.encode() not in raw
+    rows = sqlite3.connect(h.db).execute("SELECT salt, hash FROM keys").fetchall()
+    assert len(rows) == 2 and all(len(s) == 16 and len(d) == 32 for s, d in rows)
+    assert rows[0][0] != rows[1][0]  # one salt per key
+
+
+def test_decision_is_durable_before_the_response(h: Harness) -> None:
+    h.campaign()
+    d = h.rank(event_id="durable-1", user_id="u9")
+    row = (
+        sqlite3.connect(h.db)
+        .execute("SELECT action, propensity, action_probs, user_id FROM decisions "
+                 "WHERE event_id='durable-1'")
+        .fetchone()
+    )
+    assert row[0] == d["variant_id"] and row[3] == "u9"
+    assert row[1] == pytest.approx(d["probabilities"][d["variant_id"]])
+    assert json.loads(row[2]) == pytest.approx(list(d["probabilities"].values()))
+    r = h.client.post(
+        "/v1/rank", json={"campaign_id": "c1", "context": [0.0, 0, 0], "event_id": "durable-1"},
+        headers=h.key,
+    )
+    assert r.status_code == 409
+
+
+def test_shadow_and_logging_modes(h: Harness) -> None:
+    h.campaign()
+    h.client.patch("/v1/admin/campaigns/c1", json={"mode": "shadow"}, headers=h.admin)
+    d = h.rank()
+    h.reward(d["event_id"], 1.0)
+    assert d["variant_id"] == "v0" and d["probabilities"]["v0"] == 1.0
+    assert d["agent"]["variant_id"] in {"v0", "v1", "v2", "v3"}
+    assert sum(d["agent"]["probabilities"]) == pytest.approx(1.0)
+    r = h.client.patch("/v1/admin/campaigns/c1", json={"mode": "logging"}, headers=h.admin)
+    assert r.json()["mode"] == "logging"
+    served = {h.rank()["variant_id"] for _ in range(40)}
+    assert len(served) >= 3
+    d = h.rank()
+    assert d["probabilities"] == {f"v{i}": 0.25 for i in range(4)}
+    h.reward(d["event_id"], 1.0)
+    h.svc.learner.step()
+    assert h.stats()["learned"] == 1  # the shadow row taught; the logging rows did not
+    audit = [a["action"] for a in h.svc.store.audit_log()]
+    assert audit.count("campaign.update") == 2
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        sqlite3.connect(h.db).execute("DELETE FROM audit")
+
+
+def test_admin_variants_add_and_retire(h: Harness) -> None:
+    h.campaign()
+    r = h.client.post(
+        "/v1/admin/campaigns/c1/variants", json={"variants": [{"text": "Last chance!"}]},
+        headers=h.admin,
+    )
+    new = r.json()["variant_ids"][0]
+    assert new in h.rank()["probabilities"]
+    r = h.client.post(f"/v1/admin/campaigns/c1/variants/{new}/retire", headers=h.admin)
+    assert r.status_code == 200
+    assert new not in h.rank()["probabilities"]
+    r = h.client.post(
+        "/v1/admin/campaigns", headers=h.admin,
+        json={"campaign_id": "c2", "context_width": 3, "agent": "nope"},
+    )
+    assert r.status_code == 422 and "agent" in r.text
+    assert h.client.get("/healthz").json()["status"] == "ok"
+    m = h.client.get("/metrics").text
+    assert "copyloop_decisions_total" in m and "copyloop_request_seconds_bucket" in m
+
+
+def test_restart_restores_snapshot_and_catches_up(tmp_path: Path) -> None:
+    clock = Clock()
+    db = tmp_path / "s.db"
+    with TestClient(create_app(_config(db, clock))) as client:
+        h = Harness(client, db, clock)
+        h.campaign()
+        for _ in range(20):
+            d = h.rank()
+            h.reward(d["event_id"], 1.0 if d["variant_id"] == "v1" else 0.0)
+        h.svc.learner.step()
+        before = h.rank(event_id="same")
+        pending = h.rank()["event_id"]
+        h.reward(pending, 1.0)  # settled, not joined when the service stops
+        key = h.key
+    with TestClient(create_app(_config(db, clock))) as client:
+        svc = client.app.state.service  # type: ignore[attr-defined]
+        assert svc.runtimes["c1"].policy.model_version == before["model_version"]
+        body = {"campaign_id": "c1", "context": [1.0, 0.0, 0.5], "event_id": "same2"}
+        again = client.post("/v1/rank", json=body, headers=key).json()
+        assert again["probabilities"] == before["probabilities"]  # the key survives a restart
+        assert svc.learner.step() == 1  # the settled one the old process had not joined
+        assert svc.runtimes["c1"].snapshot_version == 2
+
+
+def test_fresh_reward_visible_within_one_second(tmp_path: Path) -> None:
+    """With the learner thread on, a reward (earliest aggregation) changes rank probabilities
+    within 1 s."""
+    cfg = _config(tmp_path / "s.db", learn_interval_s=0.02)
+    cfg.clock = time.time
+    with TestClient(create_app(cfg)) as client:
+        h = Harness(client, tmp_path / "s.db", Clock())
+        h.campaign()
+        probe = h.rank(event_id="p0")["probabilities"]
+        d = h.rank(candidate_ids=["v3"])
+        t0 = time.perf_counter()
+        h.reward(d["event_id"], 1.0)
+        while time.perf_counter() - t0 < 1.0:
+            now = h.rank()["probabilities"]
+            if now != probe and h.svc.runtimes["c1"].snapshot_version >= 1:
+                break
+            time.sleep(0.01)
+        waited = time.perf_counter() - t0
+        assert waited < 1.0, f"the reward took {waited:.2f} s to show"
+
+
+def test_export_is_a_decision_log_ope_reads(h: Harness, tmp_path: Path) -> None:
+    from copyloop.cli import app
+    from copyloop.contract import DecisionLog, read_variants_for
+
+    h.campaign(aggregation="earliest", default_reward=0.0)
+    for i in range(80):
+        d = h.rank(user_id=f"u{i}")
+        if d["variant_id"] in ("v1", "v2"):
+            h.reward(d["event_id"], 1.0)
+    h.rank(defer_activation=True)  # never activated: left out
+    h.clock.now += 11
+    h.rank()  # window still open: left out
+    out = tmp_path / "logs.parquet"
+    s = h.svc.store.export_log(out, now=h.clock.now)
+    assert (s.rows, s.excluded_open, s.excluded_not_activated) == (80, 1, 1)
+    log = DecisionLog.read(out)
+    vt = read_variants_for(out)
+    assert log.n_rows == 80 and vt is not None and vt.n_variants == 4
+    np.save(tmp_path / "uniform.npy", np.full((80, 4), 0.25))
+    r = CliRunner().invoke(
+        app,
+        ["ope", "--logs", str(out), "--target-probs", str(tmp_path / "uniform.npy"),
+         "--estimators", "ipw,snipw", "--json"],
+    )
+    assert r.exit_code == 0, r.output
+    est = json.loads(r.output)
+    assert est["rows"] == 80
