@@ -135,29 +135,33 @@ def _coerce(value: str, default: Any, key: str) -> Any:
 
 
 def make_policy(name: str, params: Mapping[str, Any]) -> Policy:
-    """A fresh agent ``name`` with ``params``; bad values raise ``ValueError`` naming it."""
+    """A fresh agent ``name`` with ``params``, one that learns from log rows.
+
+    Raises:
+        ValueError: bad parameter values (naming the agent), or an agent that cannot learn
+            from rows (PPO learns from its own rollouts; its message says how).
+    """
     cls = agent_class(name)
     try:
-        return cls(**params)
-    except TypeError as e:
+        policy = cls(**params)
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{name} parameters: {e}") from None
-    except ValueError as e:
-        raise ValueError(f"{name} parameters: {e}") from None
+    if not policy.learns_from_rows:
+        raise ValueError(f"{cls.__name__} cannot learn from log rows: {policy.how_it_learns}")
+    return policy
 
 
 # ---- fitting --------------------------------------------------------------------------------
 def check_learnable(policy: Policy, log: DecisionLog, store: VariantStore) -> int:
-    """Refuse a log ``policy`` cannot learn from; return the rows with an observed reward.
+    """Refuse a log ``policy`` (from :func:`make_policy`) cannot learn from; return the rows
+    with an observed reward.
 
     Raises:
-        ValueError: the policy does not learn from rows (PPO); no observed reward; a model
-            wider than :data:`MAX_HEAD_DIM` from the log's context and the variants'
-            features; segment columns outside the context; rewards outside [0, 1] for an
-            agent that models clicks.
+        ValueError: no observed reward; a model wider than :data:`MAX_HEAD_DIM` from the
+            log's context and the variants' features; segment columns outside the context;
+            rewards outside [0, 1] for an agent that models clicks.
     """
     name = type(policy).__name__
-    if not policy.learns_from_rows:
-        raise ValueError(f"{name} cannot learn from log rows: {policy.how_it_learns}")
     r = log.reward
     observed = ~np.isnan(r)
     n_obs = int(observed.sum())
