@@ -83,18 +83,6 @@ def test_v2_best_variant_differs_by_segment(market_v2) -> None:
     assert differs >= 0.5
 
 
-def test_v2_ctr_of_texts_agrees_with_catalog(market_v2) -> None:
-    """The judge of new lines and the env read the catalog's own lines identically."""
-    cat, world = market_v2.catalog, market_v2.world
-    for c in (0, 7):
-        vids = cat.slots[c][cat.slots[c] >= 0]
-        texts = [cat.variants.texts[v] for v in vids]
-        users = np.arange(40)
-        a = world.ctr_of_texts(texts, c, users, embeddings=cat.embeddings[vids])
-        b = world.first_ctr(users, np.full(40, c))[:, : len(vids)]
-        np.testing.assert_allclose(a, b, rtol=1e-6)
-
-
 def test_v2_drifts_and_is_seeded(market, market_v2) -> None:
     cfg = market_v2.world.config
     drifting = ClickWorld(market.catalog, market.population, replace(cfg, drift_period=1000))
