@@ -231,7 +231,8 @@ class BodyLimitAndTiming:
                 await _send_413(send, self.limit)
         finally:
             ep = scope.get("endpoint")
-            self.observe(getattr(ep, "__name__", "other"), scope["method"], time.perf_counter() - t0)
+            name = getattr(ep, "__name__", "other")
+            self.observe(name, scope["method"], time.perf_counter() - t0)
 
 
 async def _send_413(send: Callable[[Any], Awaitable[None]], limit: int) -> None:

@@ -23,7 +23,8 @@ class Metrics:
         )
         self.rewards = Counter("copyloop_rewards", "Rewards accepted (incl. late)", registry=r)
         self.late_rewards = Counter(
-            "copyloop_late_rewards", "Rewards after their join window (stored, not learned)",
+            "copyloop_late_rewards",
+            "Rewards after their join window (stored, not learned)",
             registry=r,
         )
         self.duplicate_rewards = Counter(
@@ -31,7 +32,8 @@ class Metrics:
         )
         self.joins = Counter("copyloop_joins", "Decisions joined by the learner", registry=r)
         self.default_rewards = Counter(
-            "copyloop_default_rewards", "Joins that took the default reward (window expired)",
+            "copyloop_default_rewards",
+            "Joins that took the default reward (window expired)",
             registry=r,
         )
         self.learned = Counter("copyloop_learned_rows", "Rows the learner taught", registry=r)

@@ -92,7 +92,9 @@ def new_policy(cfg: CampaignConfig) -> Policy:
     if klass is None:
         raise ValueError(f"`agent` must be one of {sorted(POLICIES)}, got {cfg.agent!r}")
     if not klass.learns_from_rows:
-        raise ValueError(f"`agent` {cfg.agent!r} cannot learn from logged rows: {klass.how_it_learns}")
+        raise ValueError(
+            f"`agent` {cfg.agent!r} cannot learn from logged rows: {klass.how_it_learns}"
+        )
     try:
         return klass(**cfg.agent_params, exploration_floor=cfg.exploration_floor)
     except TypeError as e:
@@ -215,8 +217,11 @@ class Service:
             drop = set(excluded_ids)
             ids = [c for c in ids if c not in drop]
         if not ids:
-            raise ServiceError(422, "no candidates left: the campaign has no active variants "
-                               "or every candidate was excluded")
+            raise ServiceError(
+                422,
+                "no candidates left: the campaign has no active variants "
+                "or every candidate was excluded",
+            )
         eid = event_id or uuid.uuid4().hex
         ctx = np.asarray(context, np.float32)
         policy = rt.policy  # one reference read: the whole decision uses one snapshot
@@ -231,8 +236,12 @@ class Service:
             except ValueError as e:
                 raise ServiceError(422, str(e)) from None
             if cfg.mode == "online":
-                i, served, probs_l, pid = choice.index, choice.variant_id, choice.probs.tolist(), \
-                    policy.policy_id
+                i, served, probs_l, pid = (
+                    choice.index,
+                    choice.variant_id,
+                    choice.probs.tolist(),
+                    policy.policy_id,
+                )
             else:  # shadow: the baseline (first candidate) is served, the agent's pick logged
                 i, served, pid = 0, ids[0], "baseline_first"
                 probs_l = [1.0] + [0.0] * (len(ids) - 1)
@@ -278,7 +287,8 @@ class Service:
             raise ServiceError(404, f"event {event_id!r} has no decision")
         if out.status == "conflict":
             raise ServiceError(
-                409, f"reward {reward_id!r} of event {event_id!r} was stored with another value — "
+                409,
+                f"reward {reward_id!r} of event {event_id!r} was stored with another value — "
                 "give each distinct reward its own reward_id",
             )
         if out.status == "duplicate":
@@ -308,7 +318,8 @@ class Service:
         if len(set(ids)) != len(ids):
             raise ServiceError(422, "variants repeat an id or a text — each line once")
         emb = self.encode(texts) if texts else np.zeros((0, 1), np.float32)
-        return [VariantRecord(i, campaign_id, t, emb[k]) for k, (i, t) in enumerate(zip(ids, texts, strict=True))]
+        pairs = enumerate(zip(ids, texts, strict=True))
+        return [VariantRecord(i, campaign_id, t, emb[k]) for k, (i, t) in pairs]
 
     def create_campaign(
         self, cfg: CampaignConfig, variants: Sequence[tuple[str | None, str]], actor: str
@@ -331,7 +342,9 @@ class Service:
             self.runtimes[cfg.campaign_id] = rt
             return rt
 
-    def update_campaign(self, campaign_id: str, changes: dict[str, Any], actor: str) -> CampaignConfig:
+    def update_campaign(
+        self, campaign_id: str, changes: dict[str, Any], actor: str
+    ) -> CampaignConfig:
         with self._admin_lock:
             rt = self.runtime(campaign_id)
             try:
@@ -356,7 +369,9 @@ class Service:
                 raise ServiceError(409, "a variant with that id (or text) already exists") from None
             ids = [r.variant_id for r in records]
             rt.variants.add(
-                ids, [r.text for r in records], campaign_id,
+                ids,
+                [r.text for r in records],
+                campaign_id,
                 embeddings=np.stack([np.asarray(r.embedding) for r in records]),
             )
             rt.active = rt.active + ids
@@ -366,7 +381,9 @@ class Service:
         with self._admin_lock:
             rt = self.runtime(campaign_id)
             if not self.store.retire_variant(campaign_id, variant_id, actor).result():
-                raise ServiceError(404, f"variant {variant_id!r} is not in campaign {campaign_id!r}")
+                raise ServiceError(
+                    404, f"variant {variant_id!r} is not in campaign {campaign_id!r}"
+                )
             rt.active = [v for v in rt.active if v != variant_id]
 
     # ---- keys ---------------------------------------------------------------------------------
@@ -388,4 +405,3 @@ class Service:
             return None
         cache[digest] = (rec.scope, now + self.config.key_cache_s)
         return rec.scope
-

@@ -82,7 +82,9 @@ class CampaignConfig:
         if self.mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}")
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"`aggregation` must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+            raise ValueError(
+                f"`aggregation` must be one of {AGGREGATIONS}, got {self.aggregation!r}"
+            )
         if not 0.0 <= self.exploration_floor < 1.0:
             raise ValueError(f"`exploration_floor` must be in [0, 1), got {self.exploration_floor}")
         if not self.reward_wait_s > 0 or not np.isfinite(self.reward_wait_s):
@@ -539,8 +541,8 @@ class SQLiteStore:
                     "SELECT value, late FROM rewards WHERE event_id=? AND reward_id=?",
                     (event_id, reward_id),
                 ).fetchone()
-                status = "duplicate" if old[0] == value else "conflict"
-                return RewardOutcome(status, bool(old[1]))
+                same = old[0] == value
+                return RewardOutcome("duplicate" if same else "conflict", bool(old[1]))
             if not late:
                 c.execute("UPDATE decisions SET has_reward=1 WHERE event_id=?", (event_id,))
             return RewardOutcome("accepted", late)
@@ -569,7 +571,8 @@ class SQLiteStore:
                 (cfg.campaign_id, cfg.to_json(), now, now),
             )
             _insert_variants(c, variants, now)
-            _audit(c, actor, "campaign.create", {"campaign": asdict(cfg), "variants": len(variants)})
+            detail = {"campaign": asdict(cfg), "variants": len(variants)}
+            _audit(c, actor, "campaign.create", detail)
 
         return self._submit(op)
 
@@ -588,9 +591,7 @@ class SQLiteStore:
     def add_variants(self, variants: Sequence[VariantRecord], actor: str) -> Future[None]:
         def op(c: sqlite3.Connection) -> None:
             _insert_variants(c, variants, time.time())
-            _audit(
-                c, actor, "variants.add", {"variant_ids": [v.variant_id for v in variants]}
-            )
+            _audit(c, actor, "variants.add", {"variant_ids": [v.variant_id for v in variants]})
 
         return self._submit(op)
 
@@ -601,7 +602,8 @@ class SQLiteStore:
                 (campaign_id, variant_id),
             )
             if cur.rowcount:
-                _audit(c, actor, "variants.retire", {"campaign": campaign_id, "variant": variant_id})
+                detail = {"campaign": campaign_id, "variant": variant_id}
+                _audit(c, actor, "variants.retire", detail)
             return bool(cur.rowcount)
 
         return self._submit(op)
@@ -661,7 +663,11 @@ class SQLiteStore:
         rows = self._reader().execute(sql + " ORDER BY campaign_id, seq", args).fetchall()
         return [
             VariantRecord(
-                r[0], r[1], r[2], None if r[3] is None else np.frombuffer(r[3], np.float32), bool(r[4])
+                r[0],
+                r[1],
+                r[2],
+                None if r[3] is None else np.frombuffer(r[3], np.float32),
+                bool(r[4]),
             )
             for r in rows
         ]
@@ -669,7 +675,9 @@ class SQLiteStore:
     def key(self, key_id: str) -> KeyRecord | None:
         r = (
             self._reader()
-            .execute("SELECT key_id, salt, hash, scope, revoked FROM keys WHERE key_id=?", (key_id,))
+            .execute(
+                "SELECT key_id, salt, hash, scope, revoked FROM keys WHERE key_id=?", (key_id,)
+            )
             .fetchone()
         )
         return None if r is None else KeyRecord(r[0], bytes(r[1]), bytes(r[2]), r[3], bool(r[4]))
@@ -810,11 +818,15 @@ class SQLiteStore:
         n = defaults = open_ = inactive = 0
         with DecisionLogWriter(path, width, variants=vt, source="serve export") as w:
             for cid, cfg in cfgs.items():
-                (o,) = self._reader().execute(
-                    "SELECT count(*) FROM decisions WHERE campaign_id=? AND NOT "
-                    "(closes_at<=? OR (? AND has_reward=1))",
-                    (cid, now, int(cfg.aggregation == "earliest")),
-                ).fetchone()
+                (o,) = (
+                    self._reader()
+                    .execute(
+                        "SELECT count(*) FROM decisions WHERE campaign_id=? AND NOT "
+                        "(closes_at<=? OR (? AND has_reward=1))",
+                        (cid, now, int(cfg.aggregation == "earliest")),
+                    )
+                    .fetchone()
+                )
                 open_ += o
                 for batch in self._settled(cid, now, cfg.aggregation == "earliest"):
                     keep = [d for d in batch if d.activated]

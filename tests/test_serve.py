@@ -115,7 +115,7 @@ def test_rank_reward_learn_changes_probabilities(h: Harness) -> None:
     p0 = first["probabilities"]["v2"]
     assert sum(first["probabilities"].values()) == pytest.approx(1.0)
     assert first["mode"] == "online" and first["model_version"] == "0"
-    for i in range(60):
+    for _ in range(60):
         d = h.rank(candidate_ids=["v0", "v1", "v2", "v3"])
         h.reward(d["event_id"], 1.0 if d["variant_id"] == "v2" else 0.0)
     assert h.svc.learner.step() == 60  # earliest: final at once; the probe's window is open
@@ -160,9 +160,7 @@ def test_default_reward_on_expiry_and_aggregation(h: Harness) -> None:
     assert h.svc.learner.step() == 0  # sum waits for the window
     h.clock.now += 10.5
     assert h.svc.learner.step() == 2
-    rows = dict(
-        sqlite3.connect(h.db).execute("SELECT event_id, reward FROM decisions").fetchall()
-    )
+    rows = dict(sqlite3.connect(h.db).execute("SELECT event_id, reward FROM decisions").fetchall())
     assert rows == {quiet: -0.5, busy: 3.0}
     assert h.stats()["default_rewards"] == 1
 
@@ -260,15 +258,18 @@ def test_decision_is_durable_before_the_response(h: Harness) -> None:
     d = h.rank(event_id="durable-1", user_id="u9")
     row = (
         sqlite3.connect(h.db)
-        .execute("SELECT action, propensity, action_probs, user_id FROM decisions "
-                 "WHERE event_id='durable-1'")
+        .execute(
+            "SELECT action, propensity, action_probs, user_id FROM decisions "
+            "WHERE event_id='durable-1'"
+        )
         .fetchone()
     )
     assert row[0] == d["variant_id"] and row[3] == "u9"
     assert row[1] == pytest.approx(d["probabilities"][d["variant_id"]])
     assert json.loads(row[2]) == pytest.approx(list(d["probabilities"].values()))
     r = h.client.post(
-        "/v1/rank", json={"campaign_id": "c1", "context": [0.0, 0, 0], "event_id": "durable-1"},
+        "/v1/rank",
+        json={"campaign_id": "c1", "context": [0.0, 0, 0], "event_id": "durable-1"},
         headers=h.key,
     )
     assert r.status_code == 409
@@ -300,7 +301,8 @@ def test_shadow_and_logging_modes(h: Harness) -> None:
 def test_admin_variants_add_and_retire(h: Harness) -> None:
     h.campaign()
     r = h.client.post(
-        "/v1/admin/campaigns/c1/variants", json={"variants": [{"text": "Last chance!"}]},
+        "/v1/admin/campaigns/c1/variants",
+        json={"variants": [{"text": "Last chance!"}]},
         headers=h.admin,
     )
     new = r.json()["variant_ids"][0]
@@ -309,7 +311,8 @@ def test_admin_variants_add_and_retire(h: Harness) -> None:
     assert r.status_code == 200
     assert new not in h.rank()["probabilities"]
     r = h.client.post(
-        "/v1/admin/campaigns", headers=h.admin,
+        "/v1/admin/campaigns",
+        headers=h.admin,
         json={"campaign_id": "c2", "context_width": 3, "agent": "nope"},
     )
     assert r.status_code == 422 and "agent" in r.text
@@ -384,9 +387,46 @@ def test_export_is_a_decision_log_ope_reads(h: Harness, tmp_path: Path) -> None:
     np.save(tmp_path / "uniform.npy", np.full((80, 4), 0.25))
     r = CliRunner().invoke(
         app,
-        ["ope", "--logs", str(out), "--target-probs", str(tmp_path / "uniform.npy"),
-         "--estimators", "ipw,snipw", "--json"],
+        [
+            "ope",
+            "--logs",
+            str(out),
+            "--target-probs",
+            str(tmp_path / "uniform.npy"),
+            "--estimators",
+            "ipw,snipw",
+            "--json",
+        ],
     )
     assert r.exit_code == 0, r.output
     est = json.loads(r.output)
     assert est["rows"] == 80
+
+
+def test_cli_keys_create_and_export(h: Harness, tmp_path: Path) -> None:
+    """`copyloop keys create` prints a working key once; `copyloop serve export` writes the log
+    (mounted here on a local typer app: the root CLI registers them in copyloop/cli.py)."""
+    import typer
+
+    from copyloop.cli_common import CopyloopGroup
+    from copyloop.cli_serve import keys_app, serve_app
+
+    cli = typer.Typer(cls=CopyloopGroup)
+    cli.add_typer(serve_app, name="serve")
+    cli.add_typer(keys_app, name="keys")
+    url = f"sqlite:///{h.db}"
+    r = CliRunner().invoke(cli, ["keys", "create", "--scope", "client", "--store", url])
+    assert r.exit_code == 0, r.output
+    key = r.stdout.strip().splitlines()[-1]
+    h.campaign()
+    body = {"campaign_id": "c1", "context": [1.0, 0.0, 0.5]}
+    d = h.client.post("/v1/rank", json=body, headers={"X-API-Key": key}).json()
+    h.reward(d["event_id"], 1.0)
+    out = tmp_path / "x.parquet"
+    r = CliRunner().invoke(cli, ["serve", "export", "--store", url, "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["rows"] == 1 and out.is_file()
+    r = CliRunner().invoke(cli, ["keys", "create", "--scope", "root", "--store", url])
+    assert r.exit_code == 2 and "scope" in r.output
+    r = CliRunner().invoke(cli, ["serve", "export", "--store", "postgresql://x", "--out", "y"])
+    assert r.exit_code == 2
