@@ -40,9 +40,13 @@ from copyloop.agents.warm import log_weights
 from copyloop.contract import DecisionLog, LogValidationError, VariantsTable, atomic_path
 
 MAX_HEAD_DIM = 2048
-"""Widest linear head an agent fit here may learn: ``(context + 1) × (variant features + 1)``
-weights for the interaction map. Its d×d posterior is refactorised per decision batch, so a
-wider one costs minutes per batch and gigabytes."""
+"""Widest linear head of an agent with a dense posterior (LinearTS, LinUCB) fit here:
+``(context + 1) × (variant features + 1)`` weights for the interaction map. Its d×d posterior
+is refactorised per decision batch, so a wider one costs minutes per batch and gigabytes."""
+
+MAX_DIAGONAL_HEAD_DIM = 16384
+"""Widest head of an agent with a diagonal posterior (LogisticTS): each update holds a
+(batch, d) design, 4096 × 16384 float64 = 512 MB."""
 
 FIT_FORMAT = "copyloop-agent-fit/1"
 
@@ -157,8 +161,9 @@ def check_learnable(policy: Policy, log: DecisionLog, store: VariantStore) -> in
     with an observed reward.
 
     Raises:
-        ValueError: no observed reward; a model wider than :data:`MAX_HEAD_DIM` from the
-            log's context and the variants' features; segment columns outside the context;
+        ValueError: no observed reward; a model wider than :data:`MAX_HEAD_DIM` (dense
+            posterior) or :data:`MAX_DIAGONAL_HEAD_DIM` from the log's context and the
+            variants' features; segment columns outside the context;
             rewards outside [0, 1] for an agent that models clicks.
     """
     name = type(policy).__name__
@@ -170,17 +175,20 @@ def check_learnable(policy: Policy, log: DecisionLog, store: VariantStore) -> in
             f"the log has no observed rewards (`reward` is null in all {log.n_rows:,} rows) — "
             "an agent learns from outcomes; join the rewards in before fitting"
         )
+    from copyloop.agents.ts import BernoulliTSPolicy, LogisticTSPolicy
+
     du, dc = log.context_dim, store.dim
     kind = getattr(policy, "features", None)
     if isinstance(kind, str):
         d = feature_dim(kind, du, dc)
-        if d > MAX_HEAD_DIM:
+        limit = MAX_DIAGONAL_HEAD_DIM if isinstance(policy, LogisticTSPolicy) else MAX_HEAD_DIM
+        if d > limit:
             raise ValueError(
                 f"{name} with features={kind!r} would learn {d:,} weights from {du} context "
                 f"and {dc} variant features ((context + 1) × (variant features + 1)); at most "
-                f"{MAX_HEAD_DIM:,} — use features=candidate, fewer context columns (e.g. "
-                "--categorical-encoding hash with a small --hash-dim at import), or fewer "
-                "variants per log"
+                f"{limit:,} — use features=candidate, fewer context columns (e.g. "
+                "--categorical-encoding hash with a small --hash-dim at import), fewer "
+                "variants per log, or logistic_ts (a diagonal posterior)"
             )
     seg = getattr(policy, "segment_columns", None)
     if seg is not None and not 0 <= seg[0] < seg[1] <= du:
@@ -188,8 +196,6 @@ def check_learnable(policy: Policy, log: DecisionLog, store: VariantStore) -> in
             f"`segment_columns` {tuple(seg)} is outside the log's {du} context features — "
             f"give (start, stop) with 0 <= start < stop <= {du}"
         )
-    from copyloop.agents.ts import BernoulliTSPolicy, LogisticTSPolicy
-
     if isinstance(policy, BernoulliTSPolicy | LogisticTSPolicy):
         bad = observed & ((r < 0) | (r > 1))
         if bad.any():
@@ -561,6 +567,7 @@ def policy_probs(
 
 
 __all__ = [
+    "MAX_DIAGONAL_HEAD_DIM",
     "MAX_HEAD_DIM",
     "FitInfo",
     "agent_class",

@@ -111,15 +111,6 @@ def copyloop(*args: str) -> tuple[int, str, float]:
     return res.returncode, res.stdout, time.perf_counter() - t0
 
 
-def _git() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def render(res: dict[str, Any]) -> str:
     """The markdown table of a results dict."""
     lines = [
@@ -137,6 +128,8 @@ def render(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from copyloop.experiments.clicksim_fidelity import _git
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for f in fields(Args):
         kind = str if f.default is None else type(f.default)

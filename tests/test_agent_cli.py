@@ -271,6 +271,7 @@ def test_refuses_what_an_agent_cannot_learn(imported: Path) -> None:
     with pytest.raises(ValueError, match=f"at most {MAX_HEAD_DIM:,}"):
         check_learnable(make_policy("linear_ts", {}), log, wide)
     check_learnable(make_policy("linear_ts", {"features": "candidate"}), log, wide)
+    check_learnable(make_policy("logistic_ts", {}), log, wide)  # a diagonal posterior
     with pytest.raises(ValueError, match="outside the log's 5 context features"):
         check_learnable(make_policy("bernoulli_ts", {"segment_columns": (3, 9)}), log, wide)
     with pytest.raises(ValueError, match="cannot learn from log rows"):
