@@ -284,7 +284,7 @@ class Policy(ABC):
         decision on a batch of one with a generator seeded by the event ``key``; agents with a
         per-request fast path override it."""
         k = cand.shape[0]
-        obs = {
+        obs: dict[str, npt.NDArray[Any]] = {
             "user": user[None, :],
             "candidates": cand.reshape(1, -1),
             "shown": np.zeros((1, k), np.float32),
@@ -340,7 +340,7 @@ class Policy(ABC):
             sl = slice(start, start + batch_size)
             idx = keep[sl]
             n = idx.size
-            obs = {
+            obs: dict[str, npt.NDArray[Any]] = {
                 "user": ctx[idx],
                 "candidates": feats[rows[sl]],
                 "shown": np.zeros((n, 1), np.float32),

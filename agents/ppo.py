@@ -308,7 +308,7 @@ class PPOPolicy(Policy):
         slots[:k] = cand
         mask = np.zeros((1, k_model), bool)
         mask[0, :k] = True
-        obs = {
+        obs: dict[str, npt.NDArray[Any]] = {
             "user": user[None, :],
             "candidates": slots.reshape(1, -1),
             "shown": np.zeros((1, k_model), np.float32),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -360,17 +360,26 @@ class LinearTSPolicy(_GaussianHeadTS):
         self._mean: npt.NDArray[np.float64] | None = None
         self._srv: _Serving | None = None
         self._srv_lock = threading.Lock()
+        self._pending: list[npt.NDArray[np.float64]] = []
 
     def _init(self, d: int) -> None:
         if self._A is None:
             self._A = self.reg * np.eye(d)
             self._b = np.zeros(d)
 
+    def _fold(self) -> None:
+        """Add the buffered one-row updates to A (one rank-k product)."""
+        if self._pending and self._A is not None:
+            p = np.vstack(self._pending)
+            self._A += p.T @ p
+        self._pending = []
+
     def _posterior(self, d: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         # Re-factorised once per update, not updated in place: a rank-k Cholesky update costs
         # ~k·d² flops against d³/3 for a fresh factorisation, so with batches of k ≥ d/3 rows
         # (512 rows, d = 121 here: 7.5M against 0.6M flops) refactorising is the cheaper one.
         self._init(d)
+        self._fold()
         assert self._A is not None and self._b is not None
         if self._chol is None or self._mean is None:
             self._chol = cholesky(self._A, lower=True, check_finite=False)
@@ -397,15 +406,26 @@ class LinearTSPolicy(_GaussianHeadTS):
         if not np.all(weights == 1.0):
             x = x * np.sqrt(weights)[:, None]
             rewards = rewards * np.sqrt(weights)
-        self._A += x.T @ x  # one operand transposed: BLAS syrk, half the flops of a gemm
+        if self._srv is not None and x.shape[0] <= _RANK_ONE_ROWS:
+            # A is the truth for saves and refactorisations; a handful of rows waits in a buffer
+            # (a d×d pass per row would dominate a one-row update) and is folded in at once
+            self._pending.append(x)
+            if len(self._pending) >= _FOLD_EVERY:
+                self._fold()
+        else:
+            self._fold()
+            self._A += x.T @ x  # one operand transposed: BLAS syrk, half the flops of a gemm
         self._chol = self._mean = None
         # The per-request posterior follows a few rows by rank-one (Sherman-Morrison) updates,
         # O(d²) each; a big batch (or an old cache) is refactorised from A on the next decide.
         srv = self._srv
         if srv is not None and x.shape[0] <= _RANK_ONE_ROWS and srv.age < _REFRESH_EVERY:
-            self._srv = srv.rank_one(x, rewards, self.noise**2)
-        else:
+            srv.rank_one(x, rewards, self.noise**2)
+        elif srv is not None:
+            # a big batch, or float32 drift to reset: refactorise now, in the update, so the
+            # next decision never pays for it
             self._srv = None
+            self._serving(x.shape[1])
 
     def _serving(self, d: int) -> _Serving:
         """The per-request posterior (mean, v²Σ in float32), from A and b when stale."""
@@ -429,17 +449,21 @@ class LinearTSPolicy(_GaussianHeadTS):
     def _get_state(self) -> dict[str, npt.NDArray[Any]]:
         if self._A is None:
             return {}
-        state = {"A": self._A, "b": self._b}
+        self._fold()
+        state: dict[str, npt.NDArray[Any]] = {"A": self._A, "b": self._b}  # type: ignore[dict-item]
         srv = self._srv
         if srv is not None:  # the serving posterior too: a snapshot serves without inverting A
-            state.update(srv_mean=srv.mean, srv_cov=srv.cov, srv_age=np.array(srv.age))
-        return state  # type: ignore[return-value]
+            with srv.lock:
+                state.update(srv_mean=srv.mean.copy(), srv_cov=srv.cov.copy())
+            state["srv_age"] = np.array(srv.age)
+        return state
 
     def _set_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
         if "A" in state:
             self._A, self._b = np.asarray(state["A"], float), np.asarray(state["b"], float)
             self._chol = self._mean = None
             self._srv = None
+            self._pending = []
             if "srv_cov" in state:
                 self._srv = _Serving(
                     np.asarray(state["srv_mean"], np.float32),
@@ -774,33 +798,38 @@ _RANK_ONE_ROWS = 4
 """Updates of at most this many rows keep the per-request posterior by rank-one updates."""
 _REFRESH_EVERY = 2048
 """Rank-one updates before the float32 per-request posterior is recomputed from A (drift)."""
+_FOLD_EVERY = 256
+"""Buffered one-row updates folded into A together (one pass over A per 256 rows)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Serving:
     """A per-request posterior: mean (d,) and covariance (d, d) or its diagonal (d,), float32.
 
-    Immutable: an update builds a new one and swaps it in, so a concurrent decide reads either
-    the old or the new posterior whole.
+    Rank-one updates change ``mean`` and ``cov`` in place under ``lock``; a decision reads them
+    under the same lock, so it sees one posterior whole (and the policy's version with it).
     """
 
     mean: npt.NDArray[np.float32]
     cov: npt.NDArray[np.float32]
     age: int
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def rank_one(
-        self, x: npt.NDArray[np.float64], r: npt.NDArray[np.float64], v2: float
-    ) -> _Serving:
-        """Recursive least squares, row by row: C ← C − Cx xᵀC/(v² + xᵀCx), μ ← μ + k(r − xᵀμ)
-        with C = v²Σ and k = Cx/(v² + xᵀCx)."""
-        mean, cov = self.mean, self.cov
-        for xi, ri in zip(x.astype(np.float32), r, strict=True):
-            cx = cov @ xi
-            den = np.float32(v2) + xi @ cx
-            gain = cx / den
-            mean = mean + gain * np.float32(ri - xi @ mean)
-            cov = cov - np.outer(cx, gain)
-        return _Serving(mean, cov, self.age + x.shape[0])
+    def rank_one(self, x: npt.NDArray[np.float64], r: npt.NDArray[np.float64], v2: float) -> None:
+        """Recursive least squares, row by row, in place: C ← C − Cx xᵀC/(v² + xᵀCx),
+        μ ← μ + k(r − xᵀμ) with C = v²Σ and k = Cx/(v² + xᵀCx). One BLAS rank-one update
+        (``sger``) over C per row, no d×d temporaries."""
+        from scipy.linalg.blas import sger
+
+        with self.lock:
+            cov_f = self.cov.T  # C is symmetric: its transpose is a Fortran-ordered view
+            for xi, ri in zip(x.astype(np.float32), r, strict=True):
+                cx = self.cov @ xi
+                den = np.float32(v2) + xi @ cx
+                gain = cx / den
+                self.mean += gain * np.float32(ri - xi @ self.mean)
+                sger(-1.0, cx, gain, a=cov_f, overwrite_a=True)
+            self.age += x.shape[0]
 
 
 def _request_moments(
@@ -811,7 +840,7 @@ def _request_moments(
     *,
     diagonal: bool = False,
     only_diagonal: bool = False,
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     """Mean (K,) and covariance (K, K) — or variances (K,) — of the K candidates' scores
     φ_k·θ under the posterior, without building φ (K, d).
 
@@ -822,18 +851,21 @@ def _request_moments(
     dc1 = c1.shape[1]
     if pol.features == "candidate":
         srv = serving(dc1)
-        mean = c1 @ srv.mean
-        cov = (c1 * srv.cov) @ c1.T if diagonal else c1 @ srv.cov @ c1.T
+        with srv.lock:
+            mean = c1 @ srv.mean
+            cov = (c1 * srv.cov) @ c1.T if diagonal else c1 @ srv.cov @ c1.T
         return mean, (np.einsum("kk->k", cov) if only_diagonal else cov)
     u1 = _with_one(user)  # (du1,)
     du1 = u1.shape[0]
     srv = serving(du1 * dc1)
-    mean = (u1 @ srv.mean.reshape(du1, dc1)) @ c1.T
     if diagonal:  # diagonal Σ: Cov(s_k, s_l) = Σ_a c_ka c_la Σ_i u_i² σ²_ia
+        mean = (u1 @ srv.mean.reshape(du1, dc1)) @ c1.T
         w = (u1 * u1) @ srv.cov.reshape(du1, dc1)
         cov = (c1 * w) @ c1.T
     else:
-        t = (u1 @ srv.cov.reshape(du1, -1)).reshape(dc1, du1, dc1)
+        with srv.lock:  # the learner updates Σ in place: read mean and Σ together
+            mean = (u1 @ srv.mean.reshape(du1, dc1)) @ c1.T
+            t = (u1 @ srv.cov.reshape(du1, -1)).reshape(dc1, du1, dc1)
         m = t.transpose(0, 2, 1) @ u1  # (dc1, dc1)
         if only_diagonal:
             return mean, np.einsum("ka,ab,kb->k", c1, m, c1)
