@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from copyloop import cli_generator
+from copyloop import cli_generator, cli_world
 from copyloop.cli_clicksim import clicksim_app
 from copyloop.cli_common import (
     CopyloopGroup,
@@ -23,6 +23,7 @@ from copyloop.cli_common import (
     progress,
     split_list,
 )
+from copyloop.cli_serve import keys_app, serve_app
 
 app = typer.Typer(
     name="copyloop",
@@ -46,6 +47,9 @@ app.add_typer(ope_app, name="ope")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(cli_generator.generator_app, name="generator")
 app.add_typer(clicksim_app, name="clicksim")
+app.add_typer(serve_app, name="serve")
+app.add_typer(keys_app, name="keys")
+world_app.command("audit")(cli_world.world_audit)
 app.command("generate")(cli_generator.generate)
 app.command("loop")(cli_generator.loop)
 
