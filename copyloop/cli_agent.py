@@ -171,10 +171,11 @@ def agent_fit(
     if as_json:
         print_json({"out": str(out), "fit_record": str(fit_record_path(out)), **info.to_dict()})
         return
-    part = "" if split is None else f" (the first {split:g} by {split_by})"
+    part = "" if split is None else f" (the first {split:.0%} by {split_by})"
+    n_camp = len(info.campaigns)
     console.print(
         f"fit {agent} on {observed:,} rows with rewards of {fit_part.n_rows:,}{part} · "
-        f"{info.n_variants:,} variants in {len(info.campaigns):,} campaigns "
+        f"{info.n_variants:,} variants in {n_camp:,} campaign{'' if n_camp == 1 else 's'} "
         f"({info.arm_features} features"
         + (", propensity-weighted" if info.weighted else "")
         + f") · wrote {out} and {fit_record_path(out)}"
