@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import typer
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from copyloop import DecisionLog, VariantsTable
 from copyloop.agents.offline import (
@@ -46,14 +46,14 @@ HEADLINES = ("short", "long", "urgent", "friendly")
 CTR = np.array([[0.02, 0.05, 0.12, 0.04], [0.08, 0.03, 0.02, 0.10], [0.03, 0.09, 0.02, 0.05]])
 
 
-def cli(*args: str) -> object:
+def cli(*args: str) -> Result:
     """Run a copyloop command (``agent …`` through agent_app, the rest through the root app)."""
     app = agent_cli if args[0] == "agent" else root_app
     return runner.invoke(app, list(args))
 
 
-def text(res: object) -> str:
-    return " ".join(res.output.split())  # type: ignore[attr-defined]
+def text(res: Result) -> str:
+    return " ".join(res.output.split())
 
 
 def write_clicks(
@@ -106,7 +106,7 @@ def import_clicks(csv_path: Path, out: Path) -> Path:
         "--timestamp-col",
         "ts",
     )
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     return out
 
 
@@ -123,7 +123,7 @@ def fitted(imported: Path) -> Path:
         "agent", "fit", "--logs", str(imported), "--agent", "linear_ts", "--split", "0.8",
         "--out", str(out),
     )  # fmt: skip
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     return out
 
 
@@ -139,8 +139,8 @@ def test_csv_journey_without_python(imported: Path, fitted: Path) -> None:
     ]  # fmt: skip
     assert record["fit_rows"] == 6400 and record["learned_rows"] == 6400
     res = cli("agent", "eval", "--logs", str(imported), "--policy", str(fitted), "--json")
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
-    out = json.loads(res.stdout)  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
     assert out["rows"] == 1600 and out["split"] == 0.8 and out["verdict"] == "promote"
     assert "logging policy was uniform" in " ".join(out["notes"])
     est = {e["estimator"]: e for e in out["policy"]["estimates"]}
@@ -150,21 +150,21 @@ def test_csv_journey_without_python(imported: Path, fitted: Path) -> None:
     assert est["dr"]["lower"] > base["dr"]["estimate"]
     # the table, and the same verdict without --json
     res = cli("agent", "eval", "--logs", str(imported), "--policy", str(fitted))
-    assert res.exit_code == 0 and "PROMOTE" in res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0 and "PROMOTE" in res.output
     # a counting agent on the same log: propensity-weighted, one arm per headline
     out2 = imported.parent / "bts.npz"
     res = cli(
         "agent", "fit", "--logs", str(imported), "--agent", "bernoulli_ts", "--split", "0.8",
         "--param", "segment_columns=0,3", "--out", str(out2), "--json",
     )  # fmt: skip
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
-    assert json.loads(res.stdout)["weighted"] is True  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["weighted"] is True
     res = cli(
         "agent", "eval", "--logs", str(imported), "--policy", str(out2),
         "--baseline", str(fitted), "--json",
     )  # fmt: skip
-    assert res.exit_code in (0, 1), res.output  # type: ignore[attr-defined]
-    assert json.loads(res.stdout)["baseline"]["name"] == "lin.npz"  # type: ignore[attr-defined]
+    assert res.exit_code in (0, 1), res.output
+    assert json.loads(res.stdout)["baseline"]["name"] == "lin.npz"
 
 
 def test_uniform_baseline_holds_a_uniform_policy(imported: Path, tmp_path: Path) -> None:
@@ -174,10 +174,10 @@ def test_uniform_baseline_holds_a_uniform_policy(imported: Path, tmp_path: Path)
         "agent", "fit", "--logs", str(imported), "--agent", "uniform", "--split", "0.8",
         "--out", str(out),
     )  # fmt: skip
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     res = cli("agent", "eval", "--logs", str(imported), "--policy", str(out), "--json")
-    assert res.exit_code == 1, res.output  # type: ignore[attr-defined]
-    assert json.loads(res.stdout)["verdict"] == "hold"  # type: ignore[attr-defined]
+    assert res.exit_code == 1, res.output
+    assert json.loads(res.stdout)["verdict"] == "hold"
 
 
 # ---- the library -------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ FIT_BAD = [
 def test_fit_bad_input(imported: Path, tmp_path: Path, args: list[str], match: str) -> None:
     out = tmp_path / "p.npz"
     res = cli("agent", "fit", "--logs", str(imported), "--out", str(out), *args)
-    assert res.exit_code == 2, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 2, res.output
     assert match in text(res)
     assert list(tmp_path.iterdir()) == []
 
@@ -406,8 +406,8 @@ def test_eval_bad_input(
     watched = sorted(p.name for p in imported.parent.iterdir())
     for args, match in cases:
         res = cli("agent", "eval", *args)
-        assert res.exit_code == 2, (args, res.output)  # type: ignore[attr-defined]
-        assert match in text(res), (args, res.output)  # type: ignore[attr-defined]
+        assert res.exit_code == 2, (args, res.output)
+        assert match in text(res), (args, res.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert sorted(p.name for p in imported.parent.iterdir()) == watched
 
@@ -417,7 +417,7 @@ def test_eval_refuses_rows_the_policy_learned_and_stale_records(
 ) -> None:
     whole = tmp_path / "whole.npz"
     res = cli("agent", "fit", "--logs", str(imported), "--agent", "linucb", "--out", str(whole))
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     res = cli("agent", "eval", "--logs", str(imported), "--policy", str(whole))
     assert res.exit_code == 2 and "fit on every row of this log" in text(res)
     # a fit record that belongs to another save of the policy file
@@ -447,7 +447,7 @@ def test_simulated_journey_estimates_cover_the_true_value(tmp_path: Path) -> Non
     )
     logs = tmp_path / "logs.parquet"
     res = cli("simulate", "--rounds", "30000", "--out", str(logs), "--config", str(cfg))
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     market = market_of_log(log_metadata(logs), "auto")
     held = split_log(read_log(logs, read_variants_for(logs)), 0.8)[1]
     for agent in ("linear_ts", "logistic_ts", "bernoulli_ts"):
@@ -456,10 +456,10 @@ def test_simulated_journey_estimates_cover_the_true_value(tmp_path: Path) -> Non
             "agent", "fit", "--logs", str(logs), "--agent", agent, "--split", "0.8",
             "--out", str(out),
         )  # fmt: skip
-        assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+        assert res.exit_code == 0, res.output
         res = cli("agent", "eval", "--logs", str(logs), "--policy", str(out), "--json")
-        assert res.exit_code in (0, 1), res.output  # type: ignore[attr-defined]
-        rep = json.loads(res.stdout)  # type: ignore[attr-defined]
+        assert res.exit_code in (0, 1), res.output
+        rep = json.loads(res.stdout)
         assert rep["rows"] == 6000
         pol, _ = load_fitted(out)
         truth = world_value(market, held, policy_probs(pol, held))
