@@ -325,12 +325,13 @@ class Policy(ABC):
         keep = np.flatnonzero(~np.isnan(reward))
         actions = log.table.column("action").to_pylist()
         try:
-            rows = st.rows([actions[i] for i in keep]) if keep.size else np.zeros(0, np.int64)
+            rows = (
+                st.rows([actions[i] for i in keep], unique=False)
+                if keep.size
+                else np.zeros(0, np.int64)
+            )
         except ValueError as e:
-            if "repeats" not in str(e):
-                raise ValueError(f"the log's `action`: {e}") from None
-            index = {v: i for i, v in enumerate(st.ids)}
-            rows = np.array([index[actions[i]] for i in keep], np.int64)
+            raise ValueError(f"the log's `action`: {e}") from None
         ctx = log.context
         w = None if sample_weight is None else np.asarray(sample_weight, np.float64)
         if w is not None and w.shape != (log.n_rows,):

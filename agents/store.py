@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -142,8 +143,12 @@ class VariantStore:
             raise ValueError(f"campaign {campaign_id!r} has no variants in the store")
         return rows
 
-    def rows(self, variant_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+    def rows(self, variant_ids: Sequence[str], *, unique: bool = True) -> npt.NDArray[np.int64]:
         """Store rows of ``variant_ids`` (a request's candidates), refusing what cannot be one.
+
+        Args:
+            variant_ids: the ids.
+            unique: refuse repeated ids (a request's candidates); False for log rows' actions.
 
         Raises:
             ValueError: empty, repeated or unknown ids (naming them).
@@ -160,8 +165,9 @@ class VariantStore:
                 f"unknown variant id(s) {unknown} in `candidate_ids` — add them to the store "
                 "first (VariantStore.add, or the service's admin API)"
             ) from None
-        if len(set(out.tolist())) != out.size:
-            dup = sorted({v for v in ids if ids.count(v) > 1})[:5]
+        if unique and np.unique(out).size != out.size:
+            counts = Counter(ids)
+            dup = sorted(v for v, c in counts.items() if c > 1)[:5]
             raise ValueError(f"`candidate_ids` repeats {dup} — each candidate once")
         return out
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from copyloop import cli_generator, cli_world
+from copyloop.cli_agent import agent_app
 from copyloop.cli_clicksim import clicksim_app
 from copyloop.cli_common import (
     CopyloopGroup,
@@ -47,6 +48,7 @@ app.add_typer(ope_app, name="ope")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(cli_generator.generator_app, name="generator")
 app.add_typer(clicksim_app, name="clicksim")
+app.add_typer(agent_app, name="agent")
 app.add_typer(serve_app, name="serve")
 app.add_typer(keys_app, name="keys")
 world_app.command("audit")(cli_world.world_audit)

@@ -6,7 +6,7 @@ The exit codes are one table for every command (also in ``docs/cli.md``):
 code  meaning
 ====  =========================================================================================
 0     success (``ope gate``: promote)
-1     ``ope gate`` only: hold — the candidate did not clear the gate
+1     ``ope gate`` and ``agent eval`` only: hold — the candidate did not clear the gate
 2     bad input or usage: a missing or malformed file, a bad option, data that breaks the
       contract; the message names what was wrong and how to fix it; nothing was written
 3     internal error (a bug in copyloop): a one-line message, the traceback saved to a file

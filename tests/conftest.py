@@ -24,6 +24,7 @@ def pytest_configure(config: pytest.Config) -> None:
 CI_SLOW = {
     "tests/test_ppo.py::test_ppo_learns_with_fatigue": "36 s",
     "tests/test_generator.py::test_real_model_writes_segment_conditioned_copy": "13 s",
+    "tests/test_agent_cli.py::test_simulated_journey_estimates_cover_the_true_value": "19 s",
 }
 
 
