@@ -84,3 +84,29 @@ def ru_maxrss_bytes() -> int:
     # ru_maxrss is KiB on Linux, bytes on macOS.
     v = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(v) if sys.platform == "darwin" else int(v) * 1024
+
+
+def run_limited(blas_threads: int, run: Any, *args: Any) -> Any:
+    """``run(*args)`` with BLAS held to ``blas_threads`` threads (0 = no limit)."""
+    if blas_threads <= 0:
+        return run(*args)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        return run(*args)
+
+
+def write_results(out_dir: Any, name: str, report: dict[str, Any], md: str, console: Any) -> None:
+    """Write ``<name>.json`` (strict JSON) and ``<name>.md`` into ``out_dir`` and say so."""
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    md_path.write_text(md)
+    console.print(
+        f"wrote {json_path} and {md_path} in {report['total_seconds']:.0f} s; "
+        f"all goals passed: {report['all_goals_passed']}"
+    )

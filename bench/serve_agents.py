@@ -71,7 +71,6 @@ import argparse
 import cProfile
 import dataclasses
 import importlib.util
-import json
 import pstats
 import statistics
 import sys
@@ -89,6 +88,7 @@ from rich.table import Table
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
+from _common import run_limited, write_results  # noqa: E402
 
 
 def _load_bench_agents() -> Any:
@@ -1285,23 +1285,9 @@ def main(argv: list[str] | None = None) -> int:
     if not console.is_terminal:
         console = Console(width=200)
     ba.preload()
-    if args.blas_threads > 0:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=args.blas_threads, user_api="blas"):
-            report = run_all(args, console)
-    else:
-        report = run_all(args, console)
+    report = run_limited(args.blas_threads, run_all, args, console)
     print_tables(report, console)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = args.out_dir / "serve_agents.json"
-    md_path = args.out_dir / "serve_agents.md"
-    json_path.write_text(json.dumps(ba._finite(report), indent=2, allow_nan=False) + "\n")
-    md_path.write_text(markdown(report))
-    console.print(
-        f"wrote {json_path} and {md_path} in {report['total_seconds']:.0f} s; "
-        f"all goals passed: {report['all_goals_passed']}"
-    )
+    write_results(args.out_dir, "serve_agents", ba._finite(report), markdown(report), console)
     return 0
 
 
