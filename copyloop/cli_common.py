@@ -105,11 +105,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 # Library messages name Python parameters in backticks (`n_boot`); on the command line the
 # user typed a flag. A command's own parameter names map to its flags; a few library names that
 # differ from the flag are listed here.
-_PARAM_ALIASES: dict[str, str] = {
-    "kind": "reward_model",
-    "overwrite": "overwrite",
-    "rounds": "rounds",
-}
+_PARAM_ALIASES: dict[str, str] = {"kind": "reward_model"}  # RewardModel(kind=...) ← --reward-model
 
 
 def flag_names(message: str, command: Any) -> str:
