@@ -1033,17 +1033,7 @@ def profiles(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def goal_rows(report: dict[str, Any]) -> list[list[str]]:
-    return [
-        [
-            g["name"],
-            "-" if g["value"] is None else f"{g['value']:.4g}",
-            f"{g['kind']} {g['target']:g}",
-            g["status"],
-            g["note"],
-        ]
-        for g in report["goals"]
-    ]
+goal_rows = ba.goal_rows  # one goal table for the benches
 
 
 PROFILE_HEADERS = {
