@@ -991,7 +991,8 @@ def goal_rows(report: dict[str, Any]) -> list[list[str]]:
     ]
 
 
-def profile_rows(report: dict[str, Any], key: str, part: str) -> list[list[str]]:
+def profile_table_rows(prof: dict[str, Any], part: str) -> list[list[str]]:
+    """Rows of one profile's ``own`` or cumulative table (shared with bench/serve_agents.py)."""
     return [
         [
             p["function"],
@@ -1000,8 +1001,12 @@ def profile_rows(report: dict[str, Any], key: str, part: str) -> list[list[str]]
             f"{p['tottime_s' if part == 'own' else 'cumtime_s']:.3f}",
             f"{100 * p['share']:.0f}%",
         ]
-        for p in report["profiles"][key][part]
+        for p in prof[part]
     ]
+
+
+def profile_rows(report: dict[str, Any], key: str, part: str) -> list[list[str]]:
+    return profile_table_rows(report["profiles"][key], part)
 
 
 PROFILE_HEADERS = {

@@ -1042,17 +1042,7 @@ PROFILE_HEADERS = {
 }
 
 
-def profile_rows(prof: dict[str, Any], part: str) -> list[list[str]]:
-    return [
-        [
-            p["function"],
-            p["via"],
-            f"{p['calls']:,}",
-            f"{p['tottime_s' if part == 'own' else 'cumtime_s']:.3f}",
-            f"{100 * p['share']:.0f}%",
-        ]
-        for p in prof[part]
-    ]
+profile_rows = ba.profile_table_rows  # one profile table for the benches
 
 
 def _table(title: str, header: list[str], rows: list[list[str]], text_cols: int = 1) -> Table:
