@@ -301,18 +301,49 @@ def experiment_run(
         ),
     ],
     out: Annotated[Path, typer.Option(help="Output folder (new or empty).")],
-    workers: Annotated[int | None, typer.Option(help="Processes (default: min(2, CPUs)).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Processes or Ray actors (default: min(2, CPUs); a cluster's CPUs)."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    backend: Annotated[
+        str,
+        typer.Option(help="process (this machine) or ray (Ray actors; copyloop[ray] extra)."),
+    ] = "process",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster for --backend ray (default: a local Ray for the run)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run agents × seeds × market variants from one TOML; write metrics, summary and plots."""
+    """Run agents × seeds × market variants from one TOML; write metrics, summary and plots.
+
+    The same seeds give the same numbers with either backend."""
     from copyloop.experiments import run_experiment, summary_text
+    from copyloop.experiments.parallel import BACKENDS, require_ray
 
     if workers is not None and workers < 1:
         raise fail(f"--workers must be >= 1, got {workers}")
+    if backend not in BACKENDS:
+        raise fail(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if ray_address is not None and backend != "ray":
+        raise fail("--ray-address is for --backend ray — add --backend ray")
+    if backend == "ray":
+        try:
+            require_ray()
+        except ImportError as e:
+            raise fail(str(e)) from None
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out} is a file — experiment results go into a folder")
-    res = run_experiment(config, out, workers=workers, progress=not as_json, overwrite=overwrite)
+    res = run_experiment(
+        config,
+        out,
+        workers=workers,
+        progress=not as_json,
+        overwrite=overwrite,
+        backend=backend,
+        ray_address=ray_address,
+    )
     if as_json:
         print_json(
             {

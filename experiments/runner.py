@@ -16,7 +16,8 @@ at every ``eval_every`` impressions:
 * ``ctr``: ``clicks / t``.
 
 ``train_steps`` impressions of training (``ppo``) happen before the run and are not counted.
-Runs go in parallel processes (:mod:`copyloop.experiments.parallel`).
+Runs go in parallel processes or on Ray actors (:mod:`copyloop.experiments.parallel`), with
+the same numbers either way.
 
 Output folder (written to a temporary folder beside it and moved into place at the end, so
 an error leaves nothing): ``config.toml`` (the resolved config: rerun the folder with it),
@@ -70,6 +71,12 @@ CUMULATIVE = ("clicks", "expected_clicks", "oracle_clicks", "regret")
 
 # ---- one run ------------------------------------------------------------------------------------
 _MARKETS: dict[MarketConfig, Market] = {}
+_BUILDS = 0
+
+
+def market_builds() -> int:
+    """How many markets this process has built for runs (a worker builds each config once)."""
+    return _BUILDS
 
 
 def _market(market: dict[str, Any]) -> Market:
@@ -82,11 +89,13 @@ def _market(market: dict[str, Any]) -> Market:
     """
     from copyloop.envs.market import Market, MarketConfig
 
+    global _BUILDS
     cfg = MarketConfig.from_dict(market)
     base = replace(cfg, session_length=1)
     if base not in _MARKETS:
         with blas_threads(1):
             _MARKETS[base] = Market(base)
+        _BUILDS += 1
     return _MARKETS[base].with_session_length(cfg.session_length)
 
 
@@ -205,15 +214,23 @@ def run_experiment(
     workers: int | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    backend: str = "process",
+    ray_address: str | None = None,
 ) -> ExperimentResult:
     """Run every (env, agent, seed) of an experiment and write its folder.
 
     Args:
         config: a TOML path, the name of a shipped config (``"smoke"``) or a config object.
         out_dir: folder to write; must not exist or be empty (unless ``overwrite``).
-        workers: parallel processes; default ``min(2, cpu count)``; 1 = run in this process.
+        workers: parallel processes (Ray actors with ``backend="ray"``); default
+            ``min(2, cpu count)`` (on a Ray cluster: its CPUs); 1 = run in this process
+            (``process`` backend).
         progress: show a rich progress bar on stderr.
         overwrite: replace an existing non-empty ``out_dir`` (only once everything succeeded).
+        backend: ``process`` (this machine's processes) or ``ray`` (Ray actors; the
+            ``copyloop[ray]`` extra); the results are the same.
+        ray_address: the Ray cluster (``ray://host:10001`` or ``host:6379``) for
+            ``backend="ray"``; None starts a local Ray for the sweep.
 
     Returns:
         The result; the same data as the files in ``out_dir``.
@@ -221,7 +238,16 @@ def run_experiment(
     Raises:
         ValueError: a bad config (the message names the key), or ``out_dir`` not empty.
         FileNotFoundError: the config file does not exist.
+        ImportError: ``backend="ray"`` without Ray installed.
     """
+    from copyloop.experiments.parallel import BACKENDS, require_ray
+
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if ray_address is not None and backend != "ray":
+        raise ValueError("`ray_address` is for the ray backend — pass backend='ray' with it")
+    if backend == "ray":
+        require_ray()  # fail before any work
     cfg = (
         config
         if isinstance(config, ExperimentConfig)
@@ -236,7 +262,13 @@ def run_experiment(
         )
     out = Path(out_dir)
     _check_out(out, overwrite)
-    n_workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    n_workers = (
+        workers
+        if workers is not None
+        else _cluster_cpus(ray_address)
+        if ray_address is not None
+        else min(2, os.cpu_count() or 1)
+    )
     check_int(n_workers, "`workers`", low=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -250,7 +282,15 @@ def run_experiment(
                 for s in specs
             ]
         start = time.perf_counter()
-        frames = run_all(specs, run_one, workers=n_workers, progress=progress, name=cfg.name)
+        frames = run_all(
+            specs,
+            run_one,
+            workers=n_workers,
+            progress=progress,
+            name=cfg.name,
+            backend=backend,
+            ray_address=ray_address,
+        )
         elapsed = time.perf_counter() - start
         metrics = pd.concat(frames, ignore_index=True)
         metrics.to_parquet(tmp / "metrics.parquet", index=False)
@@ -265,6 +305,16 @@ def run_experiment(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
+
+
+def _cluster_cpus(address: str) -> int:
+    """The CPUs of the Ray cluster at ``address`` (the default worker count there)."""
+    from copyloop.experiments.parallel import require_ray
+
+    ray = require_ray()
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level="warning")
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

@@ -3,6 +3,7 @@
 # Run scripts/setup.sh first; scripts/test.sh runs both (tests/test_ope_obp.py checks copyloop's
 # estimators against obp's). Installs:
 #   - mabwiser (LinTS peer) and vowpalwabbit (the prebuilt cp311 wheel; --cb_explore_adf peer);
+#   - ray 2.60.0 (the `ray` extra: `copyloop experiment run --backend ray`);
 #   - obp 0.5.7 (BernoulliTS / LinTS peers). Its metadata says Python <3.11 and pins torch 1.12,
 #     pandas 1.5.2, numpy 1.23.5, ..., none of which it needs at import on Python 3.11: it goes in
 #     with --no-deps --ignore-requires-python, plus seaborn, the one module it imports that the
@@ -27,6 +28,8 @@ TORCH_BEFORE="$(torch_version)"
 has mabwiser || pip_quiet "${PIP[@]}" install -q "mabwiser==2.7.4"
 has vowpalwabbit || pip_quiet "${PIP[@]}" install -q --only-binary=:all: "vowpalwabbit==9.11.9"
 has seaborn || pip_quiet "${PIP[@]}" install -q --no-deps "seaborn==0.13.2"
+# Ray (the `ray` extra): tests/test_ray_backend.py runs the smoke experiment on local Ray.
+has ray || pip_quiet "${PIP[@]}" install -q "ray==2.60.0"
 if ! "${PIP[@]}" show obp >/dev/null 2>&1; then
   pip_quiet "${PIP[@]}" install -q --no-deps --ignore-requires-python "obp==0.5.7"
 fi
@@ -55,5 +58,5 @@ fi
 "$PY" - <<'EOF'
 from importlib.metadata import version
 print("bench peers ready: " + ", ".join(
-    f"{p} {version(p)}" for p in ("obp", "mabwiser", "vowpalwabbit", "pandas", "torch")))
+    f"{p} {version(p)}" for p in ("obp", "mabwiser", "vowpalwabbit", "ray", "pandas", "torch")))
 EOF

@@ -25,6 +25,8 @@ CI_SLOW = {
     "tests/test_ppo.py::test_ppo_learns_with_fatigue": "36 s",
     "tests/test_generator.py::test_real_model_writes_segment_conditioned_copy": "13 s",
     "tests/test_agent_cli.py::test_simulated_journey_estimates_cover_the_true_value": "19 s",
+    "tests/test_ray_backend.py::test_ray_sweep_equals_processes_one_market_per_worker": "17 s",
+    "tests/test_ray_backend.py::test_cli_ray_backend_writes_the_same_summary": "12 s",
 }
 
 
