@@ -29,7 +29,8 @@ def _sqlite(store: str) -> Any:
 
 def register_market(store: Any, m: Any, agent: str = "linear_ts", seed: int = 0) -> int:
     """Register the market's campaigns and variants (with their embeddings) in ``store``, unless
-    it has campaigns already; returns the campaigns registered."""
+    it has campaigns already; returns the campaigns registered. The campaigns share one model,
+    ``market``, as the env's agents learn across the market's campaigns."""
     from copyloop.serve.store import CampaignConfig, VariantRecord
 
     if store.campaigns():
@@ -42,8 +43,9 @@ def register_market(store: Any, m: Any, agent: str = "linear_ts", seed: int = 0)
             campaign_id=cid,
             context_width=m.user_dim,
             agent=agent,
-            agent_params={"seed": seed + c},
+            agent_params={"seed": seed},
             reward_wait_s=30.0,
+            model_id="market",
         )
         rows = [v for v in range(cat.n_variants) if camp_of[v] == c]
         recs = [VariantRecord(cat.variant_ids[v], cid, texts[v], cat.embeddings[v]) for v in rows]
@@ -63,7 +65,7 @@ def serve(
     config: Annotated[
         Path | None, typer.Option(help="Market config (TOML) whose featurizer the copy uses.")
     ] = None,
-    learn_interval: Annotated[float, typer.Option(help="Learner tick, seconds.")] = 0.05,
+    learn_interval: Annotated[float, typer.Option(help="Learner tick, seconds.")] = 0.1,
 ) -> None:
     """Serve POST /v1/rank and /v1/events/{id}/reward (OpenAPI at /openapi.json)."""
     if ctx.invoked_subcommand is not None:
@@ -91,7 +93,7 @@ def serve(
         learn_interval_s=learn_interval,
     )
     err.print(f"serving on http://{host}:{port} (store {store})")
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning", access_log=False)
 
 
 @serve_app.command("export")

@@ -11,12 +11,14 @@ Example:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -98,6 +100,7 @@ class CampaignIn(Strict):
     reward_wait_s: Annotated[float, Field(gt=0.0, le=7 * 86400)] = 60.0
     default_reward: Finite = 0.0
     aggregation: Literal["earliest", "sum", "max"] = "earliest"
+    model_id: Annotated[str, Field(max_length=128)] = ""
     variants: list[VariantIn] = Field(default_factory=list, max_length=1000)
 
 
@@ -119,6 +122,7 @@ class CampaignOut(Strict):
     reward_wait_s: float
     default_reward: float
     aggregation: str
+    model_id: str
     active_variants: list[str]
     model_version: str
 
@@ -158,21 +162,25 @@ class Health(Strict):
 
 
 # ---- dependencies -----------------------------------------------------------------------------
-def get_service(request: Request) -> Service:
+# Both are coroutines: FastAPI runs a plain-def dependency in a worker thread, a hop that cost
+# more than the whole decision on the request path.
+async def get_service(request: Request) -> Service:
     svc: Service = request.app.state.service
     return svc
 
 
-def require(scope: Literal["client", "admin"]) -> Callable[..., str]:
+def require(scope: Literal["client", "admin"]) -> Callable[..., Awaitable[str]]:
     """A dependency: the caller's ``X-API-Key`` must hold ``scope`` (admin keys hold both)."""
 
-    def check(
+    async def check(
         svc: Annotated[Service, Depends(get_service)],
         x_api_key: Annotated[str | None, Header()] = None,
     ) -> str:
         if not x_api_key:
             raise ServiceError(401, "missing X-API-Key header")
-        got = svc.scope_of(x_api_key)
+        got = svc.cached_scope(x_api_key)
+        if got is None:  # not verified lately: the salted hash is slow, off the event loop
+            got = await run_in_threadpool(svc.scope_of, x_api_key)
         if got is None:
             raise ServiceError(401, "unknown or revoked API key")
         if scope == "admin" and got != "admin":
@@ -261,6 +269,7 @@ def _campaign_out(svc: Service, campaign_id: str) -> CampaignOut:
         reward_wait_s=c.reward_wait_s,
         default_reward=c.default_reward,
         aggregation=c.aggregation,
+        model_id=rt.model.model_id,
         active_variants=list(rt.active),
         model_version=rt.policy.model_version,
     )
@@ -306,8 +315,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
 
+    # rank and reward write their JSON themselves: the models above stay the documented (and
+    # fuzz-tested) contract, without re-validating every response on the hot path.
     @app.post("/v1/rank", response_model=RankResponse)
-    async def rank(body: RankRequest, svc: SvcDep, _: Client) -> RankResponse:
+    async def rank(body: RankRequest, svc: SvcDep, _: Client) -> Response:
         rec, agent = await svc.rank(
             body.campaign_id,
             body.context,
@@ -317,22 +328,22 @@ def create_app(config: ServiceConfig) -> FastAPI:
             body.defer_activation,
             body.user_id,
         )
-        return RankResponse(
-            event_id=rec.event_id,
-            variant_id=rec.action,
-            probabilities=dict(zip(rec.candidates, rec.action_probs, strict=True)),
-            model_version=rec.model_version,
-            mode=rec.mode,
-            agent=None if agent is None else AgentChoice(**agent),
-        )
+        out = {
+            "event_id": rec.event_id,
+            "variant_id": rec.action,
+            "probabilities": dict(zip(rec.candidates, rec.action_probs, strict=True)),
+            "model_version": rec.model_version,
+            "mode": rec.mode,
+            "agent": agent,
+        }
+        return Response(json.dumps(out), media_type="application/json")
 
     @app.post("/v1/events/{event_id}/reward", response_model=RewardResponse)
-    async def reward(event_id: str, body: RewardRequest, svc: SvcDep, _: Client) -> RewardResponse:
+    async def reward(event_id: str, body: RewardRequest, svc: SvcDep, _: Client) -> Response:
         out = await svc.reward(event_id, body.reward_id, body.value)
-        status: Literal["accepted", "duplicate"] = (
-            "duplicate" if out.status == "duplicate" else "accepted"
-        )
-        return RewardResponse(event_id=event_id, status=status, late=out.late)
+        status = "duplicate" if out.status == "duplicate" else "accepted"
+        body_ = {"event_id": event_id, "status": status, "late": out.late}
+        return Response(json.dumps(body_), media_type="application/json")
 
     @app.post("/v1/events/{event_id}/activate", response_model=Ok)
     async def activate(event_id: str, svc: SvcDep, _: Client) -> Ok:
@@ -382,7 +393,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.get("/v1/admin/campaigns/{campaign_id}/models", response_model=list[SnapshotOut])
     def models(campaign_id: str, svc: SvcDep, _: Admin) -> list[SnapshotOut]:
-        svc.runtime(campaign_id)
+        rt = svc.runtime(campaign_id)
         return [
             SnapshotOut(
                 version=s.version,
@@ -390,11 +401,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 created=s.created,
                 rows_learned=s.rows_learned,
             )
-            for s in svc.store.snapshots(campaign_id)
+            for s in svc.store.snapshots(rt.model.model_id)
         ]
 
     @app.get("/healthz", response_model=Health)
-    def healthz(svc: SvcDep) -> Health:
+    async def healthz(svc: SvcDep) -> Health:
         err = svc.learner.error
         return Health(
             status="ok" if err is None else "degraded",

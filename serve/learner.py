@@ -1,32 +1,51 @@
-"""The learner: joins rewards to decisions once settled, teaches its own copy of each campaign's
-agent from those DecisionLog rows, and publishes versioned snapshots the serving path swaps in.
+"""The learner: joins rewards to decisions once settled, teaches the learner's copy of each
+model from those DecisionLog rows, hands the serving path a fresh copy, and saves snapshots.
 
-A decision is settled when its window closes (default reward if none came) or, with
+A decision is settled when its window closes (default reward if none came) or, decided under
 ``earliest`` aggregation, as soon as its first in-window reward is in. Rows the agent must not
 learn from are joined but not taught: deferred impressions never activated, and ``logging``
-mode. The joined marks and the snapshot row commit in one transaction after the snapshot file
-is in place, so a crash re-learns a batch on the previous snapshot, never twice.
+mode.
+
+Every join is one store transaction with a join sequence number. The learner's copy of a model
+always holds exactly the taught rows up to some join number (``through_join``); a snapshot on
+disk records the join number it holds. So publishing to the serving path (an in-memory copy,
+at most every ``publish_interval_s``) and saving to disk (at most every
+``snapshot_interval_s``) are decoupled from durability: a restart — or a failed join commit —
+loads the last snapshot and re-learns the rows joined after it, in their order, once.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from copyloop.agents import Policy
 from copyloop.contract import DecisionLog
-from copyloop.serve.store import CampaignConfig, JoinedRow, SnapshotRecord, join_reward, to_log
+from copyloop.serve.store import JoinedRow, SnapshotRecord, join_reward, to_log
 
 if TYPE_CHECKING:
-    from copyloop.serve.service import CampaignRuntime, Service
+    from copyloop.serve.service import ModelRuntime, Service
+
+
+def prepared(policy: Policy, m: ModelRuntime) -> Policy:
+    """``policy`` after one throw-away decision, so the caches a decision needs (LinearTS's
+    per-request posterior: a factorisation of a d×d matrix) are built here, in the learner's
+    thread, and not by the first request that meets the new model."""
+    if len(m.variants):
+        ctx = np.zeros(m.cfg.context_width, np.float32)
+        policy.decide(ctx, [m.variants.ids[0]], event_id="warm-up", store=m.variants)
+    return policy
 
 
 class Learner:
     """Runs :meth:`step` every ``learn_interval_s`` in a thread (see :meth:`start`).
 
     Args:
-        service: the service whose campaigns it updates.
-        batch: most decisions joined per campaign per step.
+        service: the service whose models it updates.
+        batch: most decisions joined per model per step.
     """
 
     def __init__(self, service: Service, batch: int = 20_000) -> None:
@@ -61,76 +80,149 @@ class Learner:
                 self.error = e
 
     def step(self) -> int:
-        """Join every settled decision, learn, publish; returns the rows joined."""
+        """Join every settled decision, learn, publish and save when due; returns the rows
+        joined."""
         with self._step_lock:
             svc = self.service
             now = svc.clock()
             lag = 0.0
             total = 0
-            for rt in list(svc.runtimes.values()):
-                n, oldest = self._campaign(rt, now)
+            for m in list(svc.models.values()):
+                n, oldest = self._join(m, now)
                 total += n
                 if oldest is not None:
                     lag = max(lag, now - oldest)
+                self._publish(m)
             svc.metrics.learner_lag.set(lag)
             return total
 
-    def _campaign(self, rt: CampaignRuntime, now: float) -> tuple[int, float | None]:
-        from copyloop.serve.service import new_policy
-
+    def _join(self, m: ModelRuntime, now: float) -> tuple[int, float | None]:
         svc = self.service
-        cfg = rt.cfg
-        pend = svc.store.pending(cfg.campaign_id, now, cfg.aggregation == "earliest", self.batch)
+        pend = svc.store.pending(m.model_id, now, self.batch)
         if not pend:
             return 0, None
         oldest = min(min(d.closes_at, now) for d in pend)  # closed windows waiting
         got = svc.store.rewards_for([d.event_id for d in pend])
-        joined, teach, values = [], [], []
+        joined, teach, values, received = [], [], [], []
         for d in pend:
-            value, source = join_reward(got[d.event_id], cfg)
+            rt = svc.runtimes.get(d.campaign_id)
+            value, source = join_reward(got[d.event_id], rt.cfg if rt is not None else m.cfg)
             learn = d.activated and d.mode != "logging"
             joined.append(JoinedRow(d.event_id, value, source, learn))
             if learn:
                 teach.append(d)
                 values.append(value)
-        snapshot = None
-        with rt.lock:
-            before = rt.learner_policy.model_version
+                ts = got[d.event_id]
+                received.append(min(ts)[0] if ts and source == "reward" else min(d.closes_at, now))
+        with m.lock:
             if teach:
-                log = to_log(teach, values, cfg.context_width, DecisionLog)
-                rt.learner_policy.learn_log(log, rt.variants)
-            if rt.learner_policy.model_version != before:
-                version = rt.snapshot_version + 1
-                path = svc.snapshot_dir / cfg.campaign_id / f"{version:08d}.npz"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                rt.learner_policy.save(path, store=None)
-                snapshot = SnapshotRecord(
-                    cfg.campaign_id,
-                    version,
-                    rt.learner_policy.model_version,
-                    now,
-                    str(path),
-                    len(teach),
-                )
+                log = to_log(teach, values, m.cfg.context_width, DecisionLog)
+                m.learner_policy.learn_log(log, m.variants)
             try:
-                svc.store.commit_join(joined, snapshot).result()
+                seq = svc.store.commit_join(joined).result()
             except Exception:
                 # The rows stay unjoined: forget what was learned from them, so the next step
-                # teaches them once, on the last published snapshot.
-                snaps = svc.store.snapshots(cfg.campaign_id)
-                rt.learner_policy = _reload(snaps[-1].path, cfg) if snaps else new_policy(cfg)
+                # teaches them once, on top of the rows already joined.
+                self.rebuild(m)
                 raise
-            if snapshot is not None:
-                rt.policy = _reload(snapshot.path, cfg)  # the serving path's reference swap
-                rt.snapshot_version = snapshot.version
-                svc.metrics.model_version.labels(cfg.campaign_id).set(snapshot.version)
+            m.through_join = seq
+            m.rows_since_save += len(teach)
+            m.unpublished.extend(received)
         svc.metrics.joins.inc(len(joined))
         svc.metrics.default_rewards.inc(sum(j.source == "default" for j in joined))
         svc.metrics.learned.inc(len(teach))
         return len(joined), oldest
 
+    def _publish(self, m: ModelRuntime) -> None:
+        """Hand the serving path a copy of the learner's model (at most every
+        ``publish_interval_s``) and save a snapshot (at most every ``snapshot_interval_s``)."""
+        svc = self.service
+        cfg = svc.config
+        mono = time.monotonic()
+        with m.lock:
+            fresh = m.learner_policy.model_version != m.policy.model_version
+            if fresh and mono - m.published_at >= cfg.publish_interval_s:
+                from copyloop.serve.service import copy_policy
 
-def _reload(path: str, cfg: CampaignConfig) -> Policy:
-    pol = Policy.load(path)
-    pol.exploration_floor = cfg.exploration_floor
-    return pol
+                m.policy = prepared(copy_policy(m.learner_policy), m)  # the reference swap
+                m.published_at = mono
+                wall = svc.clock()
+                for t in m.unpublished:
+                    svc.metrics.freshness.observe(max(wall - t, 0.0))
+                m.unpublished.clear()
+                svc.metrics.publishes.labels(m.model_id).inc()
+            if m.through_join > m.saved_join and mono - m.saved_at >= cfg.snapshot_interval_s:
+                self._save(m)
+                m.saved_at = mono
+
+    def _save(self, m: ModelRuntime) -> None:
+        svc = self.service
+        version = m.snapshot_version + 1
+        path = svc.snapshot_dir / m.model_id / f"{version:08d}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pol = m.learner_policy
+        pol.save(path)
+        snap = SnapshotRecord(
+            m.model_id,
+            version,
+            pol.model_version,
+            svc.clock(),
+            str(path),
+            m.rows_since_save,
+            m.through_join,
+        )
+        svc.store.record_snapshot(snap).result()
+        m.snapshot_version = version
+        m.saved_join = m.through_join
+        m.rows_since_save = 0
+        svc.metrics.model_version.labels(m.model_id).set(version)
+
+    def save_all(self) -> None:
+        """Save every model with rows newer than its last snapshot (a clean shutdown)."""
+        with self._step_lock:
+            for m in list(self.service.models.values()):
+                with m.lock:
+                    if m.through_join > m.saved_join:
+                        self._save(m)
+
+    # ---- recovery ------------------------------------------------------------------------------
+    def catch_up(self, m: ModelRuntime) -> int:
+        """Teach ``m.learner_policy`` the rows joined after ``m.through_join``, in the order
+        they were first taught; returns the rows."""
+        store = self.service.store
+        limit = self.batch + 1  # one join holds at most ``batch`` rows: a page ends mid-join
+        n = 0
+        while True:
+            rows = store.learned_since(m.model_id, m.through_join, limit)
+            if not rows:
+                return n
+            if len(rows) == limit:  # drop the last, possibly partial, join
+                last = rows[-1].join_seq
+                rows = [r for r in rows if r.join_seq != last]
+            log = to_log(
+                [r.decision for r in rows],
+                [r.reward for r in rows],
+                m.cfg.context_width,
+                DecisionLog,
+            )
+            m.learner_policy.learn_log(log, m.variants)
+            m.through_join = rows[-1].join_seq
+            m.rows_since_save += len(rows)
+            n += len(rows)
+
+    def rebuild(self, m: ModelRuntime) -> None:
+        """The learner's copy from the last snapshot plus the rows joined after it."""
+        from copyloop.serve.service import new_policy
+
+        snaps = self.service.store.snapshots(m.model_id)
+        if snaps:
+            pol = Policy.load(snaps[-1].path)
+            pol.exploration_floor = m.cfg.exploration_floor
+            m.through_join = snaps[-1].through_join
+        else:
+            pol = new_policy(m.cfg)
+            m.through_join = 0
+        m.learner_policy = pol.attach(m.variants)
+        m.rows_since_save = 0
+        m.unpublished.clear()
+        self.catch_up(m)

@@ -43,7 +43,16 @@ class Metrics:
             registry=r,
         )
         self.model_version = Gauge(
-            "copyloop_model_version", "Serving snapshot version", ["campaign"], registry=r
+            "copyloop_model_version", "Last saved snapshot version", ["model"], registry=r
+        )
+        self.publishes = Counter(
+            "copyloop_publishes", "Models handed to the serving path", ["model"], registry=r
+        )
+        self.freshness = Histogram(
+            "copyloop_reward_to_serving_seconds",
+            "From a reward's arrival (or its window's close) to the serving model holding it",
+            registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0),
         )
         self.commits = Gauge("copyloop_store_commits", "Group-commit transactions", registry=r)
         self.commit_ops = Gauge(

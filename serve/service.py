@@ -6,6 +6,7 @@ snapshot), ranking, rewards, admin changes. :mod:`copyloop.serve.app` puts HTTP 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import secrets
 import sqlite3
@@ -57,6 +58,12 @@ class ServiceConfig:
         snapshot_dir: where snapshots go (default: ``<db>.snapshots/`` beside the database).
         learn_interval_s: the learner's tick; None runs no learner thread (call
             ``service.learner.step()`` yourself).
+        publish_interval_s: most often the learner hands a new model to the serving path (an
+            in-memory copy); a reward reaches rank probabilities within about
+            ``learn_interval_s + publish_interval_s``.
+        snapshot_interval_s: most often a model is saved to disk (a restart loads the last
+            snapshot and re-learns the rows joined after it, so this bounds restart work,
+            not durability).
         max_body_bytes: largest request body accepted (413 above).
         key_cache_s: how long a verified key is trusted without re-hashing (revocation delay).
         clock: the time source (seconds since the epoch); tests move it.
@@ -68,6 +75,8 @@ class ServiceConfig:
     encoder: Any = None
     snapshot_dir: Path | None = None
     learn_interval_s: float | None = 0.05
+    publish_interval_s: float = 0.5
+    snapshot_interval_s: float = 10.0
     max_body_bytes: int = 64 * 1024
     key_cache_s: float = 60.0
     clock: Callable[[], float] = time.time
@@ -78,6 +87,9 @@ class ServiceConfig:
             raise ValueError("`featurizer` is required: the saved featurizer of the copy")
         if self.learn_interval_s is not None and not self.learn_interval_s > 0:
             raise ValueError(f"`learn_interval_s` must be > 0 or None, got {self.learn_interval_s}")
+        for name in ("publish_interval_s", "snapshot_interval_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if self.max_body_bytes < 1024:
             raise ValueError(f"`max_body_bytes` must be >= 1024, got {self.max_body_bytes}")
 
@@ -101,18 +113,68 @@ def new_policy(cfg: CampaignConfig) -> Policy:
         raise ValueError(f"`agent_params` do not fit {cfg.agent!r}: {e}") from None
 
 
-@dataclass
-class CampaignRuntime:
-    """One campaign in memory. ``policy`` is the serving snapshot, replaced whole (a reference
-    swap) when the learner publishes; ``learner_policy`` is the learner's own copy."""
+def copy_policy(policy: Policy) -> Policy:
+    """A trained copy: same parameters, learned state (arrays copied), version and entropy, so
+    it decides exactly as ``policy`` does now while ``policy`` keeps learning."""
+    new = type(policy)(**copy.deepcopy(policy.get_params()))
+    new._calls, new._entropy, new._updates = policy._calls, policy._entropy, policy._updates
+    widths = getattr(policy, "_widths", None)
+    if widths is not None:
+        new._widths = dict(widths)
+    new._set_state({k: np.array(v, copy=True) for k, v in policy._get_state().items()})
+    new._store = policy._store
+    return new
 
+
+@dataclass
+class ModelRuntime:
+    """One model (agent) in memory, shared by the campaigns that name it. ``policy`` is what
+    the serving path decides with, replaced whole (a reference swap) when the learner
+    publishes; ``learner_policy`` is the learner's own copy."""
+
+    model_id: str
     cfg: CampaignConfig
+    """The agent settings (kind, params, width, floor) every campaign of the model shares."""
     variants: VariantStore
-    active: list[str]
     policy: Policy
     learner_policy: Policy
     snapshot_version: int = 0
+    through_join: int = 0
+    """The last join the learner's copy holds (rows joined later are not in it)."""
+    saved_join: int = 0
+    """The last join the newest snapshot on disk holds."""
+    published_at: float = 0.0
+    """``time.monotonic()`` of the last hand-over to the serving path."""
+    saved_at: float = 0.0
+    """``time.monotonic()`` of the last snapshot save."""
+    rows_since_save: int = 0
+    unpublished: list[float] = field(default_factory=list)
+    """Reward times of rows the learner holds and the serving copy does not yet."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class CampaignRuntime:
+    """One campaign in memory: its config, its active variants, and its model."""
+
+    cfg: CampaignConfig
+    active: list[str]
+    model: ModelRuntime
+
+    @property
+    def policy(self) -> Policy:
+        return self.model.policy
+
+    @property
+    def variants(self) -> VariantStore:
+        return self.model.variants
+
+    @property
+    def snapshot_version(self) -> int:
+        return self.model.snapshot_version
+
+
+_SHARED = ("agent", "agent_params", "context_width", "exploration_floor")
 
 
 class Service:
@@ -126,20 +188,33 @@ class Service:
         self.snapshot_dir = config.snapshot_dir or db.with_name(db.name + ".snapshots")
         self.metrics = Metrics()
         self.runtimes: dict[str, CampaignRuntime] = {}
+        self.models: dict[str, ModelRuntime] = {}
         self._admin_lock = threading.Lock()
         self._encoder = config.encoder
         self._key_cache: dict[str, tuple[str, float]] = {}
-        for cfg in self.store.campaigns():
-            self.runtimes[cfg.campaign_id] = self._load_runtime(cfg)
         from copyloop.serve.learner import Learner
 
         self.learner = Learner(self)
+        cfgs = self.store.campaigns()
+        records = self.store.variants()
+        for cfg in cfgs:
+            if cfg.model not in self.models:
+                mine = [c.campaign_id for c in cfgs if c.model == cfg.model]
+                recs = [r for r in records if r.campaign_id in mine]
+                self.models[cfg.model] = self._load_model(cfg, recs)
+            active = [
+                r.variant_id for r in records if r.campaign_id == cfg.campaign_id and r.active
+            ]
+            self.runtimes[cfg.campaign_id] = CampaignRuntime(cfg, active, self.models[cfg.model])
 
     def close(self) -> None:
         self.learner.stop()
-        self.store.close()
+        try:
+            self.learner.save_all()
+        finally:
+            self.store.close()
 
-    # ---- campaigns in memory ----------------------------------------------------------------
+    # ---- campaigns and models in memory -------------------------------------------------------
     def _variant_store(self, records: Sequence[VariantRecord]) -> VariantStore:
         feat = self.config.featurizer
         if not records:
@@ -150,24 +225,27 @@ class Service:
             [r.variant_id for r in records], feats, [r.campaign_id for r in records], feat
         )
 
-    def _load_runtime(self, cfg: CampaignConfig) -> CampaignRuntime:
-        """A campaign from the store: its variants, and its last snapshot (or a fresh agent)."""
-        records = self.store.variants(cfg.campaign_id)
-        snaps = self.store.snapshots(cfg.campaign_id)
+    def _load_model(self, cfg: CampaignConfig, records: Sequence[VariantRecord]) -> ModelRuntime:
+        """A model from the store: its variants, its last snapshot (or a fresh agent), and the
+        rows it learned after that snapshot, re-learned (the learner's catch-up)."""
+        snaps = self.store.snapshots(cfg.model)
         if snaps:
-            serving, learner = (Policy.load(snaps[-1].path) for _ in range(2))
-            for p in (serving, learner):
-                p.exploration_floor = cfg.exploration_floor
+            learner = Policy.load(snaps[-1].path)
+            learner.exploration_floor = cfg.exploration_floor
         else:
-            serving, learner = new_policy(cfg), new_policy(cfg)
-        return CampaignRuntime(
-            cfg,
-            self._variant_store(records),
-            [r.variant_id for r in records if r.active],
-            serving,
-            learner,
-            snaps[-1].version if snaps else 0,
-        )
+            learner = new_policy(cfg)
+        variants = self._variant_store(records)
+        learner.attach(variants)
+        m = ModelRuntime(cfg.model, cfg, variants, learner, learner)
+        if snaps:
+            m.snapshot_version = snaps[-1].version
+            m.through_join = m.saved_join = snaps[-1].through_join
+        self.learner.catch_up(m)
+        from copyloop.serve.learner import prepared
+
+        m.policy = prepared(copy_policy(m.learner_policy), m)
+        m.published_at = m.saved_at = time.monotonic()
+        return m
 
     def runtime(self, campaign_id: str) -> CampaignRuntime:
         rt = self.runtimes.get(campaign_id)
@@ -224,7 +302,8 @@ class Service:
             )
         eid = event_id or uuid.uuid4().hex
         ctx = np.asarray(context, np.float32)
-        policy = rt.policy  # one reference read: the whole decision uses one snapshot
+        model = rt.model
+        policy = model.policy  # one reference read: the whole decision uses one snapshot
         agent = None
         if cfg.mode == "logging":
             probs = np.full(len(ids), 1.0 / len(ids))
@@ -232,7 +311,7 @@ class Service:
             served, probs_l, pid = ids[i], probs.tolist(), "uniform"
         else:
             try:
-                choice = policy.decide(ctx, ids, event_id=eid, store=rt.variants)
+                choice = policy.decide(ctx, ids, event_id=eid, store=model.variants)
             except ValueError as e:
                 raise ServiceError(422, str(e)) from None
             if cfg.mode == "online":
@@ -266,6 +345,8 @@ class Service:
             closes_at=now + cfg.reward_wait_s,
             agent_action=None if agent is None else agent["variant_id"],
             agent_probs=None if agent is None else agent["probabilities"],
+            model_id=model.model_id,
+            early=cfg.aggregation == "earliest",
         )
         return rec, agent
 
@@ -321,14 +402,34 @@ class Service:
         pairs = enumerate(zip(ids, texts, strict=True))
         return [VariantRecord(i, campaign_id, t, emb[k]) for k, (i, t) in pairs]
 
+    def _model_for(self, cfg: CampaignConfig) -> tuple[CampaignConfig, ModelRuntime | None]:
+        """The campaign's config with its model's shared settings, and the model if it exists
+        (422 when the campaign disagrees with the model's other campaigns)."""
+        m = self.models.get(cfg.model)
+        if m is None:
+            if "seed" not in cfg.agent_params:  # a decision is replayable from its snapshot
+                cfg = replace(cfg, agent_params={**cfg.agent_params, "seed": secrets.randbits(62)})
+            return cfg, None
+        params = dict(cfg.agent_params)
+        params.setdefault("seed", m.cfg.agent_params.get("seed"))
+        cfg = replace(cfg, agent_params=params)
+        differ = [k for k in _SHARED if getattr(cfg, k) != getattr(m.cfg, k)]
+        if differ:
+            want = ", ".join(f"{k}={getattr(m.cfg, k)!r}" for k in differ)
+            raise ServiceError(
+                422,
+                f"model {cfg.model!r} is shared: its campaigns use {want} — give the same "
+                "settings, or another `model_id`",
+            )
+        return cfg, m
+
     def create_campaign(
         self, cfg: CampaignConfig, variants: Sequence[tuple[str | None, str]], actor: str
     ) -> CampaignRuntime:
         with self._admin_lock:
             if cfg.campaign_id in self.runtimes:
                 raise ServiceError(409, f"campaign {cfg.campaign_id!r} exists — PATCH it instead")
-            if "seed" not in cfg.agent_params:  # a decision is replayable from its snapshot
-                cfg = replace(cfg, agent_params={**cfg.agent_params, "seed": secrets.randbits(62)})
+            cfg, model = self._model_for(cfg)
             try:
                 new_policy(cfg)
             except ValueError as e:
@@ -338,7 +439,12 @@ class Service:
                 self.store.create_campaign(cfg, records, actor).result()
             except sqlite3.IntegrityError as e:
                 raise ServiceError(409, f"a variant id already exists ({e})") from None
-            rt = self._load_runtime(cfg)
+            if model is None:
+                model = self._load_model(cfg, records)
+                self.models[cfg.model] = model
+            elif records:
+                self._add_to_model(model, cfg.campaign_id, records)
+            rt = CampaignRuntime(cfg, [r.variant_id for r in records], model)
             self.runtimes[cfg.campaign_id] = rt
             return rt
 
@@ -351,11 +457,30 @@ class Service:
                 cfg = replace(rt.cfg, **changes)
             except ValueError as e:
                 raise ServiceError(422, str(e)) from None
+            m = rt.model
+            sharing = [c for c, r in self.runtimes.items() if r.model is m]
+            if cfg.exploration_floor != m.cfg.exploration_floor and len(sharing) > 1:
+                raise ServiceError(
+                    409,
+                    f"`exploration_floor` belongs to model {m.model_id!r}, which campaigns "
+                    f"{sharing[:5]} share — they keep one floor",
+                )
             self.store.update_campaign(cfg, actor).result()
-            for p in (rt.policy, rt.learner_policy):
-                p.exploration_floor = cfg.exploration_floor
+            with m.lock:
+                for p in (m.policy, m.learner_policy):
+                    p.exploration_floor = cfg.exploration_floor
+                m.cfg = replace(m.cfg, exploration_floor=cfg.exploration_floor)
             rt.cfg = cfg
             return cfg
+
+    @staticmethod
+    def _add_to_model(m: ModelRuntime, campaign_id: str, records: Sequence[VariantRecord]) -> None:
+        m.variants.add(
+            [r.variant_id for r in records],
+            [r.text for r in records],
+            campaign_id,
+            embeddings=np.stack([np.asarray(r.embedding) for r in records]),
+        )
 
     def add_variants(
         self, campaign_id: str, variants: Sequence[tuple[str | None, str]], actor: str
@@ -363,17 +488,15 @@ class Service:
         with self._admin_lock:
             rt = self.runtime(campaign_id)
             records = self._records(campaign_id, variants)
+            known = [r.variant_id for r in records if r.variant_id in rt.model.variants]
+            if known:
+                raise ServiceError(409, f"variant id(s) {known[:5]} already exist")
             try:
                 self.store.add_variants(records, actor).result()
             except sqlite3.IntegrityError:
                 raise ServiceError(409, "a variant with that id (or text) already exists") from None
+            self._add_to_model(rt.model, campaign_id, records)
             ids = [r.variant_id for r in records]
-            rt.variants.add(
-                ids,
-                [r.text for r in records],
-                campaign_id,
-                embeddings=np.stack([np.asarray(r.embedding) for r in records]),
-            )
             rt.active = rt.active + ids
             return ids
 
@@ -387,6 +510,11 @@ class Service:
             rt.active = [v for v in rt.active if v != variant_id]
 
     # ---- keys ---------------------------------------------------------------------------------
+    def cached_scope(self, key: str) -> str | None:
+        """The scope of a key verified within ``key_cache_s``, else None (no hashing)."""
+        hit = self._key_cache.get(hashlib.sha256(key.encode()).hexdigest())
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
     def scope_of(self, key: str) -> str | None:
         """The scope of an API key, or None for a wrong one (see :func:`store.verify_secret`)."""
         from copyloop.serve.store import split_key, verify_secret

@@ -62,6 +62,10 @@ class CampaignConfig:
         default_reward: the reward of a decision whose window closes without one.
         aggregation: how several rewards of one event combine (``earliest``: the first one
             is final at once, so it is learned without waiting for the window).
+        model_id: the agent this campaign's decisions come from and teach (default: its own).
+            Campaigns that name the same model share one agent — it learns from all of them,
+            as the env's agents learn across a market's campaigns — and must agree on
+            ``agent``, ``agent_params``, ``context_width`` and ``exploration_floor``.
     """
 
     campaign_id: str
@@ -73,6 +77,12 @@ class CampaignConfig:
     reward_wait_s: float = 60.0
     default_reward: float = 0.0
     aggregation: Aggregation = "earliest"
+    model_id: str = ""
+
+    @property
+    def model(self) -> str:
+        """The model (agent) id this campaign uses."""
+        return self.model_id or self.campaign_id
 
     def __post_init__(self) -> None:
         if not self.campaign_id:
@@ -137,6 +147,9 @@ class DecisionRecord:
     agent_action: str | None = None
     agent_probs: list[float] | None = None
     activated: bool = True
+    model_id: str = ""
+    early: bool = False
+    """Settled by its first reward (the campaign's ``earliest`` aggregation when decided)."""
 
 
 @dataclass(frozen=True)
@@ -159,12 +172,25 @@ class JoinedRow:
 
 @dataclass(frozen=True)
 class SnapshotRecord:
-    campaign_id: str
+    """A persisted snapshot of a model: it holds every learned row joined up to ``through_join``
+    (the store's join sequence), so a restart loads it and re-learns only the rows after."""
+
+    model_id: str
     version: int
     model_version: str
     created: float
     path: str
     rows_learned: int
+    through_join: int = 0
+
+
+@dataclass(frozen=True)
+class LearnedRow:
+    """A decision the learner already taught, with its joined reward (for catch-up)."""
+
+    decision: DecisionRecord
+    reward: float
+    join_seq: int
 
 
 @dataclass(frozen=True)
@@ -245,9 +271,9 @@ class Store(Protocol):
 
     def create_key(self, scope: str, actor: str) -> Future[str]: ...
 
-    def commit_join(
-        self, joined: Sequence[JoinedRow], snapshot: SnapshotRecord | None
-    ) -> Future[None]: ...
+    def commit_join(self, joined: Sequence[JoinedRow]) -> Future[int]: ...
+
+    def record_snapshot(self, snapshot: SnapshotRecord) -> Future[None]: ...
 
     def campaigns(self) -> list[CampaignConfig]: ...
 
@@ -255,13 +281,13 @@ class Store(Protocol):
 
     def key(self, key_id: str) -> KeyRecord | None: ...
 
-    def snapshots(self, campaign_id: str) -> list[SnapshotRecord]: ...
+    def snapshots(self, model_id: str) -> list[SnapshotRecord]: ...
 
     def decision(self, event_id: str) -> DecisionRecord | None: ...
 
-    def pending(
-        self, campaign_id: str, now: float, final_on_first: bool, limit: int
-    ) -> list[DecisionRecord]: ...
+    def pending(self, model_id: str, now: float, limit: int) -> list[DecisionRecord]: ...
+
+    def learned_since(self, model_id: str, through_join: int, limit: int) -> list[LearnedRow]: ...
 
     def rewards_for(self, event_ids: Sequence[str]) -> dict[str, list[tuple[float, float]]]: ...
 
@@ -311,8 +337,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     model_version TEXT NOT NULL, policy_id TEXT NOT NULL, mode TEXT NOT NULL,
     activated INTEGER NOT NULL, deferred INTEGER NOT NULL, closes_at REAL NOT NULL,
     has_reward INTEGER NOT NULL DEFAULT 0, joined INTEGER NOT NULL DEFAULT 0, reward REAL,
-    reward_source TEXT, learned INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS decisions_pending ON decisions(campaign_id, joined, closes_at);
+    reward_source TEXT, learned INTEGER NOT NULL DEFAULT 0, model_id TEXT NOT NULL,
+    early INTEGER NOT NULL, join_seq INTEGER);
+CREATE INDEX IF NOT EXISTS decisions_open ON decisions(model_id, seq) WHERE joined=0;
+CREATE INDEX IF NOT EXISTS decisions_join ON decisions(model_id, join_seq) WHERE learned=1;
+CREATE INDEX IF NOT EXISTS decisions_campaign ON decisions(campaign_id, seq);
 CREATE TABLE IF NOT EXISTS rewards (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, reward_id TEXT NOT NULL,
     value REAL NOT NULL, ts REAL NOT NULL, late INTEGER NOT NULL,
@@ -321,9 +350,9 @@ CREATE TABLE IF NOT EXISTS keys (
     key_id TEXT PRIMARY KEY, salt BLOB NOT NULL, hash BLOB NOT NULL, scope TEXT NOT NULL,
     created REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS snapshots (
-    campaign_id TEXT NOT NULL, version INTEGER NOT NULL, model_version TEXT NOT NULL,
+    model_id TEXT NOT NULL, version INTEGER NOT NULL, model_version TEXT NOT NULL,
     created REAL NOT NULL, path TEXT NOT NULL, rows_learned INTEGER NOT NULL,
-    PRIMARY KEY (campaign_id, version));
+    through_join INTEGER NOT NULL, PRIMARY KEY (model_id, version));
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, actor TEXT NOT NULL,
     action TEXT NOT NULL, detail TEXT NOT NULL);
@@ -336,8 +365,10 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 _DECISION_COLS = (
     "event_id, ts, campaign_id, user_id, context, candidates, action, action_index, propensity, "
     "action_probs, agent_action, agent_probs, model_version, policy_id, mode, activated, "
-    "deferred, closes_at"
+    "deferred, closes_at, model_id, early"
 )
+
+_INSERT_DECISION = f"INSERT INTO decisions ({_DECISION_COLS}) VALUES ({','.join('?' * 20)})"
 
 _Op = Callable[[sqlite3.Connection], Any]
 _STOP = object()
@@ -391,6 +422,9 @@ class SQLiteStore:
         self._closed = False
         conn = self._connect()
         conn.executescript(_SCHEMA)
+        (self._join_seq,) = conn.execute(
+            "SELECT coalesce(max(join_seq), 0) FROM decisions"
+        ).fetchone()
         self._writer_conn = conn
         self._thread = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._thread.start()
@@ -457,20 +491,12 @@ class SQLiteStore:
             self._run_batch(conn, batch)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[tuple[_Op, Future[Any]]]) -> None:
-        results: list[tuple[bool, Any]] = []
         t0 = time.perf_counter()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op, _ in batch:
-                # A savepoint per operation: one failing write does not undo its batch-mates.
-                conn.execute("SAVEPOINT op")
-                try:
-                    results.append((True, op(conn)))
-                    conn.execute("RELEASE op")
-                except Exception as e:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((False, e))
+            results = self._apply(conn, batch, isolate=False)
+            if results is None:  # a write failed: redo the batch, each write in a savepoint
+                results = self._apply(conn, batch, isolate=True)
+            assert results is not None
             conn.execute("COMMIT")
         except Exception as e:  # the commit itself failed: nothing of the batch is durable
             if conn.in_transaction:
@@ -488,6 +514,34 @@ class SQLiteStore:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
+
+    @staticmethod
+    def _apply(
+        conn: sqlite3.Connection, batch: list[tuple[_Op, Future[Any]]], *, isolate: bool
+    ) -> list[tuple[bool, Any]] | None:
+        """Run the batch's writes in one open transaction. Without ``isolate`` (the common
+        case: no write fails) there is no per-write savepoint; the first failure rolls the
+        transaction back and returns None. With it, a savepoint per write keeps one failing
+        write from undoing its batch-mates."""
+        results: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for op, _ in batch:
+            if not isolate:
+                try:
+                    results.append((True, op(conn)))
+                except Exception:
+                    conn.execute("ROLLBACK")
+                    return None
+                continue
+            conn.execute("SAVEPOINT op")
+            try:
+                results.append((True, op(conn)))
+                conn.execute("RELEASE op")
+            except Exception as e:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                results.append((False, e))
+        return results
 
     @property
     def commit_stats(self) -> GroupCommitStats:
@@ -514,10 +568,12 @@ class SQLiteStore:
             int(rec.activated),
             int(rec.deferred),
             rec.closes_at,
+            rec.model_id or rec.campaign_id,
+            int(rec.early),
         )
 
         def op(c: sqlite3.Connection) -> None:
-            c.execute(f"INSERT INTO decisions ({_DECISION_COLS}) VALUES ({_qs(18)})", row)
+            c.execute(_INSERT_DECISION, row)
 
         return self._submit(op)
 
@@ -627,25 +683,40 @@ class SQLiteStore:
 
         return self._submit(op)
 
-    def commit_join(
-        self, joined: Sequence[JoinedRow], snapshot: SnapshotRecord | None
-    ) -> Future[None]:
+    def commit_join(self, joined: Sequence[JoinedRow]) -> Future[int]:
+        """Mark decisions joined (reward, source, learned) under one new join sequence number,
+        which the future returns: a snapshot taken after it holds these rows."""
         rows = [(j.reward, j.source, int(j.learned), j.event_id) for j in joined]
 
-        def op(c: sqlite3.Connection) -> None:
+        def op(c: sqlite3.Connection) -> int:
+            seq = self._join_seq + 1
             c.executemany(
-                "UPDATE decisions SET joined=1, reward=?, reward_source=?, learned=? "
-                "WHERE event_id=? AND joined=0",
+                f"UPDATE decisions SET joined=1, reward=?, reward_source=?, learned=?, "
+                f"join_seq={seq} WHERE event_id=? AND joined=0",
                 rows,
             )
-            if snapshot is not None:
-                s = snapshot
-                c.execute(
-                    "INSERT INTO snapshots (campaign_id, version, model_version, created, path, "
-                    "rows_learned) VALUES (?,?,?,?,?,?)",
-                    (s.campaign_id, s.version, s.model_version, s.created, s.path, s.rows_learned),
-                )
-                _audit(c, "learner", "snapshot.publish", asdict(s))
+            self._join_seq = seq
+            return seq
+
+        return self._submit(op)
+
+    def record_snapshot(self, snapshot: SnapshotRecord) -> Future[None]:
+        def op(c: sqlite3.Connection) -> None:
+            s = snapshot
+            c.execute(
+                "INSERT INTO snapshots (model_id, version, model_version, created, path, "
+                "rows_learned, through_join) VALUES (?,?,?,?,?,?,?)",
+                (
+                    s.model_id,
+                    s.version,
+                    s.model_version,
+                    s.created,
+                    s.path,
+                    s.rows_learned,
+                    s.through_join,
+                ),
+            )
+            _audit(c, "learner", "snapshot.publish", asdict(s))
 
         return self._submit(op)
 
@@ -682,13 +753,13 @@ class SQLiteStore:
         )
         return None if r is None else KeyRecord(r[0], bytes(r[1]), bytes(r[2]), r[3], bool(r[4]))
 
-    def snapshots(self, campaign_id: str) -> list[SnapshotRecord]:
+    def snapshots(self, model_id: str) -> list[SnapshotRecord]:
         rows = (
             self._reader()
             .execute(
-                "SELECT campaign_id, version, model_version, created, path, rows_learned "
-                "FROM snapshots WHERE campaign_id=? ORDER BY version",
-                (campaign_id,),
+                "SELECT model_id, version, model_version, created, path, rows_learned, "
+                "through_join FROM snapshots WHERE model_id=? ORDER BY version",
+                (model_id,),
             )
             .fetchall()
         )
@@ -702,21 +773,33 @@ class SQLiteStore:
         )
         return None if r is None else _decision(r)
 
-    def pending(
-        self, campaign_id: str, now: float, final_on_first: bool, limit: int
-    ) -> list[DecisionRecord]:
-        """Unjoined decisions whose reward is settled: window closed, or (``earliest``) a
-        reward in."""
+    def pending(self, model_id: str, now: float, limit: int) -> list[DecisionRecord]:
+        """Unjoined decisions of a model whose reward is settled: window closed, or (decided
+        under ``earliest`` aggregation) a reward in. Oldest first."""
         rows = (
             self._reader()
             .execute(
-                f"SELECT {_DECISION_COLS} FROM decisions WHERE campaign_id=? AND joined=0 AND "
-                "(closes_at<=? OR (? AND has_reward=1)) ORDER BY seq LIMIT ?",
-                (campaign_id, now, int(final_on_first), limit),
+                f"SELECT {_DECISION_COLS} FROM decisions WHERE model_id=? AND joined=0 AND "
+                "(closes_at<=? OR (early=1 AND has_reward=1)) ORDER BY seq LIMIT ?",
+                (model_id, now, limit),
             )
             .fetchall()
         )
         return [_decision(r) for r in rows]
+
+    def learned_since(self, model_id: str, through_join: int, limit: int) -> list[LearnedRow]:
+        """Rows of a model taught after join ``through_join``, in the order they were taught
+        (at most ``limit``; call again from the last one's ``join_seq`` for more)."""
+        rows = (
+            self._reader()
+            .execute(
+                f"SELECT {_DECISION_COLS}, reward, join_seq FROM decisions WHERE model_id=? "
+                "AND learned=1 AND join_seq>? ORDER BY join_seq, seq LIMIT ?",
+                (model_id, through_join, limit),
+            )
+            .fetchall()
+        )
+        return [LearnedRow(_decision(r[:-2]), r[-2], r[-1]) for r in rows]
 
     def rewards_for(self, event_ids: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
         """In-window rewards ``(ts, value)`` of each event (late ones excluded)."""
@@ -822,13 +905,13 @@ class SQLiteStore:
                     self._reader()
                     .execute(
                         "SELECT count(*) FROM decisions WHERE campaign_id=? AND NOT "
-                        "(closes_at<=? OR (? AND has_reward=1))",
-                        (cid, now, int(cfg.aggregation == "earliest")),
+                        "(closes_at<=? OR (early=1 AND has_reward=1))",
+                        (cid, now),
                     )
                     .fetchone()
                 )
                 open_ += o
-                for batch in self._settled(cid, now, cfg.aggregation == "earliest"):
+                for batch in self._settled(cid, now):
                     keep = [d for d in batch if d.activated]
                     inactive += len(batch) - len(keep)
                     if not keep:
@@ -841,15 +924,15 @@ class SQLiteStore:
         return ExportSummary(Path(path), n, defaults, open_, inactive)
 
     def _settled(
-        self, campaign_id: str, now: float, final_on_first: bool, batch: int = 20_000
+        self, campaign_id: str, now: float, batch: int = 20_000
     ) -> Iterator[list[DecisionRecord]]:
         last = 0
         conn = self._reader()
         while True:
             rows = conn.execute(
                 f"SELECT seq, {_DECISION_COLS} FROM decisions WHERE campaign_id=? AND seq>? AND "
-                "(closes_at<=? OR (? AND has_reward=1)) ORDER BY seq LIMIT ?",
-                (campaign_id, last, now, int(final_on_first), batch),
+                "(closes_at<=? OR (early=1 AND has_reward=1)) ORDER BY seq LIMIT ?",
+                (campaign_id, last, now, batch),
             ).fetchall()
             if not rows:
                 return
@@ -934,4 +1017,6 @@ def _decision(r: Sequence[Any]) -> DecisionRecord:
         activated=bool(r[15]),
         deferred=bool(r[16]),
         closes_at=r[17],
+        model_id=r[18],
+        early=bool(r[19]),
     )

@@ -95,7 +95,8 @@ def _config(db: Path, clock: Clock | None = None, **kw: object) -> ServiceConfig
         featurizer=FEATURIZER,
         encoder=HashEncoder(),
         clock=clock or Clock(),
-        **{"learn_interval_s": None, **kw},  # type: ignore[arg-type]
+        # publish and save on every learner step: the tests step the learner by hand
+        **{"learn_interval_s": None, "publish_interval_s": 0, "snapshot_interval_s": 0, **kw},  # type: ignore[arg-type]
     )
 
 
