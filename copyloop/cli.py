@@ -24,7 +24,7 @@ from copyloop.cli_common import (
     progress,
     split_list,
 )
-from copyloop.cli_serve import keys_app, serve_app
+from copyloop.cli_serve import keys_app, serve_app, traffic
 
 app = typer.Typer(
     name="copyloop",
@@ -51,6 +51,7 @@ app.add_typer(clicksim_app, name="clicksim")
 app.add_typer(agent_app, name="agent")
 app.add_typer(serve_app, name="serve")
 app.add_typer(keys_app, name="keys")
+app.command("traffic")(traffic)
 world_app.command("audit")(cli_world.world_audit)
 app.command("generate")(cli_generator.generate)
 app.command("loop")(cli_generator.loop)
@@ -221,17 +222,26 @@ def logs_import(
 
 @logs_app.command("info")
 def logs_info(
-    file: Annotated[Path, typer.Argument(help="DecisionLog Parquet.")],
+    file: Annotated[
+        Path, typer.Argument(help="DecisionLog Parquet, or a dataset folder of Parquet parts.")
+    ],
     as_json: JsonOpt = False,
     batch_size: Annotated[int, typer.Option(help="Rows per streamed batch.")] = 1_000_000,
 ) -> None:
     """Validate a DecisionLog (streamed; event ids checked unique across the file) and
-    summarise it."""
+    summarise it. A dataset folder is validated part by part and summarised by DuckDB scans,
+    in bounded memory."""
     import json
 
+    from copyloop.contract import summarize_dataset
     from copyloop.stats import summarize_log
 
-    info = summarize_log(file, batch_size=batch_size)
+    if batch_size < 1:
+        raise fail(f"--batch-size must be >= 1, got {batch_size}")
+    if file.is_dir():
+        info = summarize_dataset(file, batch_size=batch_size)
+    else:
+        info = summarize_log(file, batch_size=batch_size)
     if as_json:
         print_json(info)
         return
@@ -360,21 +370,32 @@ def experiment_run(
     )
 
 
+OPE_ESTIMATORS = "ipw,snipw,dm,dr,sndr,switch-dr,dros,mips"
+"""``copyloop ope``'s estimators on a log file (a dataset folder streams ipw and snipw)."""
+
+
 @ope_app.callback()
 def ope_run(
     ctx: typer.Context,
-    logs: Annotated[Path | None, typer.Option(help="DecisionLog Parquet.")] = None,
+    logs: Annotated[
+        Path | None,
+        typer.Option(help="DecisionLog Parquet, or a dataset folder of them (streamed)."),
+    ] = None,
     variants: Annotated[
         Path | None,
-        typer.Option(help="Variants table (default: <logs>.variants.parquet if present)."),
+        typer.Option(
+            help="Variants table (default: <logs>.variants.parquet, or variants.parquet in a "
+            "dataset folder, if present)."
+        ),
     ] = None,
     policy: Annotated[Path | None, typer.Option(help="A saved copyloop agent (.npz).")] = None,
     target_probs: Annotated[
         Path | None, typer.Option(help="Per-row target probabilities (.npy (n, K) or Parquet).")
     ] = None,
-    estimators: Annotated[str, typer.Option(help="Comma-separated estimators.")] = (
-        "ipw,snipw,dm,dr,sndr,switch-dr,dros,mips"
-    ),
+    estimators: Annotated[
+        str,
+        typer.Option(help="Comma-separated estimators (a dataset folder: ipw,snipw)."),
+    ] = OPE_ESTIMATORS,
     alpha: Annotated[float, typer.Option(help="1 − confidence level.")] = 0.05,
     reward_model: Annotated[str, typer.Option(help="logistic, ridge, gbm or mlp.")] = "logistic",
     folds: Annotated[int, typer.Option(help="Cross-fitting folds.")] = 5,
@@ -403,6 +424,10 @@ def ope_run(
     the DR family: it covers at the nominal rate on small logs with rare clicks, where the CLT
     interval misses low (docs/ope_coverage.md). DM's interval is a bootstrap that refits the
     reward model (a fixed-model interval would ignore the model's error).
+
+    A dataset folder of Parquet parts (a log larger than memory) is streamed once through
+    DuckDB in bounded memory: IPW and SNIPW of a saved agent (--policy), CLT intervals — the
+    same numbers as on the log in memory with --interval clt.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -416,29 +441,34 @@ def ope_run(
     if plot is not None:
         check_output_path(plot, "--plot")
     names = list(split_list(estimators))
-    log, data = read_feedback(logs, variants)
-    target = resolve_target(policy or target_probs, data, log, lambda: market(config))  # type: ignore[arg-type]
-    status = err.status("cross-fitting the reward model…")
-    with contextlib.ExitStack() as stack:
-        ticks = (
-            stack.enter_context(progress(n_boot, "DM bootstrap (refit)"))
-            if ("dm" in names and interval == "auto" and not as_json)
-            else None
+    if logs.is_dir():
+        rep = _ope_scan(
+            logs, variants, policy, target_probs, estimators, alpha, interval, config, as_json
         )
-        rep = evaluate_policy(
-            data,
-            target,
-            names,
-            alpha=alpha,
-            reward_model=reward_model,
-            folds=folds,
-            interval=interval,
-            n_boot=n_boot,
-            resamples=resamples,
-            seed=seed,
-            on_fit=None if as_json else lambda: stack.enter_context(status),
-            dm_progress=ticks,
-        )
+    else:
+        log, data = read_feedback(logs, variants)
+        target = resolve_target(policy or target_probs, data, log, lambda: market(config))  # type: ignore[arg-type]
+        status = err.status("cross-fitting the reward model…")
+        with contextlib.ExitStack() as stack:
+            ticks = (
+                stack.enter_context(progress(n_boot, "DM bootstrap (refit)"))
+                if ("dm" in names and interval == "auto" and not as_json)
+                else None
+            )
+            rep = evaluate_policy(
+                data,
+                target,
+                names,
+                alpha=alpha,
+                reward_model=reward_model,
+                folds=folds,
+                interval=interval,
+                n_boot=n_boot,
+                resamples=resamples,
+                seed=seed,
+                on_fit=None if as_json else lambda: stack.enter_context(status),
+                dm_progress=ticks,
+            )
     if plot is not None:
         _plot_estimates(rep.estimates, rep.logging_policy_value, plot)
     if as_json:
@@ -466,6 +496,57 @@ def ope_run(
             f"reward model ({reward_model}, {folds}-fold cross-fit): out-of-fold "
             f"log-loss {fit.oof_logloss:.5f} vs base rate {fit.base_logloss:.5f}"
         )
+
+
+def _ope_scan(
+    logs: Path,
+    variants: Path | None,
+    policy: Path | None,
+    target_probs: Path | None,
+    estimators: str,
+    alpha: float,
+    interval: str,
+    config: Path | None,
+    as_json: bool,
+) -> Any:
+    """``copyloop ope`` on a dataset folder: one streamed pass (:func:`evaluate_scan`)."""
+    from copyloop.contract import dataset_schema, read_variants_for
+    from copyloop.ope.stream import SCAN_ESTIMATORS, evaluate_scan
+
+    if policy is None:
+        raise fail(
+            f"--logs {logs} is a dataset folder: give the target as --policy (a saved agent, "
+            "evaluated batch by batch); --target-probs needs a log that fits in memory"
+        )
+    names = list(SCAN_ESTIMATORS) if estimators == OPE_ESTIMATORS else split_list(estimators)
+    bad = [n for n in names if n not in SCAN_ESTIMATORS]
+    if bad:
+        raise fail(
+            f"--estimators {','.join(bad)} cannot be streamed over a dataset folder (the "
+            f"reward-model estimators fit on the whole log); use {','.join(SCAN_ESTIMATORS)}"
+        )
+    if interval not in ("auto", "clt"):
+        raise fail(
+            f"--interval {interval}: a dataset folder is evaluated in one streamed pass, with "
+            "CLT intervals — use --interval clt (or auto)"
+        )
+    from copyloop.agents import Policy
+    from copyloop.agents.warm import policy_probs_on_log
+
+    dataset_schema(logs)  # every part a DecisionLog of one schema, before any work
+    var = read_variants_for(logs, variants)
+    agent = Policy.load(policy)
+    built: list[Any] = []
+
+    def target(batch: Any, data: Any) -> Any:
+        if not built:
+            built.append(market(config))
+        return policy_probs_on_log(agent, batch, built[0])
+
+    with contextlib.ExitStack() as stack:
+        if not as_json:
+            stack.enter_context(err.status(f"streaming {logs} …"))
+        return evaluate_scan(logs, target, names, variants=var, alpha=alpha)
 
 
 def _plot_estimates(results: list[tuple[str, Any]], logged: float, path: Path) -> None:

@@ -36,7 +36,9 @@ def market_of_log(meta: dict[str, str], world: str) -> Any:
 
 @clicksim_app.command("fit")
 def clicksim_fit(
-    logs: Annotated[Path, typer.Option(help="DecisionLog Parquet with rewards.")],
+    logs: Annotated[
+        Path, typer.Option(help="DecisionLog Parquet with rewards, or a dataset folder of them.")
+    ],
     out: Annotated[Path, typer.Option(help="Directory to save the simulator in.")],
     variants: Annotated[
         Path | None, typer.Option(help="Variants table (default: <logs>.variants.parquet).")
@@ -52,9 +54,19 @@ def clicksim_fit(
     epochs: Annotated[int, typer.Option(help="Most epochs per member (early stopping).")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of split, bootstraps and initialisation.")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0 = torch's default).")] = 0,
+    max_rows: Annotated[
+        int,
+        typer.Option(
+            help="Fit on a uniform sample of this many rows of a larger log (DuckDB reservoir, "
+            "bounded memory; seeded by --seed); 0 = every row."
+        ),
+    ] = 2_000_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Fit a calibrated CTR-model ensemble on a log and save it (weights, config, metrics)."""
+    """Fit a calibrated CTR-model ensemble on a log and save it (weights, config, metrics).
+
+    A log larger than --max-rows (a file, or a dataset folder of Parquet parts) is read as a
+    uniform sample through a DuckDB scan; a log that fits is read whole, as before."""
     import torch
 
     from copyloop.contract import check_output_path
@@ -62,6 +74,8 @@ def clicksim_fit(
 
     if threads < 0:
         raise ValueError(f"--threads must be >= 0, got {threads}")
+    if max_rows < 0:
+        raise ValueError(f"--max-rows must be >= 0 (0 = every row), got {max_rows}")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file — a click simulator is saved as a folder")
     if not out.exists():
@@ -77,7 +91,7 @@ def clicksim_fit(
         seed=seed,
     )
     with err.status("reading the log and embedding its variants…"):
-        data = ClickData.from_files(logs, variants)
+        data = ClickData.from_files(logs, variants, max_rows=max_rows or None, seed=seed)
     with progress(cfg.members * cfg.epochs, "fitting click simulator") as tick:
         sim = ClickSimulator.fit(data, cfg, progress=lambda d, _t, _w: tick(d))
     sim.save(out)

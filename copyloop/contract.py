@@ -552,11 +552,12 @@ def _metadata(kind: str, extra: Mapping[str, str] | None = None) -> dict[bytes, 
 
 def log_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The key/value metadata a copyloop Parquet file was written with (the ``metadata=`` given
-    to :class:`DecisionLogWriter`, e.g. ``context_names``), without reading its rows."""
+    to :class:`DecisionLogWriter`, e.g. ``context_names``), without reading its rows; of a
+    dataset folder, its first part's."""
     prefix = b"copyloop."
     return {
         k[len(prefix) :].decode(): v.decode()
-        for k, v in (_read_schema(path, "log").metadata or {}).items()
+        for k, v in (_read_schema(log_files(path)[0], "log").metadata or {}).items()
         if k.startswith(prefix) and k not in (_META_KIND, _META_VERSION)
     }
 
@@ -580,9 +581,13 @@ def variants_sidecar(path: str | os.PathLike[str]) -> Path:
     """The variants table that travels with a log: ``logs.parquet`` -> ``logs.variants.parquet``.
 
     The one place this name is made; writers put the table there by default and readers look
-    for it there when no variants table is named.
+    for it there when no variants table is named. A dataset folder (:func:`log_files`) keeps
+    it inside, as ``variants.parquet``.
     """
-    return Path(path).with_suffix(".variants.parquet")
+    p = Path(path)
+    if p.is_dir():  # a dataset folder keeps its table inside (not one of its log parts)
+        return p / DATASET_VARIANTS
+    return p.with_suffix(".variants.parquet")
 
 
 def check_output_path(path: str | os.PathLike[str], flag: str = "--out") -> Path:
@@ -762,47 +767,53 @@ class DecisionLogWriter:
 
 
 def check_unique_event_ids(path: str | os.PathLike[str], *, name: str | None = None) -> None:
-    """Check ``event_id`` is unique across a whole Parquet log, in bounded memory.
+    """Check ``event_id`` is unique across a whole Parquet log (a file or a dataset folder,
+    :func:`log_files`), in bounded memory.
 
     DuckDB aggregates the ids with a memory limit and spills to disk beyond it, so logs far
-    larger than RAM are checked exactly; the rows of the first duplicated ids are named.
+    larger than RAM are checked exactly; the rows of the first duplicated ids are named (with
+    their part file, in a dataset).
 
     Raises:
         LogValidationError: some id occurs more than once.
     """
-    import duckdb
-
     p = Path(path)
+    files = [str(f) for f in log_files(p)]
+    folder = p.is_dir()
     shown = name or str(p)
-    with tempfile.TemporaryDirectory(prefix="copyloop-duckdb-") as spill:
-        con = duckdb.connect(config={"memory_limit": "1GB", "temp_directory": spill})
-        try:
-            src = "read_parquet(?, file_row_number=true)"
-            dups = con.execute(
-                f"SELECT event_id FROM {src} GROUP BY event_id HAVING count(*) > 1 LIMIT 5",
-                [str(p)],
-            ).fetchall()
-            if not dups:
-                return
-            total = con.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {src} GROUP BY event_id HAVING count(*) > 1)",
-                [str(p)],
-            ).fetchone()
-            ids = [d[0] for d in dups]
-            rows = con.execute(
-                f"SELECT event_id, list(file_row_number ORDER BY file_row_number) FROM {src} "
-                "WHERE list_contains(?, event_id) GROUP BY event_id ORDER BY min(file_row_number)",
-                [str(p), ids],
-            ).fetchall()
-        finally:
-            con.close()
+    with duckdb_connection() as con:
+        src = "read_parquet(?, file_row_number=true, filename=true)"
+        dups = con.execute(
+            f"SELECT event_id FROM {src} GROUP BY event_id HAVING count(*) > 1 LIMIT 5",
+            [files],
+        ).fetchall()
+        if not dups:
+            return
+        total = con.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {src} GROUP BY event_id HAVING count(*) > 1)",
+            [files],
+        ).fetchall()[0]
+        ids = [d[0] for d in dups]
+        rows = con.execute(
+            f"SELECT event_id, list((filename, file_row_number) ORDER BY filename, "
+            f"file_row_number) FROM {src} WHERE list_contains(?, event_id) GROUP BY event_id "
+            "ORDER BY min(filename), min(file_row_number)",
+            [files, ids],
+        ).fetchall()
     n_dup = int(total[0]) if total else len(ids)
+
+    def where(r: Any) -> str:
+        f, i = (r["filename"], r["file_row_number"]) if isinstance(r, dict) else r
+        return f"{Path(f).name} row {i}" if folder else str(i)
+
     shown_rows = "; ".join(
-        f"{eid!r} at rows {', '.join(str(r) for r in rs[:5])}" for eid, rs in rows
+        f"{eid!r} at {'' if folder else 'rows '}{', '.join(where(r) for r in rs[:5])}"
+        for eid, rs in rows
     )
     more = f" (and {n_dup - len(rows)} more ids)" if n_dup > len(rows) else ""
+    scope = "the dataset's files" if folder else "the file"
     raise LogValidationError(
-        f"{shown}: `event_id` must be unique across the file; {shown_rows}{more} — give each "
+        f"{shown}: `event_id` must be unique across {scope}; {shown_rows}{more} — give each "
         "decision its own id (or drop the repeated rows)"
     )
 
@@ -954,10 +965,12 @@ class DecisionLog:
 
         Memory stays bounded by the batch, so logs far larger than RAM can be processed.
         ``event_id`` uniqueness is checked across the whole file before the first batch
-        (:func:`check_unique_event_ids`, bounded memory).
+        (:func:`check_unique_event_ids`, bounded memory). A dataset folder (:func:`log_files`:
+        many part files, as an export writes them) is scanned by DuckDB, its parts in name
+        order, row offsets counting across them.
 
         Args:
-            path: the Parquet file.
+            path: the Parquet file, or a folder of them.
             batch_size: rows per batch.
             columns: read only these columns (the rest are filled with nulls where optional);
                 all required columns are always read.
@@ -965,6 +978,9 @@ class DecisionLog:
         """
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+        if Path(path).is_dir():
+            yield from _iter_dataset(Path(path), batch_size, columns, variants)
+            return
         p = _existing(path, "log")
         # pre_buffer=False: with it on, Arrow keeps every row group it has read buffered, so
         # memory grows with the file (measured in bench/log_scale.py); off, it stays bounded.
@@ -974,11 +990,7 @@ class DecisionLog:
             guard_read(p, "log", lambda: check_unique_event_ids(p))
         wanted = None
         if columns is not None:
-            unknown = [c for c in columns if c not in LOG_COLUMNS]
-            if unknown:
-                raise ValueError(f"unknown column(s) {unknown}; the log has {list(LOG_COLUMNS)}")
-            wanted = [c for c in LOG_COLUMNS if c in columns or c not in OPTIONAL_LOG_COLUMNS]
-            wanted = [c for c in wanted if c in pf.schema_arrow.names]
+            wanted = _wanted_columns(columns, pf.schema_arrow)
         offset = 0
         batches = pf.iter_batches(batch_size=batch_size, columns=wanted)
         while True:
@@ -1066,6 +1078,235 @@ class DecisionLog:
         if not logs:
             raise ValueError("`logs` is empty — nothing to concatenate")
         return DecisionLog(pa.concat_tables([lg.table for lg in logs]), variants=logs[0].variants)
+
+
+def _wanted_columns(columns: Sequence[str], schema: pa.Schema) -> list[str]:
+    unknown = [c for c in columns if c not in LOG_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown column(s) {unknown}; the log has {list(LOG_COLUMNS)}")
+    wanted = [c for c in LOG_COLUMNS if c in columns or c not in OPTIONAL_LOG_COLUMNS]
+    return [c for c in wanted if c in schema.names]
+
+
+# --------------------------------------------------------------------------------------------
+# datasets: a folder of Parquet part files, scanned by DuckDB (logs larger than memory)
+# --------------------------------------------------------------------------------------------
+
+DATASET_VARIANTS = "variants.parquet"
+"""The variants table inside a dataset folder (:func:`variants_sidecar` of the folder)."""
+
+DUCKDB_MEMORY_LIMIT = "1GB"
+"""DuckDB's memory limit in the dataset scans; beyond it DuckDB spills to a temporary folder."""
+
+
+def log_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The Parquet files holding a log: the file itself, or a dataset folder's part files.
+
+    A dataset is a folder of ``*.parquet`` parts (nested folders too, as partitioned exports
+    write them) read in path order; its variants table (``variants.parquet``, or any
+    ``*.variants.parquet``) and hidden or temporary files (``.*``, ``_*``) are not parts.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or the folder has no part file.
+    """
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise FileNotFoundError(f"log {p} does not exist — check the path")
+    files = sorted(
+        f
+        for f in p.rglob("*.parquet")
+        if f.is_file()
+        and f.name != DATASET_VARIANTS
+        and not f.name.endswith(".variants.parquet")
+        and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts)
+    )
+    if not files:
+        raise FileNotFoundError(
+            f"log folder {p} has no Parquet part files (*.parquet) — give a DecisionLog file or "
+            "a folder of them"
+        )
+    return files
+
+
+@contextlib.contextmanager
+def duckdb_connection(memory_limit: str = DUCKDB_MEMORY_LIMIT) -> Iterator[Any]:
+    """A DuckDB connection with a memory limit, spilling to a temporary folder (removed after),
+    timestamps in UTC."""
+    import duckdb
+
+    with tempfile.TemporaryDirectory(prefix="copyloop-duckdb-") as spill:
+        con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": spill})
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            yield con
+        finally:
+            con.close()
+
+
+def dataset_schema(path: str | os.PathLike[str]) -> pa.Schema:
+    """The Arrow schema (with its metadata) shared by every part of a log, from their footers.
+
+    Raises:
+        LogValidationError: a part is not a DecisionLog of this schema version, or the parts'
+            columns differ (naming the first part that differs).
+        UnreadableFileError: a part is not readable Parquet.
+    """
+    files = log_files(path)
+    first = _read_schema(files[0], "log")
+    _check_file_kind(files[0], first, "DecisionLog")
+    # names and types must match; nullability may differ between writers (the contract
+    # checks the nulls themselves)
+    cols = [(fld.name, fld.type) for fld in first]
+    for f in files[1:]:
+        sch = _read_schema(f, "log")
+        _check_file_kind(f, sch, "DecisionLog")
+        if [(fld.name, fld.type) for fld in sch] != cols:
+            diff = [
+                f"{name}: {typ} vs {sch.field(name).type}"
+                if name in sch.names
+                else f"{name}: missing"
+                for name, typ in cols
+                if name not in sch.names or sch.field(name).type != typ
+            ] or [f"columns {sch.names} vs {first.names}"]
+            raise LogValidationError(
+                f"{f}: its columns differ from {files[0].name}'s ({'; '.join(diff[:3])}) — every "
+                "part of a dataset must share one schema; re-export the odd part"
+            )
+    return first
+
+
+def _iter_dataset(
+    p: Path,
+    batch_size: int,
+    columns: Sequence[str] | None,
+    variants: VariantsTable | None,
+) -> Iterator[DecisionLog]:
+    schema = dataset_schema(p)
+    if "event_id" in schema.names:
+        check_unique_event_ids(p)
+    wanted = list(schema.names) if columns is None else _wanted_columns(columns, schema)
+    files = [str(f) for f in log_files(p)]
+    cols = ", ".join(f'"{c}"' for c in wanted)
+    offset = 0
+    with duckdb_connection() as con:
+        # DuckDB keeps the parts' order and each part's row order (insertion order is on)
+        reader = con.sql(f"SELECT {cols} FROM read_parquet(?)", params=[files]).to_arrow_reader(
+            batch_size
+        )
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            table = pa.Table.from_batches([batch]).replace_schema_metadata(None)
+            try:
+                log = DecisionLog(
+                    table, variants=variants, row_offset=offset, check_unique_ids=False
+                )
+            except LogValidationError as e:
+                raise LogValidationError(f"{p}: {e}") from None
+            yield log
+            offset += batch.num_rows
+
+
+def summarize_dataset(
+    path: str | os.PathLike[str], *, batch_size: int = 1_000_000, validate: bool = True
+) -> dict[str, Any]:
+    """What ``copyloop logs info`` reports (the keys of :func:`copyloop.stats.summarize_log`),
+    for a dataset folder or a file, aggregated by one DuckDB scan in bounded memory.
+
+    With ``validate`` every row first goes through the contract (:meth:`DecisionLog.iter_batches`,
+    ``batch_size`` rows at a time; event ids unique across the parts); the aggregates then come
+    from DuckDB, which reads only the columns they need.
+    """
+    p = Path(path)
+    schema = dataset_schema(p)
+    if validate:
+        for _ in DecisionLog.iter_batches(p, batch_size=batch_size):
+            pass
+    files = [str(f) for f in log_files(p)]
+    meta = schema.metadata or {}
+    ctx = schema.field("context").type if "context" in schema.names else None
+    with duckdb_connection() as con:
+        row = con.execute(
+            """SELECT count(*), count(reward), sum(reward), min(propensity), max(propensity),
+                      sum(1.0 / propensity), sum(1.0 / (propensity * propensity)),
+                      count(DISTINCT campaign_id), count(DISTINCT action),
+                      list(DISTINCT policy_id ORDER BY policy_id), count(candidates),
+                      count(action_probs), count(position), min(ts), max(ts),
+                      max(len(context))
+               FROM read_parquet(?)""",
+            [files],
+        ).fetchall()[0]
+    (n, observed, r_sum, p_min, p_max, w_sum, w_sq, camps, acts, pols, cand, probs, pos) = row[:13]
+    ts_min, ts_max, width = row[13:]
+    out: dict[str, Any] = {
+        "rows": int(n),
+        "schema_version": (meta.get(_META_VERSION) or SCHEMA_VERSION.encode()).decode(),
+        "context_dim": (
+            (ctx.list_size if isinstance(ctx, pa.FixedSizeListType) else width) if n else None
+        ),
+    }
+    if b"copyloop.context_names" in meta:
+        out["context_names"] = json.loads(meta[b"copyloop.context_names"])
+    out.update(
+        {
+            "campaigns": int(camps),
+            "distinct_actions": int(acts),
+            "policies": list(pols or []),
+            "ts_min": ts_min,
+            "ts_max": ts_max,
+            "rewards_observed": int(observed),
+            "reward_mean": float(r_sum) / observed if observed else None,
+            "propensity_min": float(p_min) if n else None,
+            "propensity_max": float(p_max) if n else None,
+            "ips_ess": float(w_sum) ** 2 / float(w_sq) if n else None,
+            "rows_with_candidates": int(cand),
+            "rows_with_action_probs": int(probs),
+            "rows_with_position": int(pos),
+        }
+    )
+    return out
+
+
+def read_dataset(
+    path: str | os.PathLike[str],
+    *,
+    max_rows: int | None = None,
+    seed: int = 0,
+    variants: VariantsTable | None = None,
+) -> DecisionLog:
+    """A log (file or dataset folder) as one validated :class:`DecisionLog` in memory — all of
+    it, or, when it has more than ``max_rows`` rows, a uniform sample of ``max_rows`` of them
+    (DuckDB's reservoir sample, repeatable for a ``seed``; memory bounded by the sample).
+
+    With all rows, the result is the rows in order (the same as :meth:`DecisionLog.read` of
+    one file); a sample keeps the log's order among the rows it drew.
+    """
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"`max_rows` must be >= 1, got {max_rows}")
+    p = Path(path)
+    schema = dataset_schema(p)
+    if "event_id" in schema.names:
+        check_unique_event_ids(p)
+    files = [str(f) for f in log_files(p)]
+    cols = ", ".join(f'"{c}"' for c in schema.names)
+    with duckdb_connection() as con:
+        src = "read_parquet(?, filename=true, file_row_number=true)"
+        n = int(con.execute("SELECT count(*) FROM read_parquet(?)", [files]).fetchall()[0][0])
+        if max_rows is None or n <= max_rows:
+            query, params = f"SELECT {cols} FROM read_parquet(?)", [files]
+        else:
+            query = (
+                f"SELECT {cols} FROM (SELECT * FROM {src} USING SAMPLE reservoir({int(max_rows)} "
+                f"ROWS) REPEATABLE ({int(seed)})) ORDER BY filename, file_row_number"
+            )
+            params = [files]
+        table = con.sql(query, params=params).to_arrow_table()
+    try:
+        return DecisionLog(table.replace_schema_metadata(None), variants=variants)
+    except LogValidationError as e:
+        raise LogValidationError(f"{p}: {e}") from None
 
 
 def _existing(path: str | os.PathLike[str], what: str) -> Path:

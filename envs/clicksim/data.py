@@ -18,6 +18,17 @@ from copyloop.envs.text import text_features
 _F32 = npt.NDArray[np.float32]
 
 
+def _file_rows(path: Path) -> int:
+    """Rows of a Parquet file, from its footer."""
+    import pyarrow.parquet as pq
+
+    from copyloop.contract import guard_read
+
+    if not path.is_file():
+        raise FileNotFoundError(f"log file {path} does not exist — check the path")
+    return int(guard_read(path, "log", lambda: pq.ParquetFile(path).metadata.num_rows))
+
+
 def copy_inputs(texts: Sequence[str], embeddings: _F32 | None = None) -> _F32:
     """The copy-side input of the model: ``[MiniLM embedding | readable text features]``."""
     if embeddings is None:
@@ -75,10 +86,27 @@ class ClickData:
 
     @classmethod
     def from_files(
-        cls, logs: str | Path, variants: str | Path | None = None, *, need_reward: bool = True
+        cls,
+        logs: str | Path,
+        variants: str | Path | None = None,
+        *,
+        need_reward: bool = True,
+        max_rows: int | None = None,
+        seed: int = 0,
     ) -> ClickData:
-        """Read a DecisionLog Parquet file and its variants table (default
-        ``<logs>.variants.parquet``, as ``copyloop simulate`` writes it)."""
+        """Read a DecisionLog (a Parquet file, or a dataset folder of part files) and its
+        variants table (default ``<logs>.variants.parquet``, as ``copyloop simulate`` writes
+        it; ``variants.parquet`` inside a dataset folder).
+
+        Args:
+            max_rows: a log with more rows is read as a uniform sample of ``max_rows`` rows
+                (DuckDB's reservoir sample, repeatable for ``seed``; memory bounded by the
+                sample, so a log larger than memory can be fitted on); None or a log that
+                fits: every row, in order.
+            seed: seed of that sample.
+        """
+        from copyloop.contract import read_dataset
+
         lp = Path(logs)
         vp = Path(variants) if variants is not None else variants_sidecar(lp)
         if not vp.is_file():
@@ -87,7 +115,10 @@ class ClickData:
                 "the log's actions refer to"
             )
         vt = VariantsTable.read(vp)
-        log = DecisionLog.read(lp)
+        if lp.is_dir() or (max_rows is not None and _file_rows(lp) > max_rows):
+            log = read_dataset(lp, max_rows=max_rows, seed=seed)
+        else:
+            log = DecisionLog.read(lp)
         return cls.from_log(log, vt, metadata=log_metadata(lp), need_reward=need_reward)
 
     @classmethod
