@@ -232,9 +232,14 @@ def progress_with_info() -> Progress:
     )
 
 
+def json_text(data: Any) -> str:
+    """Strict JSON text: non-finite floats become ``null`` (``-Infinity`` is not JSON)."""
+    return json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
+
+
 def print_json(data: Any) -> None:
-    """Strict JSON on stdout: non-finite floats become ``null`` (``-Infinity`` is not JSON)."""
-    sys.stdout.write(json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n")
+    """Strict JSON on stdout (see :func:`json_text`)."""
+    sys.stdout.write(json_text(data) + "\n")
 
 
 def _finite(x: Any) -> Any:

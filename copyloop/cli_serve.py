@@ -144,3 +144,134 @@ def keys_create(
         st.close()
     err.print(f"a new {scope} key — shown once, store it now:")
     print(key)
+
+
+def traffic(
+    url: Annotated[str, typer.Option(help="The service's base URL.")] = "http://127.0.0.1:8000",
+    key: Annotated[
+        str | None,
+        typer.Option(help="A client API key (default: $COPYLOOP_KEY).", envvar="COPYLOOP_KEY"),
+    ] = None,
+    requests: Annotated[int, typer.Option(help="Rank calls (each with one reward).")] = 20_000,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 32,
+    reward_delay: Annotated[
+        float, typer.Option(help="Seconds from a decision to its reward.")
+    ] = 0.0,
+    max_seconds: Annotated[float, typer.Option(help="Stop after this long.")] = 600.0,
+    window: Annotated[int | None, typer.Option(help="Requests per point of the CTR curve.")] = None,
+    campaigns: Annotated[
+        str | None, typer.Option(help="Comma-separated campaign ids (default: all).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of users, campaigns and clicks.")] = 0,
+    config: Annotated[
+        Path | None, typer.Option(help="Market config (TOML) the service was started with.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write the served-CTR curve here (.png/.svg).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Replay simulated users of the market against a running service: clicks are drawn from
+    the world's true CTR of the variant the service chose. Prints throughput, latency and the
+    served CTR over time against uniform and the oracle."""
+    from copyloop.cli_common import json_text, progress, split_list
+    from copyloop.contract import check_output_path
+
+    if not key:
+        raise ValueError(
+            "`key` is missing: pass --key or set COPYLOOP_KEY "
+            "(copyloop keys create --scope client --store URL)"
+        )
+    for p, flag in ((out, "--out"), (plot, "--plot")):
+        if p is not None:
+            check_output_path(p, flag)
+    try:
+        from copyloop.serve.traffic import TrafficConfig, plot_curve, run_traffic
+    except ImportError as e:
+        raise ValueError(f"{e} (pip install 'copyloop[serve]')") from None
+    cfg = TrafficConfig(
+        url=url.rstrip("/"),
+        key=key,
+        requests=requests,
+        concurrency=concurrency,
+        reward_delay_s=reward_delay,
+        max_seconds=max_seconds,
+        window=window,
+        seed=seed,
+        campaigns=None if campaigns is None else split_list(campaigns),
+    )
+    m = market(config)
+    _check_service(cfg.url, key)
+    with progress(requests, "traffic") as tick:
+        rep = run_traffic(cfg, m, tick)
+    if out is not None:
+        from copyloop.contract import atomic_path
+
+        with atomic_path(out) as tmp:
+            tmp.write_text(json_text(rep.to_dict()) + "\n")
+    if plot is not None:
+        plot_curve(rep, plot)
+    if as_json:
+        print_json(rep.to_dict())
+        return
+    _print_report(rep, out, plot)
+
+
+def _check_service(url: str, key: str) -> None:
+    """Fail fast, naming the problem, when the service is down or the key is refused."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{url}/healthz", timeout=5)
+    except httpx.HTTPError as e:
+        raise ConnectionError(
+            f"no service at {url} ({type(e).__name__}) — start one: copyloop serve --demo"
+        ) from None
+    if r.status_code != 200:
+        raise ConnectionError(f"{url}/healthz answered {r.status_code} — is it copyloop serve?")
+    probe = httpx.post(f"{url}/v1/events/-/reward", json={"value": 0}, headers={"X-API-Key": key})
+    if probe.status_code in (401, 403):
+        raise ValueError(f"the service refused the key ({probe.status_code}): {probe.text[:200]}")
+
+
+def _print_report(rep: Any, out: Path | None, plot: Path | None) -> None:
+    from rich.table import Table
+
+    t = Table(title="copyloop traffic")
+    for c in ("", "p50 ms", "p90 ms", "p99 ms", "max ms"):
+        t.add_column(c, justify="right")
+    for name, d in (("rank", rep.rank_ms), ("reward", rep.reward_ms)):
+        t.add_row(name, *(f"{d[k]:.1f}" for k in ("p50", "p90", "p99", "max")))
+    console.print(t)
+    early = " (stopped at --max-seconds)" if rep.stopped_early else ""
+    console.print(
+        f"{rep.requests:,} decisions + {rep.rewards:,} rewards in {rep.seconds:.1f} s: "
+        f"[bold]{rep.pairs_per_s:,.0f} rank+reward pairs/s[/]{early}; errors: "
+        f"{rep.errors or 'none'}"
+    )
+    c = Table(title="expected CTR of the served copy (the world's, never sent to the service)")
+    for col in ("requests", "served", "uniform", "oracle", "observed clicks"):
+        c.add_column(col, justify="right")
+    for p in rep.curve:
+        c.add_row(
+            f"{p['requests']:,.0f}",
+            f"{p['served']:.4f}",
+            f"{p['uniform']:.4f}",
+            f"{p['oracle']:.4f}",
+            f"{p['clicks']:.4f}",
+        )
+    console.print(c)
+    console.print(
+        f"overall: served {rep.served_ctr:.4f}, uniform {rep.uniform_ctr:.4f}, oracle "
+        f"{rep.oracle_ctr:.4f}"
+    )
+    s = rep.server
+    if s.get("freshness_count"):
+        console.print(
+            f"server: reward → serving model p50 ≤ {s['freshness_p50_le_s']} s, p99 ≤ "
+            f"{s['freshness_p99_le_s']} s; {s.get('mean_commit_batch', 0):.1f} writes per commit"
+        )
+    for what, p in (("report", out), ("plot", plot)):
+        if p is not None:
+            console.print(f"wrote {what} {p}")
