@@ -1,0 +1,315 @@
+"""The live service under load, one request at a time, against its framework's floor.
+
+Starts, on 127.0.0.1 and stopped at the end:
+
+1. **the floor**: a bare FastAPI hello-world (``GET /hello``) under the same uvicorn settings
+   the service uses (one process, uvloop, httptools, no access log), loaded by the same
+   aiohttp client at the same concurrency — what this framework and server can do on this
+   machine with nothing behind the endpoint;
+2. **the service**: ``copyloop serve --demo`` (the default market's 120 campaigns sharing one
+   LinearTS model, SQLite WAL ``synchronous=FULL`` with group commit, the learner on), loaded
+   by ``copyloop traffic`` (simulated users, one reward per decision, clicks from the world).
+
+Server and load generator share this machine's cores, so besides wall-clock throughput the
+table reports the **server's CPU time per request** (``/proc/<pid>/stat``, every thread): a
+number other jobs on the box do not inflate, and the capacity it implies for one core. Each
+measurement is repeated ``--repeats`` times, alternating floor and service; medians are
+reported.
+
+Run: ``.venv/bin/python bench/serve.py`` (about 2 minutes); writes bench/results/serve.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, host_info, write_results
+
+GOALS = {
+    "pairs_per_s": 2000.0,
+    "http_p99_ms": 20.0,
+    "freshness_p99_s": 1.0,
+}
+
+FLOOR_APP = """
+from fastapi import FastAPI
+app = FastAPI()
+
+@app.get("/hello")
+async def hello():
+    return {"ok": True}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], seconds: float = 120.0) -> float:
+    import httpx
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return time.perf_counter() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {seconds} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+async def hammer(url: str, requests: int, concurrency: int) -> dict[str, Any]:
+    """``requests`` GETs of ``url`` from ``concurrency`` keep-alive connections (aiohttp)."""
+    import aiohttp
+
+    lat: list[float] = []
+    left = [requests]
+
+    async def worker(s: aiohttp.ClientSession) -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            t0 = time.perf_counter()
+            async with s.get(url) as r:
+                await r.read()
+            lat.append((time.perf_counter() - t0) * 1e3)
+
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(s) for _ in range(concurrency)))
+        secs = time.perf_counter() - t0
+    a = np.asarray(lat)
+    return {
+        "requests": requests,
+        "seconds": secs,
+        "req_per_s": requests / secs,
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+    }
+
+
+def run_floor(tmp: Path, requests: int, concurrency: int) -> dict[str, Any]:
+    (tmp / "floor_app.py").write_text(FLOOR_APP)
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "uvicorn", "floor_app:app", "--host", "127.0.0.1",
+        "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp, env=env())
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/hello", proc)
+        import uvloop
+
+        uvloop.run(hammer(f"http://127.0.0.1:{port}/hello", 1000, concurrency))  # warm-up
+        c0 = cpu_seconds(proc.pid)
+        out = uvloop.run(hammer(f"http://127.0.0.1:{port}/hello", requests, concurrency))
+        out["server_cpu_us_per_request"] = (cpu_seconds(proc.pid) - c0) / requests * 1e6
+        return out
+    finally:
+        stop(proc)
+
+
+def run_service(tmp: Path, market: Any, requests: int, concurrency: int, i: int) -> dict[str, Any]:
+    from copyloop.serve.store import SQLiteStore
+    from copyloop.serve.traffic import TrafficConfig, run_traffic
+
+    db = tmp / f"serve{i}.db"
+    store = SQLiteStore(db)
+    key = store.create_key("client", "bench").result()
+    store.close()
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "copyloop.cli", "serve", "--demo", "--store", f"sqlite:///{db}",
+        "--port", str(port),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env(), stderr=subprocess.DEVNULL)
+    try:
+        started = wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+        url = f"http://127.0.0.1:{port}"
+        run_traffic(TrafficConfig(url=url, key=key, requests=1000, concurrency=concurrency,
+                                  seed=10_000 + i), market)  # fmt: skip
+        c0 = cpu_seconds(proc.pid)
+        rep = run_traffic(
+            TrafficConfig(url=url, key=key, requests=requests, concurrency=concurrency, seed=i),
+            market,
+        )
+        cpu = cpu_seconds(proc.pid) - c0
+    finally:
+        stop(proc)
+    both = [rep.rank_ms["p99"], rep.reward_ms["p99"]]
+    return {
+        "start_seconds": started,
+        "pairs_per_s": rep.pairs_per_s,
+        "rank_ms": rep.rank_ms,
+        "reward_ms": rep.reward_ms,
+        "http_p99_ms": max(both),
+        "errors": rep.errors,
+        "server_cpu_us_per_pair": cpu / max(rep.rewards, 1) * 1e6,
+        "served_ctr": rep.served_ctr,
+        "uniform_ctr": rep.uniform_ctr,
+        "oracle_ctr": rep.oracle_ctr,
+        "server": {k: v for k, v in rep.server.items() if k != "freshness_buckets"},
+    }
+
+
+def median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(np.median([r[key] for r in runs]))
+
+
+def render(report: dict[str, Any]) -> str:
+    h, fl, sv = report["host"], report["floor"], report["service"]
+    lines = [
+        "# The live service under load",
+        "",
+        f"{h['date']} · {h['cpu_model']} · {h['cpu_count']} CPUs · Python {h['python']} · "
+        f"commit {h['git_commit']}",
+        "",
+        f"Server and load generator on the same {h['cpu_count']}-core machine, loopback only; "
+        f"{report['args']['concurrency']} connections; {report['args']['repeats']} runs each, "
+        "alternating; medians. Load average at start / end: "
+        f"{report['load_start']} / {report['load_end']}.",
+        "",
+        "| | requests/s | rank+reward pairs/s | p50 ms | p99 ms | server CPU µs per request |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| floor: FastAPI hello-world, same uvicorn settings | {fl['req_per_s']:,.0f} | "
+        f"{fl['req_per_s'] / 2:,.0f} (as pairs) | {fl['p50_ms']:.1f} | {fl['p99_ms']:.1f} | "
+        f"{fl['server_cpu_us_per_request']:.0f} |",
+        f"| copyloop serve --demo (LinearTS, SQLite FULL, learner on) | "
+        f"{2 * sv['pairs_per_s']:,.0f} | {sv['pairs_per_s']:,.0f} | "
+        f"rank {sv['rank_p50_ms']:.1f} / reward {sv['reward_p50_ms']:.1f} | "
+        f"{sv['http_p99_ms']:.1f} | {sv['server_cpu_us_per_pair'] / 2:.0f} |",
+        "",
+        f"- Service / floor throughput: **{report['ratio_to_floor']:.2f}×** "
+        f"(pairs/s against the floor's requests/s ÷ 2).",
+        f"- Server CPU per rank+reward pair: {sv['server_cpu_us_per_pair']:.0f} µs, i.e. "
+        f"{1e6 / sv['server_cpu_us_per_pair']:,.0f} pairs/s per fully used core "
+        f"(the floor: {1e6 / fl['server_cpu_us_per_request'] / 2:,.0f}).",
+        f"- Freshness (the service's histogram of reward arrival → serving model): p50 ≤ "
+        f"{sv['freshness_p50_le_s']} s, p99 ≤ {sv['freshness_p99_le_s']} s "
+        f"(bucket bounds); group commit carried {sv['mean_commit_batch']:.1f} writes per "
+        "transaction.",
+        f"- Served expected CTR over the measured requests: {sv['served_ctr']:.4f} "
+        f"(uniform {sv['uniform_ctr']:.4f}, oracle {sv['oracle_ctr']:.4f}).",
+        "",
+        "| goal | target | measured | passed |",
+        "| --- | ---: | ---: | :---: |",
+    ]
+    for g in report["goals"]:
+        mark = "yes" if g["passed"] else "**no**"
+        lines.append(f"| {g['goal']} | {g['target']} | {g['measured']} | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=20_000, help="rank calls per service run")
+    ap.add_argument("--floor-requests", type=int, default=40_000, help="GETs per floor run")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    from rich.console import Console
+
+    from copyloop.envs import Market
+
+    console = Console()
+    t0 = time.perf_counter()
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    market = Market.get()
+    floors, services = [], []
+    with tempfile.TemporaryDirectory(prefix="copyloop-bench-serve-") as d:
+        tmp = Path(d)
+        for i in range(args.repeats):
+            floors.append(run_floor(tmp, args.floor_requests, args.concurrency))
+            console.print(f"floor run {i + 1}: {floors[-1]['req_per_s']:,.0f} req/s")
+            services.append(run_service(tmp, market, args.requests, args.concurrency, i))
+            console.print(f"service run {i + 1}: {services[-1]['pairs_per_s']:,.0f} pairs/s")
+    fl = {k: median(floors, k) for k in floors[0] if isinstance(floors[0][k], float | int)}
+    sv: dict[str, Any] = {
+        k: median(services, k) for k in services[0] if isinstance(services[0][k], float | int)
+    }
+    sv["rank_p50_ms"] = float(np.median([s["rank_ms"]["p50"] for s in services]))
+    sv["reward_p50_ms"] = float(np.median([s["reward_ms"]["p50"] for s in services]))
+    for k in ("freshness_p50_le_s", "freshness_p99_le_s", "mean_commit_batch"):
+        vals = [s["server"].get(k) for s in services if s["server"].get(k) is not None]
+        sv[k] = float(np.max(vals)) if vals else float("nan")
+    ratio = sv["pairs_per_s"] / (fl["req_per_s"] / 2)
+    goals = [
+        {
+            "goal": "rank+reward pairs/s (copyloop traffic, LinearTS, default market)",
+            "target": f"≥ {GOALS['pairs_per_s']:,.0f}",
+            "measured": f"{sv['pairs_per_s']:,.0f}",
+            "passed": sv["pairs_per_s"] >= GOALS["pairs_per_s"],
+        },
+        {
+            "goal": "HTTP p99 (rank and reward)",
+            "target": f"≤ {GOALS['http_p99_ms']:.0f} ms",
+            "measured": f"{sv['http_p99_ms']:.1f} ms",
+            "passed": sv["http_p99_ms"] <= GOALS["http_p99_ms"],
+        },
+        {
+            "goal": "reward → serving model, p99 (histogram bucket bound)",
+            "target": f"≤ {GOALS['freshness_p99_s']:.0f} s",
+            "measured": f"≤ {sv['freshness_p99_le_s']} s",
+            "passed": sv["freshness_p99_le_s"] <= GOALS["freshness_p99_s"],
+        },
+    ]
+    report = {
+        "host": host_info(),
+        "args": vars(args),
+        "load_start": load_start,
+        "load_end": [round(x, 2) for x in os.getloadavg()],
+        "floor": fl,
+        "floor_runs": floors,
+        "service": sv,
+        "service_runs": services,
+        "ratio_to_floor": ratio,
+        "goals": goals,
+        "all_goals_passed": all(g["passed"] for g in goals),
+        "total_seconds": time.perf_counter() - t0,
+    }
+    md = render(report)
+    console.print(md)
+    write_results(args.out, "serve", report, md, console)
+
+
+if __name__ == "__main__":
+    main()
