@@ -35,6 +35,28 @@ is the maximum over phases and the imports.
 Run: ``.venv/bin/python bench/log_scale.py --rows 100000000 --batch 1000000 --context-dim 8
 --out-dir /tmp/copyloop-scale`` (writes ``bench/results/log_scale.json`` and
 ``bench/results/log_scale.md``; deletes the Parquet file unless ``--keep``).
+
+**Commands on dataset folders** (``--commands --sizes 10000000 100000000``): the commands a
+user runs on a log larger than memory, each as its own process, timed (wall) with its peak
+resident set (``ru_maxrss`` of that child, from ``wait4``), on a dataset folder of Parquet parts
+as an export writes them:
+
+* the folder: ``--part-rows`` rows per part, written under ``nice -n 19`` (a child process) by
+  resampling the rows of a 50,000-decision uniform log of the tests' small market (24 campaigns,
+  context width 28, action_probs kept) with fresh event ids and timestamps; its variants table
+  inside; deleted at the end unless ``--keep``;
+* ``copyloop logs info DIR`` (every row validated through the contract, ids unique across the
+  parts, then one DuckDB aggregate);
+* ``copyloop ope --logs DIR --policy eps.npz`` (IPW and SNIPW of an epsilon-greedy agent trained
+  on 1,500 impressions, streamed; the agent's probabilities computed batch by batch);
+* ``copyloop clicksim fit --logs DIR --max-rows M --members 1 --epochs 1`` (a DuckDB reservoir
+  sample of M rows, then the fit);
+* reference: the same IPS aggregate as raw DuckDB SQL over the folder (no validation, no
+  agent: the scan floor, in this process).
+
+Goal: every command's peak RSS <= 4 GiB at 100M rows. The results go into the ``commands``
+key of ``log_scale.json`` (the single-file phases above are kept) and a section of
+``log_scale.md``.
 """
 
 from __future__ import annotations
@@ -47,6 +69,7 @@ import math
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -638,6 +661,325 @@ def markdown(report: dict[str, Any]) -> str:
     )
 
 
+# ---- commands on dataset folders ---------------------------------------------------------------
+MARKET_TOML = (
+    "[market]\nseed = 1\n[market.catalog]\nn_campaigns = 24\nseed = 3\n"
+    "[market.population]\nn_users = 4000\n"
+)
+BASE_ROWS = 50_000
+GIB = 1024.0**3
+GOAL_RSS = 4 * GIB
+
+
+def prepare_inputs(work: Path, seed: int) -> dict[str, Path]:
+    """The market config, a 50k-row uniform base log (+ variants) and a saved agent."""
+    from copyloop.agents import EpsilonGreedyPolicy, UniformPolicy
+    from copyloop.envs import Market, MarketConfig
+    from copyloop.envs.simulate import simulate
+
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = work / "market.toml"
+    cfg.write_text(MARKET_TOML)
+    market = Market.get(MarketConfig.from_toml(cfg))
+    base = work / "base.parquet"
+    if not base.exists():
+        simulate(market, UniformPolicy(seed=seed), BASE_ROWS, seed=seed, out=base)
+    agent = EpsilonGreedyPolicy(seed=seed)
+    simulate(market, agent, 1500, seed=seed + 11)
+    agent_path = work / "eps.npz"
+    agent.save(agent_path)
+    return {"config": cfg, "base": base, "agent": agent_path}
+
+
+def generate_dataset(base: Path, out: Path, rows: int, part_rows: int, seed: int) -> None:
+    """Parts of ``part_rows`` rows resampled from ``base`` (fresh event ids and timestamps)."""
+    from copyloop.contract import variants_sidecar
+
+    table = pq.read_table(base)
+    schema = table.schema
+    out.mkdir(parents=True, exist_ok=False)
+    shutil.copy(variants_sidecar(base), out / "variants.parquet")
+    rng = np.random.default_rng(seed)
+    i_ev = schema.get_field_index("event_id")
+    i_ts = schema.get_field_index("ts")
+    for k, start in enumerate(range(0, rows, part_rows)):
+        n = min(part_rows, rows - start)
+        t = table.take(pa.array(rng.integers(0, table.num_rows, n)))
+        ids = pa.array(np.arange(start, start + n, dtype=np.int64)).cast(pa.string())
+        t = t.set_column(i_ev, schema.field(i_ev), pc.binary_join_element_wise("ev", ids, "-"))
+        ts = EPOCH + np.arange(start, start + n, dtype=np.int64).astype("timedelta64[ms]")
+        t = t.set_column(i_ts, schema.field(i_ts), pa.array(ts, schema.field(i_ts).type))
+        pq.write_table(
+            t.replace_schema_metadata(schema.metadata),
+            out / f"part-{k:05d}.parquet",
+            compression="zstd",
+            row_group_size=1_000_000,
+        )
+        del t
+
+
+def run_measured(cmd: list[str], console: Console) -> dict[str, Any]:
+    """Run ``cmd`` as a child process: wall time, its peak RSS (``wait4``), exit code, stdout."""
+    console.print("$ " + " ".join(cmd))
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out_chunks: list[bytes] = []
+    err_chunks: list[bytes] = []
+    readers = [
+        threading.Thread(target=lambda: out_chunks.append(proc.stdout.read())),  # type: ignore[union-attr]
+        threading.Thread(target=lambda: err_chunks.append(proc.stderr.read())),  # type: ignore[union-attr]
+    ]
+    for r in readers:
+        r.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    for r in readers:
+        r.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout = b"".join(out_chunks).decode()
+    result: dict[str, Any] = {
+        "command": " ".join(cmd),
+        "seconds": seconds,
+        "peak_rss_bytes": usage.ru_maxrss * 1024,
+        "exit_code": proc.returncode,
+        "loadavg_1m_at_end": os.getloadavg()[0],
+    }
+    try:
+        result["output"] = json.loads(stdout[stdout.index("{") :]) if "{" in stdout else None
+    except json.JSONDecodeError:
+        result["output"] = None
+    if proc.returncode != 0:
+        result["stderr_tail"] = b"".join(err_chunks).decode()[-2000:]
+        console.print(f"[red]exit {proc.returncode}[/]: {result['stderr_tail']}")
+    console.print(
+        f"  {seconds:,.1f} s, peak RSS {result['peak_rss_bytes'] / MIB:,.0f} MiB, "
+        f"exit {proc.returncode}"
+    )
+    return result
+
+
+def raw_duckdb_ips(folder: Path) -> dict[str, Any]:
+    """The scan floor: CTR and an IPS-style aggregate (always slot 0) in one DuckDB SQL query
+    (run in a child process by ``--reference``, which prints this as JSON)."""
+    from copyloop.contract import duckdb_connection, log_files
+
+    files = [str(f) for f in log_files(folder)]
+    with duckdb_connection() as con:
+        row = con.execute(
+            "SELECT count(*), avg(reward), avg(CASE WHEN action_index = 0 THEN reward / "
+            "propensity ELSE 0 END) FROM read_parquet(?)",
+            [files],
+        ).fetchall()[0]
+    return {"rows": int(row[0]), "ctr": float(row[1]), "ips_always_slot0": float(row[2])}
+
+
+def commands_for_size(
+    args: argparse.Namespace, inputs: dict[str, Path], rows: int, console: Console
+) -> dict[str, Any]:
+    folder = args.out_dir / f"dataset_{rows}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    need = int(rows * 80 * 1.3)
+    free = shutil.disk_usage(args.out_dir).free
+    if free < need:
+        raise SystemExit(f"not enough disk in {args.out_dir}: ~{need / 1e9:.0f} GB needed")
+    py = sys.executable
+    console.print(f"generating {rows:,} rows into {folder} (nice -n 19) …")
+    gen = run_measured(
+        ["nice", "-n", "19", py, __file__, "--generate", str(folder), "--rows", str(rows),
+         "--part-rows", str(args.part_rows), "--seed", str(args.seed),
+         "--base", str(inputs["base"])],
+        console,
+    )  # fmt: skip
+    if gen["exit_code"] != 0:
+        raise SystemExit("generation failed")
+    files = sorted(folder.glob("part-*.parquet"))
+    disk = sum(f.stat().st_size for f in files)
+    cli = [py, "-m", "copyloop.cli"]
+    sim_out = args.out_dir / f"clicksim_{rows}"
+    shutil.rmtree(sim_out, ignore_errors=True)
+    sim_name = f"clicksim fit (sample {args.clicksim_max_rows:,})"
+    runs = {
+        "logs info": [*cli, "logs", "info", str(folder), "--json"],
+        "ope (ipw, snipw)": [
+            *cli, "ope", "--logs", str(folder), "--policy", str(inputs["agent"]),
+            "--config", str(inputs["config"]), "--json",
+        ],
+        sim_name: [
+            *cli, "clicksim", "fit", "--logs", str(folder), "--out", str(sim_out),
+            "--max-rows", str(args.clicksim_max_rows), "--members", "1", "--epochs", "1",
+            "--threads", "1", "--json",
+        ],
+    }  # fmt: skip
+    results: dict[str, Any] = {}
+    for name, cmd in runs.items():
+        results[name] = run_measured(cmd, console)
+    results["reference: raw DuckDB IPS aggregate"] = run_measured(
+        [py, __file__, "--reference", str(folder)], console
+    )
+    shutil.rmtree(sim_out, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(folder)
+    return {
+        "rows": rows,
+        "parts": len(files),
+        "part_rows": args.part_rows,
+        "bytes_on_disk": disk,
+        "generate": gen,
+        "commands": results,
+        "deleted": not args.keep,
+    }
+
+
+def command_rows(sizes: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for sz in sizes:
+        ref = sz["commands"].get("reference: raw DuckDB IPS aggregate")
+        for name, r in sz["commands"].items():
+            ratio = (
+                f"{r['seconds'] / ref['seconds']:,.1f}×"
+                if ref is not None and ref["seconds"] > 0
+                else ""
+            )
+            peak = r["peak_rss_bytes"]
+            ok = "" if r["exit_code"] != 0 else ("yes" if peak <= GOAL_RSS else "NO")
+            rows.append(
+                [
+                    f"{sz['rows']:,}",
+                    name,
+                    f"{r['seconds']:,.1f}",
+                    f"{sz['rows'] / r['seconds']:,.0f}",
+                    ratio,
+                    f"{peak / MIB:,.0f}",
+                    ok if r["exit_code"] == 0 else f"exit {r['exit_code']}",
+                    f"{r['loadavg_1m_at_end']:.1f}",
+                ]
+            )
+    return rows
+
+
+COMMAND_HEADER = [
+    "rows",
+    "command",
+    "seconds",
+    "rows/s",
+    "× raw DuckDB scan",
+    "peak RSS MiB",
+    "≤ 4 GiB",
+    "load avg",
+]
+
+
+def command_notes(sizes: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for sz in sizes:
+        c = sz["commands"]
+        info = (c.get("logs info") or {}).get("output") or {}
+        ope = (c.get("ope (ipw, snipw)") or {}).get("output") or {}
+        ests = ", ".join(
+            f"{e['estimator']} {e['estimate']:.5f} [{e['lower']:.5f}, {e['upper']:.5f}]"
+            for e in ope.get("estimates", [])
+        )
+        ref = (c.get("reference: raw DuckDB IPS aggregate") or {}).get("output") or {}
+        lines.append(
+            f"{sz['rows']:,} rows: {sz['parts']} parts of {sz['part_rows']:,} rows, "
+            f"{sz['bytes_on_disk'] / 1e9:,.2f} GB on disk "
+            f"({sz['bytes_on_disk'] / sz['rows']:.1f} bytes/row), written in "
+            f"{sz['generate']['seconds']:,.0f} s under nice 19"
+            f"{' and deleted after' if sz['deleted'] else ''}; logs info counted "
+            f"{info.get('rows', 0):,} rows, {info.get('campaigns', '?')} campaigns, CTR "
+            f"{info.get('reward_mean') or math.nan:.5f} (DuckDB reference: "
+            f"{ref.get('ctr', math.nan):.5f}); ope: {ests or 'n/a'}."
+        )
+    return lines
+
+
+def commands_markdown(rep: dict[str, Any]) -> str:
+    mach = rep["machine"]
+    return "\n".join(
+        [
+            "## Commands on dataset folders (logs larger than memory)",
+            "",
+            f"{mach['date']} · {mach['cpu_model']} · {mach['cpu_count']} CPUs · "
+            f"{mach['mem_total_gib']:.1f} GiB RAM · commit {mach['git_commit']}",
+            "",
+            "Each command is its own process; seconds = wall time (Python start and imports "
+            "included), peak RSS = that process's `ru_maxrss` (from `wait4`), so DuckDB's and "
+            "torch's memory count. The reference row is one raw DuckDB SQL aggregate over the "
+            "same parts in a child process of the bench (no validation, no agent): "
+            "the scan floor the commands are compared to (× = command seconds / reference "
+            "seconds, same run). Goal: peak RSS ≤ 4 GiB at 100M rows.",
+            "",
+            _md_table(COMMAND_HEADER, command_rows(rep["sizes"]), left=2),
+            "",
+            *[f"- {line}" for line in command_notes(rep["sizes"])],
+            "",
+            "Repeat with:",
+            "",
+            "```bash",
+            rep["command"],
+            "```",
+            "",
+        ]
+    )
+
+
+def commands_main(args: argparse.Namespace, console: Console) -> int:
+    t0 = time.perf_counter()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = prepare_inputs(args.out_dir / "inputs", args.seed)
+    sizes = []
+    for rows in args.sizes:
+        sizes.append(commands_for_size(args, inputs, rows, console))
+        write_commands(args, sizes, console, time.perf_counter() - t0)  # after every size
+    shutil.rmtree(args.out_dir / "inputs", ignore_errors=True)
+    failed = [n for sz in sizes for n, r in sz["commands"].items() if r["exit_code"] != 0]
+    return 1 if failed else 0
+
+
+def write_commands(
+    args: argparse.Namespace, sizes: list[dict[str, Any]], console: Console, seconds: float
+) -> None:
+    cmd = (
+        ".venv/bin/python bench/log_scale.py --commands --sizes "
+        + " ".join(str(s) for s in args.sizes)
+        + f" --part-rows {args.part_rows} --clicksim-max-rows {args.clicksim_max_rows} "
+        f"--out-dir {args.out_dir}"
+    )
+    rep = {
+        "machine": machine_info(),
+        "command": cmd,
+        "sizes": sizes,
+        "goal_peak_rss_bytes": GOAL_RSS,
+        "total_seconds": seconds,
+    }
+    json_path = args.results_dir / "log_scale.json"
+    md_path = args.results_dir / "log_scale.md"
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    report = json.loads(json_path.read_text()) if json_path.exists() else {}
+    report["commands"] = rep
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md_path.write_text(full_markdown(report))
+    t = Table(title="commands on dataset folders")
+    for i, h in enumerate(COMMAND_HEADER):
+        t.add_column(h, justify="left" if i < 2 else "right")
+    for row in command_rows(sizes):
+        t.add_row(*row)
+    console.print(t)
+    console.print(f"wrote {json_path} and {md_path}")
+
+
+def full_markdown(report: dict[str, Any]) -> str:
+    """The single-file phases (when measured) followed by the dataset commands (when measured)."""
+    parts = []
+    if "phases" in report:
+        parts.append(markdown(report))
+    if "commands" in report:
+        parts.append(commands_markdown(report["commands"]))
+    return "\n".join(parts)
+
+
 # ---- main --------------------------------------------------------------------------------------
 def command_line(args: argparse.Namespace) -> str:
     cmd = (
@@ -673,6 +1015,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-fixed-read", action="store_true", help="skip the validated pre_buffer=False read"
     )
     p.add_argument("--no-summarize", action="store_true", help="skip summarize_log")
+    p.add_argument(
+        "--commands", action="store_true", help="time the CLI commands on dataset folders"
+    )
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[10_000_000, 100_000_000],
+        help="dataset rows (--commands)",
+    )  # fmt: skip
+    p.add_argument("--part-rows", type=int, default=2_000_000, help="rows per part file")
+    p.add_argument(
+        "--clicksim-max-rows", type=int, default=1_000_000, help="clicksim fit's --max-rows"
+    )
+    p.add_argument("--generate", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--base", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--reference", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in ("rows", "batch", "context_dim"):
         if getattr(args, name) < 1:
@@ -687,6 +1043,14 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal:  # piped or logged: do not wrap the tables at 80 columns
         console = Console(width=160)
+    if args.reference is not None:  # the child that runs the raw DuckDB aggregate
+        print(json.dumps(raw_duckdb_ips(args.reference)))
+        return 0
+    if args.generate is not None:  # the child that writes a dataset folder (under nice)
+        generate_dataset(args.base, args.generate, args.rows, args.part_rows, args.seed)
+        return 0
+    if args.commands:
+        return commands_main(args, console)
     after_imports_hwm = (status_kib("VmHWM") or 0) * 1024
     after_imports = current_rss_bytes()
 
@@ -765,8 +1129,12 @@ def main(argv: list[str] | None = None) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.results_dir / "log_scale.json"
     md_path = args.results_dir / "log_scale.md"
+    if json_path.exists():  # keep the dataset-commands results of an earlier --commands run
+        old = json.loads(json_path.read_text())
+        if "commands" in old:
+            report["commands"] = old["commands"]
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    md_path.write_text(markdown(report))
+    md_path.write_text(full_markdown(report))
     kept = f"; kept {path}" if args.keep else f"; deleted {path}"
     console.print(f"wrote {json_path} and {md_path} in {report['total_seconds']:.0f} s{kept}")
     return 0 if report["ips_check_passed"] else 1
