@@ -1,4 +1,5 @@
-"""``python -m copyloop.experiments CONFIG --out DIR [--workers N] [--overwrite]``."""
+"""``python -m copyloop.experiments CONFIG --out DIR [--workers N] [--overwrite]
+[--backend process|ray] [--ray-address ADDRESS]``."""
 
 from __future__ import annotations
 
@@ -19,8 +20,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="output folder (new or empty)")
     ap.add_argument("--workers", type=int, default=None, help="processes (default min(2, CPUs))")
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ap.add_argument(
+        "--backend", choices=("process", "ray"), default="process", help="where the runs go"
+    )
+    ap.add_argument("--ray-address", default=None, help="Ray cluster (--backend ray)")
     args = ap.parse_args(argv)
-    result = run_experiment(args.config, args.out, workers=args.workers, overwrite=args.overwrite)
+    result = run_experiment(
+        args.config,
+        args.out,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        backend=args.backend,
+        ray_address=args.ray_address,
+    )
     print(summary_text(result))
     print(f"wrote {result.out_dir} in {result.elapsed_s:.1f} s")
 
