@@ -140,6 +140,7 @@ class _World:
         self.ctr = market.first_ctr_rows(rows[:, :du], rows[:, du : du + wt], camps, 0.0)
         self.mask = cat.slots[camps] >= 0
         self.context = block.user_feats
+        self.users = block.users
         self.campaign_ids = [ids[c] for c in camps]
         self.uniform = rng.random(cfg.requests)
         vid = list(cat.variant_ids)
@@ -150,8 +151,13 @@ class _World:
                     self.slot_of[vid[v]] = (c, k)
 
     def body(self, i: int) -> bytes:
+        # the user's population index as user_id: the exported log can be judged by the world
         return json.dumps(
-            {"campaign_id": self.campaign_ids[i], "context": self.context[i].tolist()}
+            {
+                "campaign_id": self.campaign_ids[i],
+                "context": self.context[i].tolist(),
+                "user_id": f"u{self.users[i]}",
+            }
         ).encode()
 
 
