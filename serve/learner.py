@@ -16,6 +16,7 @@ loads the last snapshot and re-learns the rows joined after it, in their order, 
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -199,13 +200,14 @@ class Learner:
             if len(rows) == limit:  # drop the last, possibly partial, join
                 last = rows[-1].join_seq
                 rows = [r for r in rows if r.join_seq != last]
-            log = to_log(
-                [r.decision for r in rows],
-                [r.reward for r in rows],
-                m.cfg.context_width,
-                DecisionLog,
-            )
-            m.learner_policy.learn_log(log, m.variants)
+            # one learn_log per join, as the rows were first taught: the same state, bit for
+            # bit, and the same model version
+            for _, group in itertools.groupby(rows, key=lambda r: r.join_seq):
+                g = list(group)
+                log = to_log(
+                    [r.decision for r in g], [r.reward for r in g], m.cfg.context_width, DecisionLog
+                )
+                m.learner_policy.learn_log(log, m.variants)
             m.through_join = rows[-1].join_seq
             m.rows_since_save += len(rows)
             n += len(rows)
