@@ -248,6 +248,13 @@ def tune(
     min_ratio: Annotated[
         float, typer.Option(help="dpo: a pair's better line must have this × the reward.")
     ] = 1.1,
+    min_z: Annotated[
+        float,
+        typer.Option(
+            help="dpo on a click pool: a pair's click estimates must also be this many standard "
+            "errors apart (0 = off)."
+        ),
+    ] = 0.0,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-5,
     kl_coef: Annotated[
         float, typer.Option(help="Initial KL coefficient (offline: KTO beta; dpo: DPO beta).")
@@ -300,6 +307,7 @@ def tune(
         pairs_per_prompt=pairs_per_prompt,
         pairing=pairing,
         min_ratio=min_ratio,
+        min_z=min_z,
         reference=reference,
         kl_anchor=kl_anchor,
         nll_coef=nll_coef,
@@ -375,37 +383,99 @@ def _collect(
 def pool_cmd(
     out: Annotated[Path, typer.Option(help="Parquet file of the scored sample pool.")],
     model: ModelOpt = None,
-    reward: Annotated[str, typer.Option(help="Reward: world, clicksim:DIR or proxy:SEED.")] = (
-        "world"
-    ),
+    signal: Annotated[
+        str,
+        typer.Option(
+            help="clicks: score lines by simulated clicks only (Bernoulli draws for --impressions "
+            "impressions from the tune half of the users) — the honest recipe; reward: score "
+            "them with --reward (world = the judge's own expected CTR: an upper bound at best)."
+        ),
+    ] = "reward",
+    reward: Annotated[
+        str, typer.Option(help="--signal reward: world, clicksim:DIR or proxy:SEED.")
+    ] = "world",
+    impressions: Annotated[
+        int, typer.Option(help="--signal clicks: impressions this round (at most 5,000,000).")
+    ] = 2_000_000,
+    split_seed: Annotated[
+        int,
+        typer.Option(
+            help="--signal clicks: seed of the users' tune / judge split (the judge must use "
+            "the same)."
+        ),
+    ] = 0,
+    prior_strength: Annotated[
+        float,
+        typer.Option(help="--signal clicks: pseudo-impressions shrinking a line to its prompt."),
+    ] = 300.0,
+    lines_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="--signal clicks: show the lines of this pool (sampled by --model) to new "
+            "readers with new clicks (--seed) instead of sampling afresh."
+        ),
+    ] = None,
     campaigns: Annotated[str, typer.Option(help="Campaigns (0-59, even, all).")] = "even",
     n: Annotated[int, typer.Option(help="Lines sampled per (campaign, segment).")] = 16,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Sampling (and click) seed.")] = 0,
     device: Annotated[str | None, typer.Option(help="torch device.")] = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Sample N lines per (campaign, segment) from a model, filter and score them, and save the
-    pool (Parquet) for `generator tune --mode dpo --pool`: one sampling pass, many tuning runs."""
+    pool (Parquet) for `generator tune --mode dpo --pool`: one sampling pass, many tuning runs.
+    The pool records its provenance (signal, budget, users, campaigns)."""
     from copyloop.contract import check_output_path
+    from copyloop.generator.clicks import UserSplit, check_budget, click_pool
+    from copyloop.generator.preference import SamplePool
     from copyloop.generator.reward import parse_reward
 
     if n < 2:
         raise ValueError(f"--n must be >= 2 (pairs need two lines per prompt), got {n}")
+    if signal not in ("clicks", "reward"):
+        raise ValueError(f"--signal must be clicks or reward, got {signal!r}")
     check_output_path(out, "--out")
     market = _market(config)
-    rfn = parse_reward(reward, market)
     camps = _ints(campaigns, market.catalog.n_campaigns, "--campaigns")
-    lm = _load(model, device)
-    res = _collect(lm, market, rfn, reward, camps, n, seed)
+    if lines_from is not None and signal != "clicks":
+        raise ValueError("--lines-from needs --signal clicks")
+    if signal == "clicks":
+        check_budget(impressions, 1)
+        lines = SamplePool.load(lines_from) if lines_from is not None else None
+        lm = _load(model, device)
+        with _progress() as prog:
+            task = prog.add_task(
+                "sampling", total=len(camps) * market.population.n_segments, info=""
+            )
+            res = click_pool(
+                lm,
+                market,
+                campaigns=camps,
+                n=n,
+                impressions=impressions,
+                split=UserSplit(split_seed),
+                seed=seed,
+                prior_strength=prior_strength,
+                progress=lambda done, total: prog.update(task, completed=done, total=total),
+                lines=lines,
+            )
+    else:
+        rfn = parse_reward(reward, market)
+        lm = _load(model, device)
+        res = _collect(lm, market, rfn, reward, camps, n, seed)
     res.save(out)
     s = res.summary()
     if as_json:
-        print_json({"out": str(out), **s})
+        print_json({"out": str(out), **s, "provenance": res.meta.get("provenance")})
         return
+    clicks = (
+        f"; {int(s['clicks']):,} clicks on {int(s['impressions']):,} impressions"
+        if "clicks" in s
+        else ""
+    )
     console.print(
         f"wrote {out}: {int(s['lines'])} lines for {int(s['prompts'])} prompts, "
-        f"{s['valid']:.0%} valid, mean reward of valid lines {s['mean_reward']:.5f}"
+        f"{s['valid']:.0%} valid, mean reward of valid lines {s['mean_reward']:.5f}{clicks}"
     )
 
 

@@ -504,3 +504,90 @@ def world_audit(
             )
         )
     return report
+
+
+# ---- flags on any model's own lines -------------------------------------------------------------
+FLAGS: dict[str, str] = {
+    "unsupported_claims": "a claim (superlative, health, guarantee) its product's text lacks",
+    "audience": "describes its audience instead of the product",
+    "spam": "spam marks",
+    "list": "a list of one- or two-word items, or a string of generic keywords, longer than 3",
+    "hype": "more than 3 urgency / value / call-to-action words",
+    "repetition": "more than 20 % repeated words or word pairs",
+    "caps": "more than 20 % of words in capitals the product does not write so",
+    "exclamations": "more than one '!'",
+    "gibberish": "more than 10 % non-words",
+    "codes": "more than 30 % of words with digits",
+    "too_long": "more than 25 words",
+    "off_product": "MiniLM cosine to its product below 0.35 (a reader takes in none of its cues)",
+}
+"""The audit's flags for any line of copy, each where world v2 starts to take clicks away (see
+``ReadingWeights``): what a tuned generator's own samples are checked for, against the base
+model's (issue 15, item 4)."""
+
+
+def audit_flags(
+    texts: list[str],
+    products: list[Product],
+    *,
+    cosine: npt.NDArray[np.float64] | None = None,
+) -> dict[str, npt.NDArray[np.bool_]]:
+    """Which of :data:`FLAGS` each line raises, ``{flag: (n,) bool}`` plus ``"any"``.
+
+    Args:
+        texts: the lines.
+        products: the product of each line.
+        cosine: MiniLM cosine of each line to its product's title + description, ``(n,)``
+            (``off_product`` is left out when None).
+
+    Example:
+        >>> p = Product("1", "Trail Runner Shoe", "Cushioned sole.", "Acme", "", 1)
+        >>> f = audit_flags(["Trail Runner Shoe: cures anxiety, guaranteed!"], [p])
+        >>> bool(f["unsupported_claims"][0]), bool(f["caps"][0])
+        (True, False)
+    """
+    if len(products) != len(texts):
+        raise ValueError(
+            f"`products` must hold one product per text; got {len(products)} for {len(texts)}"
+        )
+    facts = [ProductFacts.of(p.title, p.description, p.brand, p.category_name) for p in products]
+    r = read_copy(texts, facts) if texts else np.zeros((0, len(READ)), np.float32)
+    out = {
+        "unsupported_claims": r[:, READ["unsupported_claims"]] >= 1,
+        "audience": r[:, READ["audience"]] >= 1,
+        "spam": r[:, READ["spam"]] >= 1,
+        "list": (r[:, READ["list_run"]] > 3) | (r[:, READ["keyword_run"]] > 3),
+        "hype": r[:, READ["hype"]] > 3,
+        "repetition": r[:, READ["repetition"]] > 0.2,
+        "caps": r[:, READ["caps"]] > 0.2,
+        "exclamations": r[:, READ["exclamations"]] > 1,
+        "gibberish": r[:, READ["unknown"]] > 0.1,
+        "codes": r[:, READ["codes"]] > 0.3,
+        "too_long": r[:, READ["words"]] > 25,
+    }
+    if cosine is not None:
+        cos = np.asarray(cosine, np.float64)
+        if cos.shape != (len(texts),):
+            raise ValueError(f"`cosine` must have shape ({len(texts)},), got {cos.shape}")
+        out["off_product"] = cos < 0.35
+    out["any"] = np.logical_or.reduce(list(out.values())) if texts else np.zeros(0, bool)
+    return out
+
+
+def product_cosine(
+    market: Market, texts: list[str], campaigns: list[int], *, encoder: Any = None
+) -> npt.NDArray[np.float64]:
+    """MiniLM cosine of each line to its campaign's product title + description (what world v2
+    reads relevance from), ``(n,)``. ``encoder``: a ``TextEncoder`` (default: the shared one,
+    which caches embeddings on disk — pass ``TextEncoder(cache=False)`` for one-off lines)."""
+    from copyloop.envs.embed import default_encoder
+
+    enc = encoder if encoder is not None else default_encoder()
+    if not texts:
+        return np.zeros(0)
+    prods = market.catalog.products
+    uniq = sorted(set(campaigns))
+    pe = enc.encode([f"{prods[c].title}. {prods[c].description}" for c in uniq])
+    row = {c: i for i, c in enumerate(uniq)}
+    te = enc.encode(list(texts)).astype(np.float64)
+    return np.einsum("ne,ne->n", te, pe[[row[c] for c in campaigns]].astype(np.float64))

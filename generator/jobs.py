@@ -41,6 +41,8 @@ class TuneJob:
         pairs_per_prompt: dpo: most pairs per prompt.
         pairing: dpo: ``extremes`` or ``all``.
         min_ratio: dpo: a pair's better line must have this × the reward.
+        min_z: dpo on a click pool: a pair's click estimates must be this many standard errors
+            apart.
         reference: dpo: frozen reference model (None: the start; ``base``: the embedded model).
         kl_anchor: dpo: model the sampled KL budget is measured against (None: the reference).
         nll_coef: dpo: per-token NLL weight on chosen lines (RPO); 0 = plain DPO.
@@ -63,6 +65,7 @@ class TuneJob:
     pairs_per_prompt: int = 4
     pairing: str = "extremes"
     min_ratio: float = 1.1
+    min_z: float = 0.0
     reference: str | None = None
     kl_anchor: str | None = None
     nll_coef: float = 0.0
@@ -93,6 +96,8 @@ class TuneJob:
             raise ValueError(f"`kl_prompts` must be >= 1, got {self.kl_prompts}")
         if self.nll_coef < 0:
             raise ValueError(f"`nll_coef` must be >= 0, got {self.nll_coef}")
+        if self.min_z < 0:
+            raise ValueError(f"`min_z` must be >= 0, got {self.min_z}")
 
 
 def check_pool(pool: Any, market: Any) -> None:
@@ -182,7 +187,9 @@ def run_tune(
             pairs_per_prompt=job.pairs_per_prompt,
             min_ratio=job.min_ratio,
             pairing=job.pairing,
+            min_z=job.min_z,
         )
+        prov, monitor = _provenance(spool, job, market)
         ereq = [
             CopyRequest(int(c), int(sg))
             for c, sg in zip(spool.campaigns, spool.segments, strict=True)
@@ -194,10 +201,15 @@ def run_tune(
             job.out,
             config=cfg,
             beta=cfg.kl_coef,
-            reward=WorldReward(market, users_per_segment=256, seed=1),
+            reward=monitor,
             eval_requests=ereq,
             version=job.version,
-            extra={"pool": str(job.pool) if job.pool else None, "pool_meta": spool.meta},
+            extra={
+                "pool": str(job.pool) if job.pool else None,
+                "pool_meta": spool.meta,
+                "provenance": prov,
+                "min_z": job.min_z,
+            },
             reference=ref_lm,
             kl_anchor=anchor_lm,
             kl_prompts=job.kl_prompts,
@@ -240,6 +252,34 @@ def run_tune(
         version=job.version,
         progress=tick,
     )
+
+
+def _provenance(pool: Any, job: TuneJob, market: Any) -> tuple[dict[str, Any], Any]:
+    """What trains a DPO run on ``pool`` (its recorded provenance, or — for a pool scored by a
+    reward function — the signal its reward amounts to), and the reward of the run's monitoring
+    curves: the world on the tune half of the pool's user split, so no reader the judge may
+    draw is touched; for a pool without a split, the world on seed-1 users, as before."""
+    from copyloop.generator.clicks import UserSplit, provenance, signal_of
+    from copyloop.generator.reward import WorldReward
+
+    prov = pool.meta.get("provenance")
+    if not isinstance(prov, dict):
+        prov = provenance(
+            signal_of(str(pool.meta.get("reward") or job.reward)),
+            reward=str(pool.meta.get("reward") or job.reward),
+            campaigns=sorted({int(c) for c in pool.campaigns}),
+            split=None,
+            seed=int(pool.meta.get("seed", 0)),
+        )
+    users = prov.get("users")
+    if isinstance(users, dict) and users.get("part") == "tune":
+        split = UserSplit(int(users["split_seed"]), float(users["judge_share"]))
+        monitor = WorldReward(
+            market, users_per_segment=256, seed=1, pool=split.users(market, "tune")
+        )
+    else:
+        monitor = WorldReward(market, users_per_segment=256, seed=1)
+    return {**prov, "min_ratio": job.min_ratio, "min_z": job.min_z}, monitor
 
 
 def _eval_requests(camps: Sequence[int], market: Any) -> list[Any]:

@@ -72,7 +72,11 @@ class SamplePool:
         texts: cleaned lines, (N,).
         reward: reward of each valid line (0 for rejected ones), (N,).
         valid: whether the line passed the post-filters, (N,).
-        meta: where the pool came from (model, reward, sampling settings, seed).
+        meta: where the pool came from (model, reward, sampling settings, seed; a click pool's
+            ``provenance``, :func:`copyloop.generator.clicks.provenance`).
+        impressions, clicks: a click pool's simulated impressions and clicks per line, (N,)
+            (None for a pool scored by a reward function).
+        stderr: standard error of each line's click estimate, (N,) (None likewise).
     """
 
     campaigns: npt.NDArray[np.int64]
@@ -83,6 +87,9 @@ class SamplePool:
     reward: npt.NDArray[np.float64]
     valid: npt.NDArray[np.bool_]
     meta: dict[str, Any]
+    impressions: npt.NDArray[np.int64] | None = None
+    clicks: npt.NDArray[np.int64] | None = None
+    stderr: npt.NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -94,17 +101,21 @@ class SamplePool:
 
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.table(
-            {
-                "group": pa.array(self.group, pa.int64()),
-                "campaign": pa.array(self.campaigns[self.group], pa.int64()),
-                "segment": pa.array(self.segments[self.group], pa.int64()),
-                "prompt": pa.array([self.prompts[g] for g in self.group], pa.string()),
-                "text": pa.array(self.texts, pa.string()),
-                "reward": pa.array(self.reward, pa.float64()),
-                "valid": pa.array(self.valid, pa.bool_()),
-            }
-        )
+        cols = {
+            "group": pa.array(self.group, pa.int64()),
+            "campaign": pa.array(self.campaigns[self.group], pa.int64()),
+            "segment": pa.array(self.segments[self.group], pa.int64()),
+            "prompt": pa.array([self.prompts[g] for g in self.group], pa.string()),
+            "text": pa.array(self.texts, pa.string()),
+            "reward": pa.array(self.reward, pa.float64()),
+            "valid": pa.array(self.valid, pa.bool_()),
+        }
+        if self.impressions is not None and self.clicks is not None:
+            cols["impressions"] = pa.array(self.impressions, pa.int64())
+            cols["clicks"] = pa.array(self.clicks, pa.int64())
+        if self.stderr is not None:
+            cols["stderr"] = pa.array(self.stderr, pa.float64())
+        table = pa.table(cols)
         meta = {"copyloop_pool": json.dumps({"version": POOL_VERSION, **self.meta})}
         table = table.replace_schema_metadata(meta)
         tmp = p.with_name(p.name + ".tmp")
@@ -143,6 +154,12 @@ class SamplePool:
         camp = np.asarray(table.column("campaign").to_numpy(), np.int64)
         seg = np.asarray(table.column("segment").to_numpy(), np.int64)
         prompts = table.column("prompt").to_pylist()
+
+        def opt(name: str, dtype: Any) -> Any:
+            if name not in table.column_names:
+                return None
+            return np.asarray(table.column(name).to_numpy(), dtype)
+
         return cls(
             campaigns=camp[first],
             segments=seg[first],
@@ -152,16 +169,24 @@ class SamplePool:
             reward=np.asarray(table.column("reward").to_numpy(), np.float64),
             valid=np.asarray(table.column("valid").to_numpy(zero_copy_only=False), bool),
             meta=meta,
+            impressions=opt("impressions", np.int64),
+            clicks=opt("clicks", np.int64),
+            stderr=opt("stderr", np.float64),
         )
 
     def summary(self) -> dict[str, float]:
-        """Lines, prompts, share valid and mean reward of the valid lines."""
-        return {
+        """Lines, prompts, share valid and mean reward of the valid lines (and a click pool's
+        impressions and clicks)."""
+        out = {
             "lines": float(len(self)),
             "prompts": float(len(self.prompts)),
             "valid": float(self.valid.mean()) if len(self) else 0.0,
             "mean_reward": float(self.reward[self.valid].mean()) if self.valid.any() else 0.0,
         }
+        if self.impressions is not None and self.clicks is not None:
+            out["impressions"] = float(self.impressions.sum())
+            out["clicks"] = float(self.clicks.sum())
+        return out
 
 
 def collect_pool(
@@ -268,6 +293,7 @@ def preference_pairs(
     min_ratio: float = 1.1,
     invalid_rejected: int = 0,
     pairing: str = "extremes",
+    min_z: float = 0.0,
 ) -> list[Pair]:
     """Preference pairs from a pool, per prompt (distinct valid texts only), kept when the
     better line's reward is at least ``min_ratio`` times the worse one's:
@@ -279,13 +305,25 @@ def preference_pairs(
       pairs per prompt are cheap);
 
     plus up to ``invalid_rejected`` pairs of the best valid line against a line the filters
-    rejected (their ``log_ratio`` is set to log 2)."""
+    rejected (their ``log_ratio`` is set to log 2).
+
+    For a click pool (``stderr`` set), a pair also needs its two estimates ``min_z`` standard
+    errors apart, ``(r_w − r_l) / sqrt(se_w² + se_l²) >= min_z``: with ~2 % CTRs a ratio alone
+    is often noise."""
     if pairs_per_prompt < 1:
         raise ValueError(f"`pairs_per_prompt` must be >= 1, got {pairs_per_prompt}")
     if not min_ratio >= 1.0:
         raise ValueError(f"`min_ratio` must be >= 1, got {min_ratio}")
     if pairing not in ("extremes", "all"):
         raise ValueError(f"`pairing` must be 'extremes' or 'all', got {pairing!r}")
+    if min_z < 0:
+        raise ValueError(f"`min_z` must be >= 0, got {min_z}")
+    if min_z > 0 and pool.stderr is None:
+        raise ValueError(
+            "`min_z` needs a click pool (per-line standard errors) — this pool was scored by "
+            f"{pool.meta.get('reward')!r}; use --min-z 0"
+        )
+    se = pool.stderr
     out: list[Pair] = []
     for g, prompt in enumerate(pool.prompts):
         rows = np.flatnonzero(pool.group == g)
@@ -304,6 +342,10 @@ def preference_pairs(
         kept = 0
         for w, lo in cand:
             lr = float(np.log(pool.reward[w] / pool.reward[lo]))
+            if se is not None and min_z > 0:
+                z = (pool.reward[w] - pool.reward[lo]) / max(np.hypot(se[w], se[lo]), 1e-12)
+                if z < min_z:
+                    continue
             if lr >= np.log(min_ratio) and kept < pairs_per_prompt:
                 out.append(Pair(prompt, pool.texts[w], pool.texts[lo], lr))
                 kept += 1

@@ -51,6 +51,11 @@ class WorldReward:
         users_per_segment: users sampled per segment (fixed at construction).
         seed: seed of the user sample (use another seed to judge on held-out users).
         world: a click world to use instead of the market's (e.g. a proxy world).
+        pool: the users each segment's sample is drawn from, one array per segment (default:
+            all of the segment's users) — e.g. one half of a
+            :class:`~copyloop.generator.clicks.UserSplit`.
+        replace: draw with replacement (the default, as before) or without (then
+            ``users_per_segment`` must not exceed any segment's pool).
     """
 
     def __init__(
@@ -60,6 +65,8 @@ class WorldReward:
         users_per_segment: int = 256,
         seed: int = 0,
         world: Any = None,
+        pool: Sequence[npt.NDArray[np.int64]] | None = None,
+        replace: bool = True,
     ) -> None:
         if users_per_segment < 1:
             raise ValueError(f"`users_per_segment` must be >= 1, got {users_per_segment}")
@@ -69,9 +76,22 @@ class WorldReward:
         self.seed = seed
         rng = np.random.default_rng([seed, 4241])
         seg = market.population.users.segment
+        n_seg = market.population.n_segments
+        if pool is None:
+            pool = [np.flatnonzero(seg == s) for s in range(n_seg)]
+        if len(pool) != n_seg:
+            raise ValueError(f"`pool` must hold one array per segment ({n_seg}), got {len(pool)}")
+        need = 1 if replace else users_per_segment
+        small = [s for s in range(n_seg) if len(pool[s]) < need]
+        if small:
+            raise ValueError(
+                f"segment(s) {small} have too few users in `pool` "
+                f"({[len(pool[s]) for s in small]}) for {users_per_segment} draws"
+                + ("" if replace else " without replacement — lower users_per_segment")
+            )
         self._users = [
-            rng.choice(np.flatnonzero(seg == s), size=users_per_segment)
-            for s in range(market.population.n_segments)
+            rng.choice(np.asarray(pool[s]), size=users_per_segment, replace=replace)
+            for s in range(n_seg)
         ]
 
     def users(self, segment: int) -> npt.NDArray[np.int64]:

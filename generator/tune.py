@@ -489,7 +489,11 @@ def _finish(
         "seconds": float(sum(h.get("seconds", 0.0) for h in history)),
         **extra,
     }
-    save_model(lm, out_p, version=version, made_by=made_by, extra={"tune": asdict(cfg)})
+    meta_extra: dict[str, Any] = {"tune": asdict(cfg)}
+    if "provenance" in extra:  # what trained this round, after every earlier round's
+        chain = lm.meta().get("lineage")
+        meta_extra["lineage"] = [*(chain if isinstance(chain, list) else []), extra["provenance"]]
+    save_model(lm, out_p, version=version, made_by=made_by, extra=meta_extra)
     lm.version, lm.path, lm.source = version, out_p, str(out_p)
     (out_p / "metrics.json").write_text(
         json.dumps({"summary": summary, "history": history, "config": asdict(cfg)}, indent=2)
