@@ -883,7 +883,8 @@ def command_notes(sizes: list[dict[str, Any]]) -> list[str]:
         )
         ref = (c.get("reference: raw DuckDB IPS aggregate") or {}).get("output") or {}
         lines.append(
-            f"{sz['rows']:,} rows: {sz['parts']} parts of {sz['part_rows']:,} rows, "
+            f"{sz['rows']:,} rows ({sz.get('date', '')}): {sz['parts']} parts of "
+            f"{sz['part_rows']:,} rows, "
             f"{sz['bytes_on_disk'] / 1e9:,.2f} GB on disk "
             f"({sz['bytes_on_disk'] / sz['rows']:.1f} bytes/row), written in "
             f"{sz['generate']['seconds']:,.0f} s under nice 19"
@@ -941,9 +942,18 @@ def commands_main(args: argparse.Namespace, console: Console) -> int:
 def write_commands(
     args: argparse.Namespace, sizes: list[dict[str, Any]], console: Console, seconds: float
 ) -> None:
+    json_path = args.results_dir / "log_scale.json"
+    report = json.loads(json_path.read_text()) if json_path.exists() else {}
+    # sizes measured by an earlier run (other row counts) stay, each with its own date
+    date = machine_info()["date"]
+    for sz in sizes:
+        sz.setdefault("date", date)
+    done = {sz["rows"] for sz in sizes}
+    earlier = [sz for sz in report.get("commands", {}).get("sizes", []) if sz["rows"] not in done]
+    sizes = sorted(earlier + sizes, key=lambda sz: sz["rows"])
     cmd = (
         ".venv/bin/python bench/log_scale.py --commands --sizes "
-        + " ".join(str(s) for s in args.sizes)
+        + " ".join(str(sz["rows"]) for sz in sizes)
         + f" --part-rows {args.part_rows} --clicksim-max-rows {args.clicksim_max_rows} "
         f"--out-dir {args.out_dir}"
     )
@@ -954,10 +964,8 @@ def write_commands(
         "goal_peak_rss_bytes": GOAL_RSS,
         "total_seconds": seconds,
     }
-    json_path = args.results_dir / "log_scale.json"
     md_path = args.results_dir / "log_scale.md"
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    report = json.loads(json_path.read_text()) if json_path.exists() else {}
     report["commands"] = rep
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     md_path.write_text(full_markdown(report))

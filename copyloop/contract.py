@@ -1295,14 +1295,28 @@ def read_dataset(
         src = "read_parquet(?, filename=true, file_row_number=true)"
         n = int(con.execute("SELECT count(*) FROM read_parquet(?)", [files]).fetchall()[0][0])
         if max_rows is None or n <= max_rows:
-            query, params = f"SELECT {cols} FROM read_parquet(?)", [files]
+            table = con.sql(f"SELECT {cols} FROM read_parquet(?)", params=[files]).to_arrow_table()
         else:
-            query = (
-                f"SELECT {cols} FROM (SELECT * FROM {src} USING SAMPLE reservoir({int(max_rows)} "
-                f"ROWS) REPEATABLE ({int(seed)})) ORDER BY filename, file_row_number"
+            # Draw the rows' positions only (narrow, so the reservoir fits the memory limit;
+            # one thread, as DuckDB's REPEATABLE sample is deterministic only single-threaded),
+            # then stream the drawn rows out and put them back in log order in Arrow.
+            con.execute("SET threads = 1")
+            con.execute(
+                f"CREATE TEMP TABLE pick AS SELECT filename AS f, file_row_number AS r FROM {src} "
+                f"USING SAMPLE reservoir({int(max_rows)} ROWS) REPEATABLE ({int(seed)})",
+                [files],
             )
-            params = [files]
-        table = con.sql(query, params=params).to_arrow_table()
+            con.execute("RESET threads")
+            reader = con.sql(
+                f"SELECT {cols}, filename, file_row_number FROM {src} SEMI JOIN pick "
+                "ON filename = pick.f AND file_row_number = pick.r",
+                params=[files],
+            ).to_arrow_reader(1_000_000)
+            table = (
+                pa.Table.from_batches(list(reader), schema=reader.schema)
+                .sort_by([("filename", "ascending"), ("file_row_number", "ascending")])
+                .drop_columns(["filename", "file_row_number"])
+            )
     try:
         return DecisionLog(table.replace_schema_metadata(None), variants=variants)
     except LogValidationError as e:
