@@ -78,22 +78,42 @@ def serve(
         from copyloop.serve import ServiceConfig, create_app
     except ImportError as e:
         raise ValueError(f"{e} (pip install 'copyloop[serve]')") from None
-    m = market(config)
-    if demo:
-        st = _sqlite(store)
-        try:
-            n = register_market(st, m)
-        finally:
-            st.close()
-        err.print(f"demo: registered {n} campaigns" if n else "demo: campaigns already present")
+    featurizer, encoder = _featurizer(store, config, demo)
     cfg = ServiceConfig(
         store=store,
-        featurizer=m.catalog.featurizer,
-        encoder=getattr(m.catalog, "encoder", None),
+        featurizer=featurizer,
+        encoder=encoder,
         learn_interval_s=learn_interval,
     )
     err.print(f"serving on http://{host}:{port} (store {store})")
     uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning", access_log=False)
+
+
+def _featurizer(store: str, config: Path | None, demo: bool) -> tuple[Any, Any]:
+    """The featurizer the store's copy is featurized with, and a text encoder if one is at hand.
+
+    The first start builds the market (``config``, or the default one), saves its featurizer
+    into the store and, with ``demo``, registers its campaigns; later starts read the
+    featurizer back and build nothing, so a restart serves within seconds (the MiniLM encoder
+    loads only when an admin adds copy)."""
+    from copyloop.serve.store import featurizer_bytes, featurizer_from_bytes
+
+    st = _sqlite(store)
+    try:
+        blob = st.get_meta("featurizer")
+        m = None
+        if demo and not st.campaigns():
+            m = market(config)
+            err.print(f"demo: registered {register_market(st, m)} campaigns")
+        if blob is None:
+            m = m or market(config)
+            st.set_meta("featurizer", featurizer_bytes(m.catalog.featurizer)).result()
+            return m.catalog.featurizer, getattr(m.catalog, "encoder", None)
+        if config is not None:
+            err.print("[dim]the store has its featurizer already; --config is not re-read[/]")
+        return featurizer_from_bytes(blob), None
+    finally:
+        st.close()
 
 
 @serve_app.command("export")

@@ -271,6 +271,10 @@ class Store(Protocol):
 
     def create_key(self, scope: str, actor: str) -> Future[str]: ...
 
+    def get_meta(self, key: str) -> bytes | None: ...
+
+    def set_meta(self, key: str, value: bytes) -> Future[None]: ...
+
     def commit_join(self, joined: Sequence[JoinedRow]) -> Future[int]: ...
 
     def record_snapshot(self, snapshot: SnapshotRecord) -> Future[None]: ...
@@ -353,6 +357,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     model_id TEXT NOT NULL, version INTEGER NOT NULL, model_version TEXT NOT NULL,
     created REAL NOT NULL, path TEXT NOT NULL, rows_learned INTEGER NOT NULL,
     through_join INTEGER NOT NULL, PRIMARY KEY (model_id, version));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, actor TEXT NOT NULL,
     action TEXT NOT NULL, detail TEXT NOT NULL);
@@ -720,7 +725,20 @@ class SQLiteStore:
 
         return self._submit(op)
 
+    def set_meta(self, key: str, value: bytes) -> Future[None]:
+        """Store a service-wide value (the featurizer the copy is featurized with)."""
+
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            _audit(c, "service", "meta.set", {"key": key, "bytes": len(value)})
+
+        return self._submit(op)
+
     # ---- reads ----------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> bytes | None:
+        r = self._reader().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if r is None else bytes(r[0])
+
     def campaigns(self) -> list[CampaignConfig]:
         rows = self._reader().execute("SELECT config FROM campaigns ORDER BY created").fetchall()
         return [CampaignConfig.from_json(r[0]) for r in rows]
@@ -959,6 +977,24 @@ def to_log(
         policy_id=[d.policy_id for d in decisions],
         model_version=[d.model_version for d in decisions],
     )
+
+
+def featurizer_bytes(featurizer: Any) -> bytes:
+    """A featurizer as ``.npz`` bytes (its plain arrays; no pickle) for :meth:`set_meta`."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **featurizer.to_arrays())
+    return buf.getvalue()
+
+
+def featurizer_from_bytes(blob: bytes) -> Any:
+    import io
+
+    from copyloop.envs.featurize import CopyFeaturizer
+
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        return CopyFeaturizer.from_arrays({k: z[k] for k in z.files})
 
 
 def _qs(n: int) -> str:
