@@ -139,9 +139,10 @@ def run_floor(tmp: Path, requests: int, concurrency: int) -> dict[str, Any]:
         import uvloop
 
         uvloop.run(hammer(f"http://127.0.0.1:{port}/hello", 1000, concurrency))  # warm-up
-        c0 = cpu_seconds(proc.pid)
+        c0, me0 = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
         out = uvloop.run(hammer(f"http://127.0.0.1:{port}/hello", requests, concurrency))
         out["server_cpu_us_per_request"] = (cpu_seconds(proc.pid) - c0) / requests * 1e6
+        out["client_cpu_us_per_request"] = (cpu_seconds(os.getpid()) - me0) / requests * 1e6
         return out
     finally:
         stop(proc)
@@ -166,12 +167,12 @@ def run_service(tmp: Path, market: Any, requests: int, concurrency: int, i: int)
         url = f"http://127.0.0.1:{port}"
         run_traffic(TrafficConfig(url=url, key=key, requests=1000, concurrency=concurrency,
                                   seed=10_000 + i), market)  # fmt: skip
-        c0 = cpu_seconds(proc.pid)
+        c0, me0 = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
         rep = run_traffic(
             TrafficConfig(url=url, key=key, requests=requests, concurrency=concurrency, seed=i),
             market,
         )
-        cpu = cpu_seconds(proc.pid) - c0
+        cpu, me = cpu_seconds(proc.pid) - c0, cpu_seconds(os.getpid()) - me0
     finally:
         stop(proc)
     both = [rep.rank_ms["p99"], rep.reward_ms["p99"]]
@@ -183,6 +184,7 @@ def run_service(tmp: Path, market: Any, requests: int, concurrency: int, i: int)
         "http_p99_ms": max(both),
         "errors": rep.errors,
         "server_cpu_us_per_pair": cpu / max(rep.rewards, 1) * 1e6,
+        "client_cpu_us_per_pair": me / max(rep.rewards, 1) * 1e6,
         "served_ctr": rep.served_ctr,
         "uniform_ctr": rep.uniform_ctr,
         "oracle_ctr": rep.oracle_ctr,
@@ -222,6 +224,12 @@ def render(report: dict[str, Any]) -> str:
         f"- Server CPU per rank+reward pair: {sv['server_cpu_us_per_pair']:.0f} µs, i.e. "
         f"{1e6 / sv['server_cpu_us_per_pair']:,.0f} pairs/s per fully used core "
         f"(the floor: {1e6 / fl['server_cpu_us_per_request'] / 2:,.0f}).",
+        f"- The load generator used {sv['client_cpu_us_per_pair']:.0f} µs of CPU per pair "
+        f"(aiohttp plus the world's clicks). With server and client on the same "
+        f"{h['cpu_count']} cores, the box can carry at most "
+        f"{report['cpu_bound_pairs_per_s']:,.0f} pairs/s at these CPU costs "
+        f"({h['cpu_count']} × 10⁶ µs ÷ (server + client µs per pair)); the floor's bound: "
+        f"{report['floor_cpu_bound_pairs_per_s']:,.0f}.",
         f"- Freshness (the service's histogram of reward arrival → serving model): p50 ≤ "
         f"{sv['freshness_p50_le_s']} s, p99 ≤ {sv['freshness_p99_le_s']} s "
         f"(bucket bounds); group commit carried {sv['mean_commit_batch']:.1f} writes per "
@@ -272,6 +280,10 @@ def main() -> None:
         vals = [s["server"].get(k) for s in services if s["server"].get(k) is not None]
         sv[k] = float(np.max(vals)) if vals else float("nan")
     ratio = sv["pairs_per_s"] / (fl["req_per_s"] / 2)
+    cores = os.cpu_count() or 1
+    bound = cores * 1e6 / (sv["server_cpu_us_per_pair"] + sv["client_cpu_us_per_pair"])
+    floor_pair = 2 * (fl["server_cpu_us_per_request"] + fl["client_cpu_us_per_request"])
+    floor_bound = cores * 1e6 / floor_pair
     goals = [
         {
             "goal": "rank+reward pairs/s (copyloop traffic, LinearTS, default market)",
@@ -302,6 +314,8 @@ def main() -> None:
         "service": sv,
         "service_runs": services,
         "ratio_to_floor": ratio,
+        "cpu_bound_pairs_per_s": bound,
+        "floor_cpu_bound_pairs_per_s": floor_bound,
         "goals": goals,
         "all_goals_passed": all(g["passed"] for g in goals),
         "total_seconds": time.perf_counter() - t0,
