@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import threading
 import zipfile
@@ -121,6 +122,7 @@ class Policy(ABC):
         self._updates = 0
         self._entropy = seed if seed is not None else int(np.random.default_rng().integers(2**62))
         self._store: VariantStore | None = None
+        self._widths: dict[str, int] | None = None
 
     # ---- the two verbs --------------------------------------------------------------------------
     def act(self, obs: Obs) -> Decision:
@@ -262,37 +264,141 @@ class Policy(ABC):
             raise ValueError("no variant store: attach one (policy.attach(store)) or pass store=")
         if not isinstance(event_id, str) or not event_id:
             raise ValueError(f"`event_id` must be a non-empty string, got {event_id!r}")
-        ids = list(candidate_ids)
-        rows = st.rows(ids)
-        known = getattr(self, "_widths", None)
+        ids, cand = st.request(candidate_ids)
+        known = self._widths
         u = check_context(context, None if known is None else known["user"])
-        if known is not None and st.dim != known["candidate"]:
+        if known is not None and cand.shape[1] != known["candidate"]:
             raise ValueError(
-                f"the store's variants have {st.dim} features but this policy learned on "
+                f"the store's variants have {cand.shape[1]} features but this policy learned on "
                 f"{known['candidate']} — use the store (featurizer) it was trained with"
             )
+        if st is not self._store:
+            self._note_store(st)
         version = self.model_version
         key = event_key(self._entropy, version, event_id)
-        probs = floor_probs(self._decide_request(u, st.features[rows], key), self.exploration_floor)
+        probs = self._decide_request(u, cand, key, ids)
+        if self.exploration_floor > 0:
+            probs = floor_probs(probs, self.exploration_floor)
         i = pick(probs, key)
         return Choice(event_id, ids[i], i, probs, version)
 
     def _decide_request(
-        self, user: npt.NDArray[np.float32], cand: npt.NDArray[np.float32], key: int
+        self,
+        user: npt.NDArray[np.float32],
+        cand: npt.NDArray[np.float32],
+        key: int,
+        ids: Sequence[str],
     ) -> npt.NDArray[np.float64]:
         """Every candidate's probability for one request, (K,). This default runs the batched
-        decision on a batch of one with a generator seeded by the event ``key``; agents with a
-        per-request fast path override it."""
+        decision on a batch of one (its ``candidate_ids`` = ``ids``) with a generator seeded by
+        the event ``key``; agents with a per-request fast path override it."""
         k = cand.shape[0]
         obs: dict[str, npt.NDArray[Any]] = {
             "user": user[None, :],
             "candidates": cand.reshape(1, -1),
             "shown": np.zeros((1, k), np.float32),
             "action_mask": np.ones((1, k), np.int8),
+            "candidate_ids": np.array([list(ids)], dtype=np.str_),
         }
         with _DEFAULT_PATH_LOCK:  # batched code may grow caches: one request at a time here
             _, probs = self._decide(obs, np.ones((1, k), bool), np.random.default_rng(key))
         return np.asarray(probs[0], np.float64)
+
+    def learn_one(
+        self,
+        context: npt.ArrayLike,
+        variant_id: str,
+        reward: float,
+        *,
+        weight: float | None = None,
+        store: VariantStore | None = None,
+    ) -> None:
+        """Learn from one request's outcome — the per-request twin of :meth:`decide` (river's
+        ``learn_one``): the context it was decided on, the variant shown, the reward.
+
+        The same learning as :meth:`update` on a batch of one row or :meth:`learn_log` on a
+        one-row log (one implementation), without building either; counting agents key the
+        arm by ``variant_id``.
+
+        Args:
+            context: the request's features, (du,).
+            variant_id: the variant that was shown (in the store).
+            reward: its reward; must be finite.
+            weight: optional importance weight >= 0 (policies with ``supports_weights``).
+            store: the variant store (default: the attached one).
+
+        Raises:
+            ValueError: the policy cannot learn from rows (PPO), an unknown variant id, a
+                context of the wrong width or not finite, a non-finite reward, a bad weight.
+        """
+        if not self.learns_from_rows:
+            raise ValueError(
+                f"{type(self).__name__} cannot learn from log rows: {self.how_it_learns}"
+            )
+        st = store if store is not None else self._store
+        if st is None:
+            raise ValueError("no variant store: attach one (policy.attach(store)) or pass store=")
+        try:
+            _, cand = st.request((variant_id,))
+        except ValueError:
+            raise ValueError(
+                f"`variant_id` {variant_id!r} is not in the variant store — add it first "
+                "(VariantStore.add, or the service's admin API)"
+            ) from None
+        try:
+            r = float(reward)
+        except (TypeError, ValueError):
+            raise ValueError(f"`reward` must be a number, got {reward!r}") from None
+        if not math.isfinite(r):
+            raise ValueError(f"`reward` must be finite, got {r} — skip unobserved rewards")
+        w = None
+        if weight is not None:
+            if not self.supports_weights:
+                raise ValueError(f"{type(self).__name__} does not take `weight`")
+            w = float(weight)
+            if not (math.isfinite(w) and w >= 0.0):
+                raise ValueError(f"`weight` must be a finite number >= 0, got {weight!r}")
+        known = self._widths
+        u = check_context(context, None if known is None else known["user"])
+        if known is not None and cand.shape[1] != known["candidate"]:
+            raise ValueError(
+                f"the store's variants have {cand.shape[1]} features but this policy learned on "
+                f"{known['candidate']} — use the store (featurizer) it was trained with"
+            )
+        if st is not self._store:
+            self._note_store(st)
+        self._learn_one(u, cand[0], str(variant_id), r, w)
+        self._updates += 1
+
+    def _note_store(self, store: VariantStore) -> None:
+        """Hook: ``store`` was passed to a per-request call without being attached (counting
+        agents name their arms through it)."""
+        return None
+
+    def _learn_one(
+        self,
+        user: npt.NDArray[np.float32],
+        cand: npt.NDArray[np.float32],
+        variant_id: str,
+        reward: float,
+        weight: float | None,
+    ) -> None:
+        """Learn from one validated row. This default runs the batched learning on a batch of
+        one (its ``candidate_ids`` = the variant id); agents with a per-row fast path override
+        it with the same arithmetic."""
+        obs: dict[str, npt.NDArray[Any]] = {
+            "user": user[None, :],
+            "candidates": cand[None, :],
+            "shown": np.zeros((1, 1), np.float32),
+            "action_mask": np.ones((1, 1), np.int8),
+            "candidate_ids": np.array([[variant_id]], dtype=np.str_),
+        }
+        self._check_obs(obs)
+        a, r = np.zeros(1, np.int64), np.array([reward])
+        if weight is None:
+            self._learn(obs, a, r)
+        else:
+            self._learn_weighted(obs, a, r, np.array([weight]))
 
     def learn_log(
         self,
@@ -333,9 +439,12 @@ class Policy(ABC):
         except ValueError as e:
             raise ValueError(f"the log's `action`: {e}") from None
         ctx = log.context
+        vids = np.array([actions[i] for i in keep], dtype=np.str_)
         w = None if sample_weight is None else np.asarray(sample_weight, np.float64)
         if w is not None and w.shape != (log.n_rows,):
             raise ValueError(f"`sample_weight` must have one weight per log row ({log.n_rows})")
+        if st is not self._store:
+            self._note_store(st)
         feats = st.features
         for start in range(0, keep.size, batch_size):
             sl = slice(start, start + batch_size)
@@ -346,6 +455,7 @@ class Policy(ABC):
                 "candidates": feats[rows[sl]],
                 "shown": np.zeros((n, 1), np.float32),
                 "action_mask": np.ones((n, 1), np.int8),
+                "candidate_ids": vids[sl, None],
             }
             self.update(obs, np.zeros(n, np.int64), reward[idx], None if w is None else w[idx])
             if progress is not None:

@@ -1,8 +1,9 @@
 """Baseline policies: uniform random, epsilon-greedy and UCB1 over each campaign's variants.
 
-Epsilon-greedy and UCB1 keep per-variant click statistics; a variant is identified by its
-candidate features (the market env's ``candidates`` rows), so the same copy shown in several
-sessions shares its statistics without the agent needing variant ids.
+Epsilon-greedy and UCB1 keep per-variant click statistics; a variant is identified by its id
+where the request or log row names it (``decide``, ``learn_log``), else by its candidate features
+(the market env's ``candidates`` rows), so the same copy shown in several sessions shares its
+statistics.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from copyloop.agents.base import Policy, sample_from
-from copyloop.agents.features import VariantIndex
+from copyloop.agents.features import ArmsByVariant, VariantIndex
 
 
 class UniformPolicy(Policy):
@@ -41,8 +42,9 @@ class UniformPolicy(Policy):
         return sample_from(probs, rng), probs
 
 
-class _CountingPolicy(Policy):
-    """Shared bookkeeping: clicks and impressions per variant (identified by its features)."""
+class _CountingPolicy(ArmsByVariant, Policy):
+    """Shared bookkeeping: clicks and impressions per variant (by variant id where known, else
+    by its features: :class:`~copyloop.agents.features.ArmsByVariant`)."""
 
     def __init__(self, *, seed: int | None = None, exploration_floor: float = 0.0) -> None:
         super().__init__(seed=seed, exploration_floor=exploration_floor)
@@ -53,7 +55,7 @@ class _CountingPolicy(Policy):
     def _stats(
         self, obs: dict[str, npt.NDArray[Any]], mask: npt.NDArray[np.bool_]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        ids = self._index.ids(obs["candidates"], mask)
+        ids = self._arm_ids(obs, mask)
         self._grow()
         safe = np.maximum(ids, 0)
         return ids, self._n[safe], self._s[safe]
@@ -82,7 +84,7 @@ class _CountingPolicy(Policy):
         weights: npt.NDArray[np.float64],
     ) -> None:
         mask = obs["action_mask"].astype(bool)
-        ids = self._index.ids(obs["candidates"], mask)
+        ids = self._arm_ids(obs, mask)
         self._grow()
         chosen = ids[np.arange(actions.size), actions]
         np.add.at(self._n, chosen, weights)

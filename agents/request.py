@@ -6,24 +6,36 @@
   process, and no generator state is shared or mutated.
 - **Exact propensities in K dimensions.** For a Gaussian posterior over a linear head, the K
   candidates' sampled scores are jointly Gaussian, ``N(m, S)`` with ``m = Xμ`` and
-  ``S = XΣXᵀ`` (K×K). :func:`gaussian_win_probs` counts each candidate's wins over a fixed
-  bank of scrambled-Sobol normal points pushed through ``m + chol(S) z``; the action is then
-  drawn from those frequencies, so the logged propensity is exactly the probability with which
-  the action was chosen. The bank (``REQUEST_DRAWS`` points) only sets the distance to
-  idealised Thompson sampling, measured by ``bench/serve_agents.py`` against 100k fresh draws.
+  ``S = XΣXᵀ`` (K×K). :func:`gaussian_win_probs` integrates each candidate's chance to win over
+  a fixed bank of scrambled-Sobol normal points pushed through ``m + chol(S) z``, with one
+  coordinate integrated in closed form (see there); the action is then drawn from those
+  probabilities, so the logged propensity is exactly the probability with which the action was
+  chosen. The bank (``REQUEST_DRAWS`` points) only sets the distance to idealised Thompson
+  sampling, measured by ``bench/serve_agents.py`` against 100k fresh draws.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 import numpy.typing as npt
+from scipy.linalg.lapack import dpotrf as _potrf
 
-REQUEST_DRAWS = 8192
-"""Points of the quasi-random bank behind per-request Thompson propensities (a power of 2)."""
+REQUEST_DRAWS = 2048
+"""Points of the quasi-random bank behind per-request Thompson propensities (a power of 2).
+
+With one coordinate integrated in closed form (:func:`gaussian_win_probs`), 2,048 points are as
+close to idealised Thompson sampling as 8,192 points of plain counting were: max abs error
+0.007 / 0.006 (LinearTS / LogisticTS, 10 arms) and 0.002 / 0.003 (the default market, K ≤ 8)
+over 168 requests against a 2²⁰-point reference (``bench/serve_agents.py`` measures it against
+100k fresh draws)."""
+FALLBACK_DRAWS = 8192
+"""Points of plain win counting, for a covariance that leaves no coordinate to integrate."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +75,14 @@ def key_uniform(key: int) -> float:
 
 def pick(probs: npt.NDArray[np.float64], key: int) -> int:
     """Inverse-CDF draw from ``probs`` with the event's uniform; never a zero-probability slot."""
-    cum = np.cumsum(probs)
+    ps = probs.tolist()
+    cum = list(accumulate(ps))  # left-to-right sums, as np.cumsum
     u = key_uniform(key) * cum[-1]
-    i = int(np.searchsorted(cum, u, side="right"))
-    i = min(i, probs.size - 1)
-    while probs[i] <= 0.0 and i > 0:  # u landed exactly on a boundary before a zero slot
+    for i, c in enumerate(cum):
+        if c > u:  # the first slot whose cumulative probability exceeds u: p > 0 there
+            return i
+    i = len(ps) - 1  # u at the very top (rounding): the last slot with positive probability
+    while ps[i] <= 0.0 and i > 0:
         i -= 1
     return i
 
@@ -95,21 +110,93 @@ def normal_bank(k: int, n: int = REQUEST_DRAWS) -> npt.NDArray[np.float32]:
     return bank
 
 
+_AUGMENTED: dict[int, npt.NDArray[np.float32]] = {}
+
+
+def _augmented_bank(k: int, n: int) -> npt.NDArray[np.float32]:
+    """(k, n): the (k − 1)-dimensional bank with a row of ones below it (the mean's column)."""
+    key = k * 1_000_003 + n
+    bank = _AUGMENTED.get(key)
+    if bank is None:
+        out = np.ones((k, n), np.float32)
+        out[: k - 1] = normal_bank(k - 1, n)
+        out.setflags(write=False)
+        bank = _AUGMENTED.setdefault(key, out)
+    return bank
+
+
+_SQRT_2_OVER_PI = 0.7978845608028654
+
+
+def _norm_cdf(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Φ(x), in place, to within 1.8e-4 (Page's tanh form; ~4x cheaper than ``ndtr``)."""
+    y = x * x
+    y *= np.float32(0.044715 * _SQRT_2_OVER_PI)
+    y += np.float32(_SQRT_2_OVER_PI)
+    y *= x
+    np.tanh(y, out=y)
+    y += np.float32(1.0)
+    y *= np.float32(0.5)
+    return y
+
+
 def gaussian_win_probs(
     mean: npt.NDArray[np.floating], cov: npt.NDArray[np.floating], n: int = REQUEST_DRAWS
 ) -> npt.NDArray[np.float64]:
     """P(candidate k has the highest score) under scores ~ N(mean, cov), (K,).
 
-    Counted over the fixed quasi-random bank (ties in a point split evenly), so the result is a
-    deterministic function of (mean, cov).
+    A deterministic function of (mean, cov). The candidate with the highest mean is put last in
+    the Cholesky order, so its score is ``μ_c(z) + σ_c ε`` with ``ε`` its own independent
+    normal: given the other K − 1 scores (one point ``z`` of the fixed quasi-random bank), it
+    wins with probability ``Φ((μ_c(z) − M(z)) / σ_c)``, M the others' best, and the others'
+    best wins otherwise — one coordinate integrated exactly (Rao-Blackwellisation), which turns
+    the counting of a discontinuous indicator into a smooth average and needs ~4x fewer points
+    for the same error. Φ is :func:`_norm_cdf` (within 1.8e-4). A covariance with no
+    independent part left for that candidate (e.g. two identical candidates) is counted over
+    :data:`FALLBACK_DRAWS` plain points instead, ties split evenly.
     """
     k = mean.shape[0]
     if k == 1:
         return np.ones(1)
+    mean = np.asarray(mean, np.float64)
+    by_mean = np.argsort(-mean, kind="stable")  # the others by mean (the bank's best
+    order = np.concatenate((by_mean[1:], by_mean[:1]))  # coordinates first), the leader last
+    c = np.asarray(cov, np.float64)[order[:, None], order]
+    var_last = float(c[k - 1, k - 1])
+    chol, info = _potrf(c, lower=1, clean=1, overwrite_a=1)  # LAPACK, without the wrappers
+    if info != 0:  # PSD but singular (e.g. identical candidates)
+        return _counted_win_probs(mean, cov)
+    sigma = float(chol[k - 1, k - 1])
+    if not sigma * sigma > 1e-6 * var_last:  # nothing of its own left to integrate
+        return _counted_win_probs(mean, cov)
+    chol[:, k - 1] = mean[order]  # [L | m] against [z; 1]: the scores in one product
+    s = chol.astype(np.float32) @ _augmented_bank(k, n)  # (k, n)
+    others = s[: k - 1]
+    best = others.max(axis=0)
+    d = s[k - 1]
+    d -= best
+    d *= np.float32(1.0 / sigma)
+    last_wins = _norm_cdf(d)  # P(last candidate wins | z)
+    top = others == best
+    if np.count_nonzero(top) == n:
+        rest = top.astype(np.float32) @ (np.float32(1.0) - last_wins)
+    else:  # ties among the others split evenly within a point
+        rest = (top / top.sum(axis=0, dtype=np.float32)) @ (np.float32(1.0) - last_wins)
+    probs = np.empty(k)
+    probs[order[: k - 1]] = rest
+    probs[order[k - 1]] = last_wins.sum(dtype=np.float64)
+    return probs / probs.sum()
+
+
+def _counted_win_probs(
+    mean: npt.NDArray[np.floating], cov: npt.NDArray[np.floating], n: int = FALLBACK_DRAWS
+) -> npt.NDArray[np.float64]:
+    """Win frequencies over ``n`` plain bank points (ties in a point split evenly)."""
+    k = mean.shape[0]
     c = np.asarray(cov, np.float64)
     try:
         chol = np.linalg.cholesky(c + 1e-12 * max(float(np.trace(c)) / k, 1e-30) * np.eye(k))
-    except np.linalg.LinAlgError:  # PSD but singular (e.g. identical candidates)
+    except np.linalg.LinAlgError:
         w, v = np.linalg.eigh(c)
         chol = v * np.sqrt(np.maximum(w, 0.0))
     s = chol.astype(np.float32) @ normal_bank(k, n)
@@ -129,10 +216,13 @@ def check_context(context: npt.ArrayLike, width: int | None) -> npt.NDArray[np.f
     Raises:
         ValueError: not 1-D numbers, the wrong width, or NaN/inf (naming the positions).
     """
-    try:
-        u = np.asarray(context, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise ValueError("`context` must be a vector of numbers") from None
+    if type(context) is np.ndarray and context.dtype == np.float32:
+        u = context
+    else:
+        try:
+            u = np.asarray(context, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError("`context` must be a vector of numbers") from None
     if u.ndim != 1:
         raise ValueError(f"`context` must be one vector (d,), got shape {u.shape}")
     if width is not None and u.shape[0] != width:
@@ -140,12 +230,13 @@ def check_context(context: npt.ArrayLike, width: int | None) -> npt.NDArray[np.f
             f"`context` has {u.shape[0]} features but this policy was trained on {width} — "
             "send the campaign's declared features, in order"
         )
-    bad = ~np.isfinite(u)
-    if bad.any():
-        raise ValueError(
-            f"`context` must be finite; positions {np.flatnonzero(bad)[:5].tolist()} are "
-            f"{u[bad][:5].tolist()} — impute missing features before deciding"
-        )
+    if not math.isfinite(float(u.sum())):  # NaN or ±inf anywhere makes the sum so (or overflow)
+        bad = ~np.isfinite(u)
+        if bad.any():
+            raise ValueError(
+                f"`context` must be finite; positions {np.flatnonzero(bad)[:5].tolist()} are "
+                f"{u[bad][:5].tolist()} — impute missing features before deciding"
+            )
     return u
 
 

@@ -21,6 +21,26 @@ _F32 = npt.NDArray[np.float32]
 
 MAX_ONEHOT_ARMS = 4096
 """Most variants a store gives one-hot arm features (its feature table is n × n)."""
+_REQUEST_CACHE = 4096
+"""Candidate lists :meth:`VariantStore.request` remembers (then it starts over)."""
+
+
+def _rows(index: Mapping[str, int], ids: list[Any], unique: bool) -> npt.NDArray[np.int64]:
+    if not ids:
+        raise ValueError("`candidate_ids` is empty — a decision needs at least one candidate")
+    try:
+        out = np.fromiter((index[v] for v in ids), np.int64, len(ids))
+    except (KeyError, TypeError):
+        unknown = [v for v in ids if not isinstance(v, str) or v not in index][:5]
+        raise ValueError(
+            f"unknown variant id(s) {unknown} in `candidate_ids` — add them to the store "
+            "first (VariantStore.add, or the service's admin API)"
+        ) from None
+    if unique and len(set(ids)) != len(ids):
+        counts = Counter(ids)
+        dup = sorted(v for v, c in counts.items() if c > 1)[:5]
+        raise ValueError(f"`candidate_ids` repeats {dup} — each candidate once")
+    return out
 
 
 class VariantStore:
@@ -61,6 +81,11 @@ class VariantStore:
         self.featurizer = featurizer
         self._lock = threading.Lock()
         self._state = (ids, index, feats, camps)
+        self._feature_ids: tuple[Any, dict[bytes, str]] | None = None
+        self._requests: tuple[Any, dict[tuple[str, ...], tuple[tuple[str, ...], _F32]]] = (
+            None,
+            {},
+        )
 
     @classmethod
     def from_catalog(cls, catalog: Any) -> VariantStore:
@@ -143,6 +168,22 @@ class VariantStore:
             raise ValueError(f"campaign {campaign_id!r} has no variants in the store")
         return rows
 
+    def feature_ids(self) -> dict[bytes, str]:
+        """Feature-row bytes (float32) → variant id, for the rows that belong to exactly one
+        variant: how a counting agent names the variant of an env observation, which carries
+        features only. Variants sharing a feature row are left out (only their ids tell them
+        apart). Built once per version of the store."""
+        state = self._state
+        got = self._feature_ids
+        if got is not None and got[0] is state:
+            return got[1]
+        ids, _, feats, _ = state
+        keys = np.ascontiguousarray(feats).view(np.dtype((np.void, feats.shape[1] * 4))).ravel()
+        seen = Counter(keys.tolist())
+        table = {k: v for k, v in zip(keys.tolist(), ids, strict=True) if seen[k] == 1}
+        self._feature_ids = (state, table)
+        return table
+
     def rows(self, variant_ids: Sequence[str], *, unique: bool = True) -> npt.NDArray[np.int64]:
         """Store rows of ``variant_ids`` (a request's candidates), refusing what cannot be one.
 
@@ -153,23 +194,37 @@ class VariantStore:
         Raises:
             ValueError: empty, repeated or unknown ids (naming them).
         """
-        ids = list(variant_ids)
-        if not ids:
-            raise ValueError("`candidate_ids` is empty — a decision needs at least one candidate")
-        index = self._state[1]
+        return _rows(self._state[1], list(variant_ids), unique)
+
+    def request(self, candidate_ids: Sequence[str]) -> tuple[tuple[str, ...], _F32]:
+        """A request's candidates: (their ids as a tuple, their features (K, dc), read-only).
+
+        Validated as :meth:`rows`; cached per candidate list and version of the store (a
+        campaign's candidate set comes back request after request), so a repeat costs one
+        dictionary look-up.
+        """
+        state = self._state
         try:
-            out = np.fromiter((index[v] for v in ids), np.int64, len(ids))
-        except (KeyError, TypeError):
-            unknown = [v for v in ids if not isinstance(v, str) or v not in index][:5]
-            raise ValueError(
-                f"unknown variant id(s) {unknown} in `candidate_ids` — add them to the store "
-                "first (VariantStore.add, or the service's admin API)"
-            ) from None
-        if unique and np.unique(out).size != out.size:
-            counts = Counter(ids)
-            dup = sorted(v for v, c in counts.items() if c > 1)[:5]
-            raise ValueError(f"`candidate_ids` repeats {dup} — each candidate once")
-        return out
+            key = tuple(candidate_ids)
+            cache = self._requests
+            if cache[0] is state:
+                hit = cache[1].get(key)
+                if hit is not None:
+                    return hit
+        except TypeError:  # unhashable ids: refused below, with the reason
+            key = None
+        rows = _rows(state[1], list(candidate_ids), True)
+        feats = state[2][rows]
+        feats.setflags(write=False)
+        if key is None:
+            return tuple(candidate_ids), feats
+        entry = (key, feats)
+        cache = self._requests
+        if cache[0] is not state or len(cache[1]) >= _REQUEST_CACHE:
+            cache = (state, {})
+            self._requests = cache  # one assignment: readers see the old cache or the new one
+        cache[1][key] = entry
+        return entry
 
     # ---- writes ---------------------------------------------------------------------------------
     def add(

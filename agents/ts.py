@@ -15,6 +15,7 @@ which is again exactly what is done; only the distance to idealised TS grows (se
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,13 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from copyloop.agents.base import Policy
-from copyloop.agents.features import FEATURE_MAPS, VariantIndex, candidate_block, features
+from copyloop.agents.features import (
+    FEATURE_MAPS,
+    ArmsByVariant,
+    VariantIndex,
+    candidate_block,
+    features,
+)
 from copyloop.agents.request import gaussian_win_probs
 
 
@@ -107,8 +114,9 @@ def _check_draws(n_draws: int) -> None:
         raise ValueError(f"`n_draws` must be >= 1, got {n_draws}")
 
 
-class BernoulliTSPolicy(Policy):
-    """Beta-Bernoulli Thompson sampling per variant, optionally per user segment.
+class BernoulliTSPolicy(ArmsByVariant, Policy):
+    """Beta-Bernoulli Thompson sampling per variant (by variant id where the request or log row
+    names it, else by its features), optionally per user segment.
 
     Args:
         alpha: prior clicks (Beta α).
@@ -154,7 +162,7 @@ class BernoulliTSPolicy(Policy):
     def _keys(
         self, obs: dict[str, npt.NDArray[Any]], mask: npt.NDArray[np.bool_]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        ids = self._index.ids(obs["candidates"], mask)
+        ids = self._arm_ids(obs, mask)
         if self.segment_columns is None:
             seg = np.zeros(mask.shape[0], np.int64)
         else:
@@ -399,13 +407,32 @@ class LinearTSPolicy(_GaussianHeadTS):
         self._learn_weighted(obs, actions, rewards, np.ones(actions.size))
 
     def _learn_weighted(self, obs, actions, rewards, weights):  # type: ignore[no-untyped-def]
-        x = self._chosen_phi(obs, actions)
+        self._learn_x(self._chosen_phi(obs, actions), rewards, weights)
+
+    def _learn_one(self, user, cand, variant_id, reward, weight):  # type: ignore[no-untyped-def]
+        if type(self)._phi is not _GaussianHeadTS._phi:  # a learned representation
+            super()._learn_one(user, cand, variant_id, reward, weight)
+            return
+        x = _row_phi(self.features, user, cand)
+        w = None if weight is None else np.array([weight])
+        self._learn_x(x[None, :], np.array([reward]), w)
+
+    def _learn_x(
+        self,
+        x: npt.NDArray[np.float64],
+        rewards: npt.NDArray[np.float64],
+        weights: npt.NDArray[np.float64] | None,
+    ) -> None:
+        """The one learning step: rows φ (B, d) with rewards (B,) and weights (B,) or None (1)."""
         self._init(x.shape[1])
         assert self._A is not None and self._b is not None
-        self._b += x.T @ (weights * rewards)
-        if not np.all(weights == 1.0):
-            x = x * np.sqrt(weights)[:, None]
-            rewards = rewards * np.sqrt(weights)
+        if weights is None:
+            self._b += x.T @ rewards if x.shape[0] > 1 else rewards[0] * x[0]
+        else:
+            self._b += x.T @ (weights * rewards)
+            if not np.all(weights == 1.0):
+                x = x * np.sqrt(weights)[:, None]
+                rewards = rewards * np.sqrt(weights)
         if self._srv is not None and x.shape[0] <= _RANK_ONE_ROWS:
             # A is the truth for saves and refactorisations; a handful of rows waits in a buffer
             # (a d×d pass per row would dominate a one-row update) and is folded in at once
@@ -440,9 +467,9 @@ class LinearTSPolicy(_GaussianHeadTS):
                 self._srv = _Serving(mean.astype(np.float32), cov, 0)  # decide reshapes views
             return self._srv
 
-    def _decide_request(self, user, cand, key):  # type: ignore[no-untyped-def]
+    def _decide_request(self, user, cand, key, ids):  # type: ignore[no-untyped-def]
         if type(self)._phi is not _GaussianHeadTS._phi:  # a learned representation
-            return super()._decide_request(user, cand, key)
+            return super()._decide_request(user, cand, key, ids)
         mean, cov = _request_moments(self, self._serving, user, cand)
         return gaussian_win_probs(mean, cov)
 
@@ -514,6 +541,7 @@ class LogisticTSPolicy(_GaussianHeadTS):
         self.max_iter = max_iter
         self._m: npt.NDArray[np.float64] | None = None
         self._q: npt.NDArray[np.float64] | None = None
+        self._lsrv: _Serving | None = None
 
     def _init(self, d: int) -> None:
         if self._m is None:
@@ -525,19 +553,32 @@ class LogisticTSPolicy(_GaussianHeadTS):
         assert self._m is not None and self._q is not None
         return self._m[None, :] + self.alpha * rng.standard_normal((m, d)) / np.sqrt(self._q)
 
-    def _decide_request(self, user, cand, key):  # type: ignore[no-untyped-def]
-        def moments(d: int) -> _Serving:
+    def _moments(self, d: int) -> _Serving:
+        """The per-request posterior (mean, α²/q in float32), kept until the next update."""
+        srv = self._lsrv
+        if srv is None:
             self._init(d)
             m, q = self._m, self._q
             assert m is not None and q is not None
-            return _Serving(m.astype(np.float32), (self.alpha**2 / q).astype(np.float32), 0)
+            srv = _Serving(m.astype(np.float32), (self.alpha**2 / q).astype(np.float32), 0)
+            self._lsrv = srv
+        return srv
 
-        mean, cov = _request_moments(self, moments, user, cand, diagonal=True)
+    def _decide_request(self, user, cand, key, ids):  # type: ignore[no-untyped-def]
+        mean, cov = _request_moments(self, self._moments, user, cand, diagonal=True)
         return gaussian_win_probs(mean, cov)
+
+    def _learn_one(self, user, cand, variant_id, reward, weight):  # type: ignore[no-untyped-def]
+        x = _row_phi(self.features, user, cand)
+        self._init(x.shape[0])
+        assert self._m is not None and self._q is not None
+        self._m, self._q = _logistic_row_update(self._m, self._q, x, 1.0 if reward > 0.5 else -1.0)
+        self._lsrv = None
 
     def _learn(self, obs, actions, rewards):  # type: ignore[no-untyped-def]
         x = self._chosen_phi(obs, actions)
         self._init(x.shape[1])
+        self._lsrv = None
         m, q = self._m, self._q
         assert m is not None and q is not None
         y = 2.0 * (rewards > 0.5) - 1.0
@@ -547,6 +588,7 @@ class LogisticTSPolicy(_GaussianHeadTS):
             for xi, yi in zip(x, y, strict=True):
                 m, q = _logistic_row_update(m, q, xi, float(yi))
             self._m, self._q = m, q
+            self._lsrv = None
             return
 
         def loss(w: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
@@ -561,6 +603,7 @@ class LogisticTSPolicy(_GaussianHeadTS):
         p = expit(x @ w)
         self._m = w
         self._q = q + (x**2).T @ (p * (1.0 - p))
+        self._lsrv = None
 
     def _get_state(self) -> dict[str, npt.NDArray[Any]]:
         return {} if self._m is None else {"m": self._m, "q": self._q}  # type: ignore[dict-item]
@@ -568,6 +611,7 @@ class LogisticTSPolicy(_GaussianHeadTS):
     def _set_state(self, state: Mapping[str, npt.NDArray[Any]]) -> None:
         if "m" in state:
             self._m, self._q = np.asarray(state["m"], float), np.asarray(state["q"], float)
+            self._lsrv = None
 
 
 class NeuralLinearTSPolicy(LinearTSPolicy):
@@ -776,7 +820,7 @@ class LinUCBPolicy(_GaussianHeadTS):
 
         return sample_from(probs, rng), probs
 
-    def _decide_request(self, user, cand, key):  # type: ignore[no-untyped-def]
+    def _decide_request(self, user, cand, key, ids):  # type: ignore[no-untyped-def]
         mean, var = _request_moments(self, self._lin._serving, user, cand, only_diagonal=True)
         score = mean + self.alpha * np.sqrt(np.maximum(var, 0.0))
         best = score >= score.max()
@@ -784,6 +828,10 @@ class LinUCBPolicy(_GaussianHeadTS):
 
     def _learn(self, obs, actions, rewards):  # type: ignore[no-untyped-def]
         self._lin._learn(obs, actions, rewards)
+        self._inv = None
+
+    def _learn_one(self, user, cand, variant_id, reward, weight):  # type: ignore[no-untyped-def]
+        self._lin._learn_one(user, cand, variant_id, reward, weight)
         self._inv = None
 
     def _get_state(self) -> dict[str, npt.NDArray[Any]]:
@@ -873,21 +921,45 @@ def _request_moments(
     return mean, (np.einsum("kk->k", cov) if only_diagonal else cov)
 
 
+def _sigmoid(z: float) -> float:
+    if z >= 0.0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
 def _logistic_row_update(
     m: npt.NDArray[np.float64], q: npt.NDArray[np.float64], x: npt.NDArray[np.float64], y: float
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """One row of Chapelle & Li's Laplace update, solved exactly: the MAP is m + s·x/q with s
     the root of s = y·σ(−y(a + g s)), a = x·m, g = Σ x²/q."""
+    xq = x / q
     a = float(x @ m)
-    g = float((x * x) @ (1.0 / q))
+    g = float(x @ xq)
     s = 0.0
     for _ in range(30):  # Newton on f(s) = s − y σ(−y(a + g s)), f' = 1 + g σ(1−σ) > 0
-        sig = float(expit(-y * (a + g * s)))
+        sig = _sigmoid(-y * (a + g * s))
         f = s - y * sig
         step = f / (1.0 + g * sig * (1.0 - sig))
         s -= step
         if abs(step) < 1e-12:
             break
-    w = m + s * x / q
-    p = float(expit(x @ w))
-    return w, q + x * x * p * (1.0 - p)
+    w = m + s * xq
+    p = _sigmoid(float(x @ w))
+    return w, q + (x * x) * (p * (1.0 - p))
+
+
+def _row_phi(
+    kind: str, user: npt.NDArray[np.float32], cand: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float64]:
+    """φ(user, candidate) of one row, (d,) — :func:`features` without the batch, in the same
+    float32 arithmetic, as float64."""
+    c1 = np.empty(cand.shape[0] + 1, np.float32)
+    c1[0] = 1.0
+    c1[1:] = cand
+    if kind == "candidate":
+        return c1.astype(np.float64)
+    u1 = np.empty(user.shape[0] + 1, np.float32)
+    u1[0] = 1.0
+    u1[1:] = user
+    return np.multiply.outer(u1, c1).ravel().astype(np.float64)
