@@ -36,16 +36,21 @@ and :meth:`Policy.save` / :meth:`Policy.load` snapshots carrying the variant sto
 5. **One row at a time vs peers** on bench/agents.py's ``contextual_stream`` (``--stream-rounds``
    rounds, ``--arms`` arms, ``--context-dim`` features; common random numbers): ours through the
    per-request API — a :class:`VariantStore` whose ids are the arms with one-hot features,
-   ``decide(context, all arm ids, event_id=str(t))`` then ``update`` on that single row — for
-   LinearTS and LogisticTS; VW ``--cb_explore_adf --squarecb -q ua`` per example and MABWiser
+   ``decide(context, all arm ids, event_id=str(t))`` then ``learn_one(context, chosen id,
+   reward)`` (the same learning step as ``update`` on that row) — for LinearTS and
+   LogisticTS; VW ``--cb_explore_adf --squarecb -q ua`` per example and MABWiser
    ``LinTS`` with ``predict``/``partial_fit`` on one row, both from bench/agents.py
    (:func:`vw_squarecb`, :func:`mabwiser_lints` with batch 1). Exploration scales default to
    what bench/agents.py's tuning chose on its seed-1000 stream (flags to change them). Rounds/s
    (decide + update, median over ``--repeats`` agent seeds) and mean expected regret; a peer
    slower than ``--max-peer-seconds`` runs on a prefix (its regret is compared over it). A
-   cProfile of our LinearTS loop (``--profile-rounds``) shows where its time goes.
-6. **The batched path** (``act`` + ``update`` on env batches of 512) is not re-measured here:
-   ``bench/agents.py`` measures it (see the note printed at the end).
+   cProfile of our LinearTS loop (``--profile-rounds``) shows where its time goes. The
+   propensity error one row at a time: ``--stream-prop-requests`` (30) requests at rounds 100,
+   1,000 and the end, against the batched path's ``--ref-draws`` fresh draws.
+6. **The batched path** (``act`` + ``update`` on batches) is not re-measured here:
+   ``bench/agents.py`` measures it and ``copyloop experiment run contextual`` gives the regret;
+   their results before this change (``--agents-before``, ``--contextual-before``) and re-run
+   on this code (``--agents-after``, ``--contextual-after``) are compared in the report.
 
 Every timed call records wall-clock (``time.perf_counter``) and the thread's CPU time
 (``time.thread_time``): on a shared machine a wall-clock tail longer than the CPU-time tail is
@@ -57,7 +62,9 @@ the stream loop, and single operations timed alone (the win counting of
 Goals (PASS/FAIL; the exit code stays 0): for LinearTS, LogisticTS and LinUCB ``decide`` p50
 ≤ 0.3 ms and p99 ≤ 1 ms; propensity max error ≤ 0.01 (LinUCB: 0); one-row ``update`` p99 ≤ 1 ms
 (and LinearTS ``learn_log`` of one row); snapshot load + first decide < 50 ms; one row at a
-time, ours (LinearTS, LogisticTS) rounds/s ≥ VW and ≥ 10× MABWiser LinTS. BLAS is held to
+time, ours (LinearTS, LogisticTS) rounds/s ≥ VW and ≥ 10× MABWiser LinTS, propensity error
+≤ 0.01; batched decisions/s after / before ≥ 1 − both runs' spreads; the contextual config's
+regret within its 95 % CI of before. BLAS is held to
 ``--blas-threads`` (1) for every agent. Needs the peers for part 5 (``bash
 scripts/setup_bench.sh``; a missing peer is reported as failed and its goals SKIP).
 
@@ -119,10 +126,12 @@ NAMES = {
     "bernoulli_ts": "BernoulliTSPolicy(segment_columns=(0, 5))",
 }
 BATCHED_NOTE = (
-    "The batched path (act + update on env batches of 512) is not re-measured here: "
-    "bench/agents.py measures it, and its decisions/s before this change are in "
-    "bench/results/agents.json. Re-run it with: .venv/bin/python bench/agents.py --rounds 50000 "
-    "--seed 0 --batch 512 --repeats 5 --tune-repeats 6 --blas-threads 1 --out-dir bench/results"
+    "The batched path (act + update on batches) is measured by bench/agents.py and the regret "
+    "by the `contextual` experiment; both are re-run on this code and compared here with the "
+    "results before it. Re-run them with: .venv/bin/python bench/agents.py --rounds 50000 "
+    "--seed 0 --batch 512 --repeats 5 --tune-repeats 6 --blas-threads 1 --out-dir bench/results "
+    "and copyloop experiment run contextual --out <dir> (then copy <dir>/summary.csv to "
+    "bench/results/agents_contextual_summary.csv)"
 )
 
 
@@ -446,46 +455,90 @@ def ours_per_request(
     factory: Callable[[int], Any], clocks: tuple[Clock, Clock] | None = None
 ) -> Callable[[Any, int], Any]:
     """A copyloop policy served one request at a time: ``decide`` over all arm ids (a variant
-    store of one-hot arms), then ``update`` on that single row. With ``clocks`` (decide, update)
+    store of one-hot arms), then ``learn_one`` on the chosen arm's reward (the per-request
+    twin of ``update``: the same learning step on one row). With ``clocks`` (decide, learn)
     each call is timed too (a diagnostic run, not the throughput run)."""
 
     def make(s: Any, seed: int) -> Callable[[int], npt.NDArray[np.int64]]:
-        from copyloop.agents.store import VariantStore
-
-        pol = factory(seed)
-        ids = [f"arm{k}" for k in range(s.arms)]
-        pol.attach(VariantStore(ids, np.eye(s.arms, dtype=np.float32)))
-        cand = np.eye(s.arms, dtype=np.float32).reshape(1, -1)
-        mask = np.ones((1, s.arms), np.int8)
+        pol = _stream_policy(factory, s, seed)
+        ids = pol.store.ids
         user, clicks = s.user, s.clicks
 
         def run(n: int) -> npt.NDArray[np.int64]:
             out = np.empty(n, np.int64)
-            decide, update = pol.decide, pol.update
+            decide, learn = pol.decide, pol.learn_one
             for t in range(n):
-                a = decide(user[t], ids, event_id=str(t)).index
-                obs = {"user": user[t : t + 1], "candidates": cand, "action_mask": mask}
-                update(obs, np.array([a]), np.array([float(clicks[t, a])]))
-                out[t] = a
+                c = decide(user[t], ids, event_id=str(t))
+                learn(user[t], c.variant_id, float(clicks[t, c.index]))
+                out[t] = c.index
             return out
 
         def run_timed(n: int) -> npt.NDArray[np.int64]:
             assert clocks is not None
             out = np.empty(n, np.int64)
-            decide, update = pol.decide, pol.update
+            decide, learn = pol.decide, pol.learn_one
             c_dec, c_upd = clocks
             for t in range(n):
                 with c_dec:
-                    a = decide(user[t], ids, event_id=str(t)).index
-                obs = {"user": user[t : t + 1], "candidates": cand, "action_mask": mask}
+                    c = decide(user[t], ids, event_id=str(t))
                 with c_upd:
-                    update(obs, np.array([a]), np.array([float(clicks[t, a])]))
-                out[t] = a
+                    learn(user[t], c.variant_id, float(clicks[t, c.index]))
+                out[t] = c.index
             return out
 
         return run if clocks is None else run_timed
 
     return make
+
+
+def _stream_policy(factory: Callable[[int], Any], s: Any, seed: int) -> Any:
+    from copyloop.agents.store import VariantStore
+
+    pol = factory(seed)
+    ids = [f"arm{k}" for k in range(s.arms)]
+    return pol.attach(VariantStore(ids, np.eye(s.arms, dtype=np.float32)))
+
+
+def stream_propensity(args: argparse.Namespace, s: Any) -> dict[str, Any]:
+    """Propensity error one row at a time: ours served through decide + learn_one as in the
+    throughput run (agent seed + 1); at 3 points of the stream (round 100, 1,000 and the end)
+    the next ``--stream-prop-requests`` / 3 contexts are decided and compared with the batched
+    path's ``--ref-draws`` fresh posterior draws on the same rows (one ``act`` call)."""
+    out: dict[str, Any] = {}
+    marks = sorted({min(m, s.rounds) for m in (100, 1000, s.rounds)})
+    per = max(1, args.stream_prop_requests // len(marks))
+    cand = np.eye(s.arms, dtype=np.float32).reshape(1, -1)
+    for key, factory in stream_factories(args).items():
+        pol = _stream_policy(factory, s, args.seed + 1)
+        ids = pol.store.ids
+        errs: list[float] = []
+        done = 0
+        for mark in marks:
+            for t in range(done, mark):
+                c = pol.decide(s.user[t], ids, event_id=str(t))
+                pol.learn_one(s.user[t], c.variant_id, float(s.clicks[t, c.index]))
+            done = mark
+            rows = [(mark + j) % s.rounds for j in range(per)]
+            got = np.stack([pol.decide(s.user[t], ids, event_id=f"p{t}").probs for t in rows])
+            obs = {
+                "user": s.user[rows],
+                "candidates": np.repeat(cand, per, axis=0),
+                "action_mask": np.ones((per, s.arms), np.int8),
+            }
+            draws, pol.n_draws = pol.n_draws, args.ref_draws
+            try:
+                ref = pol.act(obs).probs
+            finally:
+                pol.n_draws = draws
+            errs += np.abs(got - ref).max(axis=1).tolist()
+        out[key] = {
+            "requests": len(errs),
+            "at_rounds": marks,
+            "median_err": float(np.median(errs)),
+            "max_err": float(np.max(errs)),
+            "reference": f"batched path, {args.ref_draws:,} draws",
+        }
+    return out
 
 
 def stream_factories(args: argparse.Namespace) -> dict[str, Callable[[int], Any]]:
@@ -504,20 +557,20 @@ def stream_specs(args: argparse.Namespace) -> list[Any]:
     return [
         Spec(
             "ours_linear_ts",
-            f"ours LinearTSPolicy noise={noise:g}, decide + update per row",
+            f"ours LinearTSPolicy noise={noise:g}, decide + learn_one per row",
             "ours",
             "copyloop",
-            f"noise={noise:g}, reg=1, interaction; decide(context, arm ids) then update(1 row)",
+            f"noise={noise:g}, reg=1, interaction; decide(context, arm ids) then learn_one",
             ours_per_request(make["ours_linear_ts"]),
             False,
             True,
         ),
         Spec(
             "ours_logistic_ts",
-            f"ours LogisticTSPolicy alpha={alpha:g}, decide + update per row",
+            f"ours LogisticTSPolicy alpha={alpha:g}, decide + learn_one per row",
             "ours",
             "copyloop",
-            f"alpha={alpha:g}, reg=1, interaction; decide(context, arm ids) then update(1 row)",
+            f"alpha={alpha:g}, reg=1, interaction; decide(context, arm ids) then learn_one",
             ours_per_request(make["ours_logistic_ts"]),
             False,
             True,
@@ -565,8 +618,11 @@ def measure_stream(args: argparse.Namespace, console: Console) -> dict[str, Any]
         n = min(args.profile_rounds, s.rounds)
         ours_per_request(factory, clocks)(s, args.seed + 1)(n)
         split[key] = {"rounds": n, "decide": clocks[0].stats(), "update": clocks[1].stats()}
+    with console.status("propensity error one row at a time..."):
+        prop = stream_propensity(args, s)
     best = s.probs.max(axis=1).sum()
     return {
+        "propensity": prop,
         "description": s.description,
         "rounds": s.rounds,
         "uniform_regret": float(best - s.probs.mean(axis=1).sum()),
@@ -624,6 +680,107 @@ def components(d: int, du1: int, console: Console) -> dict[str, Any]:
     return out
 
 
+# ---- 6: the batched path, before and after --------------------------------------------------
+def _spread(r: dict[str, Any]) -> float:
+    return float((r["max"] - r["min"]) / 2 / r["decisions_per_s"])
+
+
+def _read_summary(path: Path) -> dict[str, dict[str, float]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return {
+            row["agent"]: {k: float(row[k]) for k in ("regret_mean", "regret_ci", "seeds")}
+            for row in csv.DictReader(f)
+        }
+
+
+def batched_comparison(args: argparse.Namespace) -> dict[str, Any]:
+    """bench/agents.py's batched throughput (``act`` + ``update`` on batches) and the
+    ``contextual`` experiment's regret, before this change (the committed results) and after
+    (re-run on this code), read from the files the two commands write."""
+    out: dict[str, Any] = {"rates": [], "regret": [], "files": {}}
+    before, after = args.agents_before, args.agents_after
+    if before.is_file() and after.is_file():
+        import json
+
+        b, a = json.loads(before.read_text()), json.loads(after.read_text())
+        out["files"].update(
+            agents_before=str(before),
+            agents_after=str(after),
+            agents_before_date=b["machine"]["date"],
+            agents_after_date=a["machine"]["date"],
+            agents_before_load=b["machine"].get("loadavg_start"),
+            agents_after_load=a["machine"].get("loadavg_start"),
+        )
+        for stream, res in a["results"].items():
+            for key, ra in res.items():
+                rb = b["results"].get(stream, {}).get(key)
+                if not key.startswith("ours_") or rb is None or ra["error"] or rb["error"]:
+                    continue
+                out["rates"].append(
+                    {
+                        "stream": stream,
+                        "key": key,
+                        "name": ra["name"],
+                        "before": rb["decisions_per_s"],
+                        "after": ra["decisions_per_s"],
+                        "spread_before": _spread(rb),
+                        "spread_after": _spread(ra),
+                        "regret_before": rb["regret_mean"],
+                        "regret_after": ra["regret_mean"],
+                    }
+                )
+    cb, ca = args.contextual_before, args.contextual_after
+    if cb.is_file() and ca.is_file():
+        sb, sa = _read_summary(cb), _read_summary(ca)
+        out["files"].update(contextual_before=str(cb), contextual_after=str(ca))
+        for agent, rb in sb.items():
+            ra = sa.get(agent)
+            if ra is not None:
+                out["regret"].append(
+                    {
+                        "agent": agent,
+                        "before": rb["regret_mean"],
+                        "before_ci": rb["regret_ci"],
+                        "after": ra["regret_mean"],
+                        "after_ci": ra["regret_ci"],
+                        "seeds": int(ra["seeds"]),
+                    }
+                )
+    return out
+
+
+BATCHED_GOAL_KEYS = ("ours_linear_ts", "ours_logistic_ts", "ours_bernoulli_ts")
+
+
+def batched_goals(cmp: dict[str, Any]) -> list[Any]:
+    g = []
+    for r in cmp["rates"]:
+        if r["key"] not in BATCHED_GOAL_KEYS:
+            continue
+        g.append(
+            Goal(
+                f"batched {r['name']} decisions/s, after / before",
+                r["after"] / r["before"],
+                round(1.0 - r["spread_before"] - r["spread_after"], 3),
+                ">=",
+                f"{r['after']:,.0f} vs {r['before']:,.0f}/s; target: 1 − both runs' spreads",
+            )
+        )
+    for r in cmp["regret"]:
+        g.append(
+            Goal(
+                f"contextual config regret {r['agent']}: |after − before|",
+                abs(r["after"] - r["before"]),
+                round(r["before_ci"], 1),
+                "<=",
+                f"{r['after']:,.1f} vs {r['before']:,.1f} (target: the 95% CI before)",
+            )
+        )
+    return g
+
+
 # ---- the run -----------------------------------------------------------------------------------
 def _rate_goal(name: str, res: dict[str, Any], ours: str, peer: str, target: float) -> Any:
     a, b = res.get(ours), res.get(peer)
@@ -666,6 +823,17 @@ def goals_of(agents: dict[str, dict[str, Any]], stream: dict[str, Any]) -> list[
                 GOAL_LOAD_MS,
                 "<",
                 f"{r['bytes'] / 2**20:.1f} MiB file",
+            )
+        )
+    for key, r in stream.get("propensity", {}).items():
+        label = "LinearTS" if key == "ours_linear_ts" else "LogisticTS"
+        g.append(
+            Goal(
+                f"ours {label} propensity max abs error, one row at a time",
+                r["max_err"],
+                GOAL_PROP_ERR,
+                "<=",
+                f"{r['requests']} requests vs {r['reference']}",
             )
         )
     res = stream["results"]
@@ -729,7 +897,8 @@ def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     load_mid = ba._loadavg()
     comp = components(int(shape["interaction_d"]), int(shape["user_dim"]) + 1, console)
     stream = measure_stream(args, console)
-    goals = goals_of(agents, stream)
+    batched = batched_comparison(args)
+    goals = goals_of(agents, stream) + batched_goals(batched)
     stream_out = {
         **{k: v for k, v in stream.items() if k != "results"},
         "results": {k: r.to_dict() for k, r in stream["results"].items()},
@@ -757,6 +926,7 @@ def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "goals": [{**g.to_dict(), "status": _status(g)} for g in goals],
         "all_goals_passed": all(_status(g) == "PASS" for g in goals),
         "batched_note": BATCHED_NOTE,
+        "batched": batched,
         "total_seconds": time.perf_counter() - t_start,
     }
     report["findings"] = findings(report)
@@ -843,7 +1013,7 @@ def findings(report: dict[str, Any]) -> list[str]:
         rates = {k: r["decisions_per_s"] for k, r in st["results"].items() if not r["error"]}
         parts = [
             f"ours {k.removeprefix('ours_')}: decide {1e3 * v['decide']['p50_ms']:.0f} µs + "
-            f"update {1e3 * v['update']['p50_ms']:.0f} µs (p50)"
+            f"learn_one {1e3 * v['update']['p50_ms']:.0f} µs (p50)"
             for k, v in st["per_call"].items()
         ]
         peers = [
@@ -856,8 +1026,8 @@ def findings(report: dict[str, Any]) -> list[str]:
             + "; ".join(parts)
             + "; against "
             + ", ".join(peers)
-            + f". Counting wins over the {c['request_draws']:,}-point bank "
-            f"(`gaussian_win_probs`) alone takes {1e3 * c['gaussian_win_probs_k10_ms']:.0f} µs "
+            + f". The win probabilities over the {c['request_draws']:,}-point bank "
+            f"(`gaussian_win_probs`) alone take {1e3 * c['gaussian_win_probs_k10_ms']:.0f} µs "
             "at K = 10."
         )
     prof = st.get("profile")
@@ -880,7 +1050,8 @@ def command_line(args: argparse.Namespace) -> str:
         f"--requests {args.requests} --warmup {args.warmup} --prop-requests "
         f"{args.prop_requests} --ref-draws {args.ref_draws} --ref-chunk {args.ref_chunk} "
         f"--update-rows {args.update_rows} --loads {args.loads} --stream-rounds "
-        f"{args.stream_rounds} --repeats {args.repeats} --seed {args.seed} --blas-threads "
+        f"{args.stream_rounds} --stream-prop-requests {args.stream_prop_requests} --repeats "
+        f"{args.repeats} --seed {args.seed} --blas-threads "
         f"{args.blas_threads} --out-dir {args.out_dir}"
     )
 
@@ -996,7 +1167,7 @@ def stream_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-SPLIT_HEADER = ["agent", "decide p50 / p99 µs", "update p50 / p99 µs", "round µs (1 / rate)"]
+SPLIT_HEADER = ["agent", "decide p50 / p99 µs", "learn_one p50 / p99 µs", "round µs (1 / rate)"]
 
 
 def split_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -1012,6 +1183,65 @@ def split_rows(report: dict[str, Any]) -> list[list[str]]:
             upd = f"{1e3 * v['update']['p50_ms']:.0f} / {1e3 * v['update']['p99_ms']:.0f}"
         rows.append([r["name"], dec, upd, f"{1e6 / r['decisions_per_s']:.0f}"])
     return rows
+
+
+STREAM_PROP_HEADER = ["agent", "requests", "at rounds", "error median", "error max", "reference"]
+
+
+def stream_prop_rows(report: dict[str, Any]) -> list[list[str]]:
+    res = report["stream"]["results"]
+    return [
+        [
+            res[k]["name"] if k in res else k,
+            str(r["requests"]),
+            ", ".join(f"{m:,}" for m in r["at_rounds"]),
+            f"{r['median_err']:.4f}",
+            f"{r['max_err']:.4f}",
+            r["reference"],
+        ]
+        for k, r in report["stream"].get("propensity", {}).items()
+    ]
+
+
+BATCHED_HEADER = [
+    "stream",
+    "agent",
+    "before /s",
+    "after /s",
+    "after / before",
+    "regret before",
+    "regret after",
+]
+
+
+def batched_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            r["stream"],
+            r["name"],
+            f"{r['before']:,.0f} ±{100 * r['spread_before']:.0f}%",
+            f"{r['after']:,.0f} ±{100 * r['spread_after']:.0f}%",
+            f"{r['after'] / r['before']:.2f}",
+            f"{r['regret_before']:.1f}",
+            f"{r['regret_after']:.1f}",
+        ]
+        for r in report["batched"]["rates"]
+    ]
+
+
+REGRET_HEADER = ["agent", "regret before", "regret after", "after − before"]
+
+
+def regret_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            r["agent"],
+            f"{r['before']:,.1f} ± {r['before_ci']:.1f}",
+            f"{r['after']:,.1f} ± {r['after_ci']:.1f}",
+            f"{r['after'] - r['before']:+.1f}",
+        ]
+        for r in report["batched"]["regret"]
+    ]
 
 
 GOAL_HEADER = ["goal", "value", "target", "result", "note"]
@@ -1148,7 +1378,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{st['rounds']:,} rounds of bench/agents.py's contextual stream (seed {cfg['seed']}, "
         "common random numbers), every agent fed one row at a time: ours through `decide` "
-        "(a variant store of one-hot arms, `event_id=str(t)`) + `update` on the single row; VW "
+        "(a variant store of one-hot arms, `event_id=str(t)`) + `learn_one` on the chosen "
+        "arm's reward (the same learning step as `update` on that row); VW "
         "predict + learn per example; MABWiser `predict` + `partial_fit` on one row. rounds/s "
         f"= rounds / seconds of the loop, median over up to {cfg['repeats']} agent seeds "
         "(spread = ±half the range); mean expected regret against the per-round oracle ± SE "
@@ -1160,10 +1391,17 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         md(STREAM_HEADER, stream_rows(report)),
         "",
-        "Per call (ours: the same loop with every `decide` and `update` timed, "
+        "Per call (ours: the same loop with every `decide` and `learn_one` timed, "
         f"{cfg['profile_rounds']:,} rounds, agent seed {cfg['seed'] + 1}; peers: 1 / rounds/s):",
         "",
         md(SPLIT_HEADER, split_rows(report)),
+        "",
+        "Propensity error one row at a time (max over candidates of |decide probs − "
+        "reference|; ours served as above with agent seed "
+        f"{cfg['seed'] + 1}; at each point of the stream the next requests are decided and "
+        "compared with the batched path's fresh draws on the same rows):",
+        "",
+        md(STREAM_PROP_HEADER, stream_prop_rows(report)),
         "",
         "Single operations, timed alone: "
         + ", ".join(
@@ -1191,11 +1429,28 @@ def markdown(report: dict[str, Any]) -> str:
         out += [f"### {title}", ""]
         for part, header in PROFILE_HEADERS.items():
             out += [md(header, profile_rows(prof, part), text_cols=2), ""]
+    out += ["## The batched path, before and after", "", report["batched_note"] + ".", ""]
+    cmp = report.get("batched", {})
+    files = cmp.get("files", {})
+    if cmp.get("rates"):
+        out += [
+            f"bench/agents.py decisions/s: before = `{files['agents_before']}` "
+            f"({files['agents_before_date']}, load {files['agents_before_load']}), after = "
+            f"`{files['agents_after']}` ({files['agents_after_date']}, load "
+            f"{files['agents_after_load']}); spread = ±half the range over the run's seeds.",
+            "",
+            md(BATCHED_HEADER, batched_rows(report)),
+            "",
+        ]
+    if cmp.get("regret"):
+        out += [
+            f"`contextual` config regret at T = 100,000 (mean ± 95% CI over seeds): before = "
+            f"`{files['contextual_before']}`, after = `{files['contextual_after']}`.",
+            "",
+            md(REGRET_HEADER, regret_rows(report)),
+            "",
+        ]
     out += [
-        "## The batched path",
-        "",
-        report["batched_note"] + ".",
-        "",
         "Repeat with:",
         "",
         "```bash",
@@ -1219,6 +1474,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--update-rows", type=int, default=2_500, help="timed one-row updates per agent")
     a("--loads", type=int, default=10, help="snapshot loads")
     a("--stream-rounds", type=int, default=10_000, help="rounds of the contextual stream")
+    a(
+        "--stream-prop-requests",
+        type=int,
+        default=30,
+        help="stream requests checked against the reference (at 3 points of the stream)",
+    )
     a("--arms", type=int, default=10, help="arms of the contextual stream")
     a("--context-dim", type=int, default=10, help="context features of the contextual stream")
     a("--repeats", type=int, default=3, help="agent seeds per stream agent, if cheap")
@@ -1239,6 +1500,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--blas-threads", type=int, default=1, help="BLAS threads (0: leave as is)")
     a("--seed", type=int, default=0, help="seed of traffic and stream (agents: seed + 1)")
     a("--out-dir", type=Path, default=Path("bench/results"), help="output folder")
+    a(
+        "--agents-before",
+        type=Path,
+        default=Path("bench/results/agents_before_issue13.json"),
+        help="bench/agents.py results before this change (the batched path's baseline)",
+    )
+    a(
+        "--agents-after",
+        type=Path,
+        default=Path("bench/results/agents.json"),
+        help="bench/agents.py results re-run on this code",
+    )
+    a(
+        "--contextual-before",
+        type=Path,
+        default=Path("docs/results/contextual/summary.csv"),
+        help="`copyloop experiment run contextual` summary before this change",
+    )
+    a(
+        "--contextual-after",
+        type=Path,
+        default=Path("bench/results/agents_contextual_summary.csv"),
+        help="the same experiment's summary.csv re-run on this code",
+    )
     args = p.parse_args(argv)
     for name in (
         "train_impressions",
@@ -1250,6 +1535,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "update_rows",
         "loads",
         "stream_rounds",
+        "stream_prop_requests",
         "repeats",
     ):
         if getattr(args, name) < 1:
