@@ -461,9 +461,16 @@ class LinearTSPolicy(_GaussianHeadTS):
             return srv
         with self._srv_lock:
             if self._srv is None:
-                mean, chol = self._posterior(d)
-                inv = cho_solve((chol, True), np.eye(d), check_finite=False)
-                cov = np.ascontiguousarray(self.noise**2 * inv, dtype=np.float32)  # C order:
+                # numpy's LAPACK gufuncs release the GIL (scipy's wrappers hold it): when a
+                # service's learner thread prepares a model, decisions keep being served
+                self._init(d)
+                self._fold()
+                assert self._A is not None and self._b is not None
+                inv = np.linalg.inv(self._A)
+                inv += inv.T  # LU leaves float asymmetry; Σ is symmetric
+                inv *= 0.5 * self.noise**2
+                mean = (inv @ self._b) / self.noise**2
+                cov = np.ascontiguousarray(inv, dtype=np.float32)  # C order:
                 self._srv = _Serving(mean.astype(np.float32), cov, 0)  # decide reshapes views
             return self._srv
 
