@@ -110,19 +110,29 @@ def normal_bank(k: int, n: int = REQUEST_DRAWS) -> npt.NDArray[np.float32]:
     return bank
 
 
-_AUGMENTED: dict[int, npt.NDArray[np.float32]] = {}
+_AUGMENTED: dict[int, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = {}
 
 
-def _augmented_bank(k: int, n: int) -> npt.NDArray[np.float32]:
-    """(k, n): the (k − 1)-dimensional bank with a row of ones below it (the mean's column)."""
+def _augmented_banks(k: int, n: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """The (k − 1)-dimensional bank with a row of ones below it (the mean's column), as its
+    first and second halves, each (k, n/2) and contiguous (a Sobol sequence's first half is a
+    balanced point set of its own)."""
     key = k * 1_000_003 + n
-    bank = _AUGMENTED.get(key)
-    if bank is None:
+    banks = _AUGMENTED.get(key)
+    if banks is None:
         out = np.ones((k, n), np.float32)
         out[: k - 1] = normal_bank(k - 1, n)
-        out.setflags(write=False)
-        bank = _AUGMENTED.setdefault(key, out)
-    return bank
+        halves = (np.ascontiguousarray(out[:, : n // 2]), np.ascontiguousarray(out[:, n // 2 :]))
+        for h in halves:
+            h.setflags(write=False)
+        banks = _AUGMENTED.setdefault(key, halves)
+    return banks
+
+
+SPLIT_TOLERANCE = 0.05
+"""The second half of the bank is used when, after the first, the candidates other than the
+leader and the runner-up hold more than this probability (where the counting among the others
+has the most error); below it, the first half's error is within the whole bank's."""
 
 
 _SQRT_2_OVER_PI = 0.7978845608028654
@@ -151,7 +161,8 @@ def gaussian_win_probs(
     wins with probability ``Φ((μ_c(z) − M(z)) / σ_c)``, M the others' best, and the others'
     best wins otherwise — one coordinate integrated exactly (Rao-Blackwellisation), which turns
     the counting of a discontinuous indicator into a smooth average and needs ~4x fewer points
-    for the same error. Φ is :func:`_norm_cdf` (within 1.8e-4). A covariance with no
+    for the same error. Φ is :func:`_norm_cdf` (within 1.8e-4). The first half of the bank
+    decides whether the second is needed (:data:`SPLIT_TOLERANCE`). A covariance with no
     independent part left for that candidate (e.g. two identical candidates) is counted over
     :data:`FALLBACK_DRAWS` plain points instead, ties split evenly.
     """
@@ -170,22 +181,40 @@ def gaussian_win_probs(
     if not sigma * sigma > 1e-6 * var_last:  # nothing of its own left to integrate
         return _counted_win_probs(mean, cov)
     chol[:, k - 1] = mean[order]  # [L | m] against [z; 1]: the scores in one product
-    s = chol.astype(np.float32) @ _augmented_bank(k, n)  # (k, n)
+    weights = chol.astype(np.float32)
+    first, second = _augmented_banks(k, n)
+    inv_sigma = np.float32(1.0 / sigma)
+    wins = _smoothed_wins(weights, first, inv_sigma)
+    others = wins[: k - 1]
+    if others.sum() - others.max() > SPLIT_TOLERANCE * first.shape[1]:
+        wins += _smoothed_wins(weights, second, inv_sigma)
+    probs = np.empty(k)
+    probs[order] = wins
+    return probs / probs.sum()
+
+
+def _smoothed_wins(
+    weights: npt.NDArray[np.float32], bank: npt.NDArray[np.float32], inv_sigma: np.float32
+) -> npt.NDArray[np.float64]:
+    """Summed win probabilities over ``bank``'s points, (k,), in the Cholesky order: the last
+    candidate's given the others (Φ), the others' best's otherwise."""
+    k, n = bank.shape
+    s = weights @ bank  # (k, n): the others' scores, and the last one's conditional mean
     others = s[: k - 1]
     best = others.max(axis=0)
     d = s[k - 1]
     d -= best
-    d *= np.float32(1.0 / sigma)
-    last_wins = _norm_cdf(d)  # P(last candidate wins | z)
+    d *= inv_sigma
+    last_wins = _norm_cdf(d)  # P(last candidate wins | the others' scores)
     top = others == best
     if np.count_nonzero(top) == n:
         rest = top.astype(np.float32) @ (np.float32(1.0) - last_wins)
     else:  # ties among the others split evenly within a point
         rest = (top / top.sum(axis=0, dtype=np.float32)) @ (np.float32(1.0) - last_wins)
-    probs = np.empty(k)
-    probs[order[: k - 1]] = rest
-    probs[order[k - 1]] = last_wins.sum(dtype=np.float64)
-    return probs / probs.sum()
+    out = np.empty(k)
+    out[: k - 1] = rest
+    out[k - 1] = last_wins.sum(dtype=np.float64)
+    return out
 
 
 def _counted_win_probs(

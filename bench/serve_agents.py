@@ -754,18 +754,101 @@ def batched_comparison(args: argparse.Namespace) -> dict[str, Any]:
 BATCHED_GOAL_KEYS = ("ours_linear_ts", "ours_logistic_ts", "ours_bernoulli_ts")
 
 
+def batched_child(args: argparse.Namespace) -> dict[str, Any]:
+    """Our batched agents (bench/agents.py's specs, streams and ``measure``; its committed
+    tuning) on ``--ab-rounds`` rounds — one side of the old/new comparison, run in a
+    subprocess so the old code can come first on ``PYTHONPATH``."""
+    import copyloop.agents
+
+    tuned = {}
+    if args.agents_before.is_file():
+        import json
+
+        tuned = json.loads(args.agents_before.read_text()).get("tuning", {})
+    flags = ["--rounds", str(args.ab_rounds), "--seed", str(args.seed), "--repeats", "5"]
+    ab = ba.parse_args([*flags, "--tune-repeats", "0", "--blas-threads", "1", "--no-profile"])
+    streams = {
+        "bernoulli": ba.bernoulli_stream(ab.rounds, ab.bernoulli_arms, ab.seed),
+        "contextual": ba.contextual_stream(ab.rounds, ab.arms, ab.context_dim, ab.seed),
+    }
+    quiet = Console(quiet=True)
+    out: dict[str, Any] = {"copyloop": str(Path(copyloop.agents.__file__).parent)}
+    for task, task_specs in ba.specs(ab, tuned).items():
+        for spec in task_specs:
+            if spec.key in BATCHED_GOAL_KEYS:
+                r = ba.measure(spec, streams[task], ab, quiet).to_dict()
+                out[spec.key] = {
+                    k: r[k] for k in ("name", "decisions_per_s", "rates", "regret_mean")
+                }
+    return out
+
+
+def batched_ab(args: argparse.Namespace, console: Console) -> dict[str, Any] | None:
+    """The batched path old against new in the same window: ``--ab-pairs`` alternating
+    subprocesses (old code from ``--ab-old`` first on PYTHONPATH, then this checkout), each
+    measuring our batched agents as bench/agents.py does; per agent the median over pairs."""
+    import json
+    import os
+    import subprocess
+
+    if args.ab_old is None:
+        return None
+    if not (args.ab_old / "copyloop" / "agents").is_dir():
+        raise SystemExit(f"--ab-old {args.ab_old} holds no copyloop package")
+    runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--batched-child"]
+    cmd += ["--ab-rounds", str(args.ab_rounds), "--seed", str(args.seed)]
+    cmd += ["--blas-threads", str(args.blas_threads), "--agents-before", str(args.agents_before)]
+    for i in range(args.ab_pairs):
+        for side in ("old", "new"):
+            env = dict(os.environ)
+            if side == "old":
+                env["PYTHONPATH"] = os.pathsep.join(
+                    [str(args.ab_old), *filter(None, [env.get("PYTHONPATH")])]
+                )
+            with console.status(f"batched path, {side} code, pair {i + 1}/{args.ab_pairs}..."):
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    out: dict[str, Any] = {
+        "pairs": args.ab_pairs,
+        "rounds": args.ab_rounds,
+        "old_code": runs["old"][0]["copyloop"],
+        "new_code": runs["new"][0]["copyloop"],
+        "agents": {},
+    }
+    for key in BATCHED_GOAL_KEYS:
+        old = [r[key]["decisions_per_s"] for r in runs["old"] if key in r]
+        new = [r[key]["decisions_per_s"] for r in runs["new"] if key in r]
+        if not old or not new:
+            continue
+        out["agents"][key] = {
+            "name": runs["new"][0][key]["name"],
+            "old": statistics.median(old),
+            "new": statistics.median(new),
+            "old_runs": old,
+            "new_runs": new,
+            "spread_old": (max(old) - min(old)) / 2 / statistics.median(old),
+            "spread_new": (max(new) - min(new)) / 2 / statistics.median(new),
+            "regret_old": runs["old"][0][key]["regret_mean"],
+            "regret_new": runs["new"][0][key]["regret_mean"],
+        }
+        console.print(
+            f"  batched {key}: new {statistics.median(new):,.0f}/s vs old "
+            f"{statistics.median(old):,.0f}/s (median of {len(new)} pairs)"
+        )
+    return out
+
+
 def batched_goals(cmp: dict[str, Any]) -> list[Any]:
     g = []
-    for r in cmp["rates"]:
-        if r["key"] not in BATCHED_GOAL_KEYS:
-            continue
+    for r in (cmp.get("ab") or {}).get("agents", {}).values():
         g.append(
             Goal(
-                f"batched {r['name']} decisions/s, after / before",
-                r["after"] / r["before"],
-                round(1.0 - r["spread_before"] - r["spread_after"], 3),
+                f"batched {r['name']} decisions/s, new / old code (same window)",
+                r["new"] / r["old"],
+                round(1.0 - r["spread_old"] - r["spread_new"], 3),
                 ">=",
-                f"{r['after']:,.0f} vs {r['before']:,.0f}/s; target: 1 − both runs' spreads",
+                f"{r['new']:,.0f} vs {r['old']:,.0f}/s; target: 1 − both sides' spreads",
             )
         )
     for r in cmp["regret"]:
@@ -898,6 +981,7 @@ def run_all(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     comp = components(int(shape["interaction_d"]), int(shape["user_dim"]) + 1, console)
     stream = measure_stream(args, console)
     batched = batched_comparison(args)
+    batched["ab"] = batched_ab(args, console)
     goals = goals_of(agents, stream) + batched_goals(batched)
     stream_out = {
         **{k: v for k, v in stream.items() if k != "results"},
@@ -1229,6 +1313,23 @@ def batched_rows(report: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+AB_HEADER = ["agent", "old code /s", "new code /s", "new / old", "regret old", "regret new"]
+
+
+def ab_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            r["name"],
+            f"{r['old']:,.0f} ±{100 * r['spread_old']:.0f}%",
+            f"{r['new']:,.0f} ±{100 * r['spread_new']:.0f}%",
+            f"{r['new'] / r['old']:.2f}",
+            f"{r['regret_old']:.1f}",
+            f"{r['regret_new']:.1f}",
+        ]
+        for r in report["batched"]["ab"]["agents"].values()
+    ]
+
+
 REGRET_HEADER = ["agent", "regret before", "regret after", "after − before"]
 
 
@@ -1432,9 +1533,22 @@ def markdown(report: dict[str, Any]) -> str:
     out += ["## The batched path, before and after", "", report["batched_note"] + ".", ""]
     cmp = report.get("batched", {})
     files = cmp.get("files", {})
+    ab = cmp.get("ab")
+    if ab:
+        out += [
+            f"Old against new code in the same window (the goal): {ab['pairs']} alternating "
+            f"subprocess pairs, each timing our batched agents as bench/agents.py does "
+            f"({ab['rounds']:,} rounds per stream, batch 512, median of 5 agent seeds, the "
+            f"committed tuning); old = `{ab['old_code']}`, new = `{ab['new_code']}`; rates "
+            "are the median over pairs, spread = ±half the range over pairs.",
+            "",
+            md(AB_HEADER, ab_rows(report)),
+            "",
+        ]
     if cmp.get("rates"):
         out += [
-            f"bench/agents.py decisions/s: before = `{files['agents_before']}` "
+            f"The full bench/agents.py run, for reference (no goal: different days and loads): "
+            f"before = `{files['agents_before']}` "
             f"({files['agents_before_date']}, load {files['agents_before_load']}), after = "
             f"`{files['agents_after']}` ({files['agents_after_date']}, load "
             f"{files['agents_after_load']}); spread = ±half the range over the run's seeds.",
@@ -1524,6 +1638,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path("bench/results/agents_contextual_summary.csv"),
         help="the same experiment's summary.csv re-run on this code",
     )
+    a(
+        "--ab-old",
+        type=Path,
+        default=None,
+        help="a pip --target install of the code before this change: the batched path is then "
+        "timed old against new in alternating subprocesses",
+    )
+    a("--ab-pairs", type=int, default=3, help="old/new subprocess pairs for --ab-old")
+    a("--ab-rounds", type=int, default=50_000, help="rounds per stream in the old/new runs")
+    a("--batched-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in (
         "train_impressions",
@@ -1547,6 +1671,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.batched_child:
+        import json
+
+        print(json.dumps(run_limited(args.blas_threads, batched_child, args)))
+        return 0
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
