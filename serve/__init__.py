@@ -19,11 +19,15 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from None
 
 from copyloop.serve.app import create_app
+from copyloop.serve.client import APIError, AsyncClient, Client
 from copyloop.serve.service import Service, ServiceConfig, ServiceError
 from copyloop.serve.store import CampaignConfig, SQLiteStore, Store
 
 __all__ = [
+    "APIError",
+    "AsyncClient",
     "CampaignConfig",
+    "Client",
     "SQLiteStore",
     "Service",
     "ServiceConfig",
