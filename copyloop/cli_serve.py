@@ -270,18 +270,18 @@ def _print_report(rep: Any, out: Path | None, plot: Path | None) -> None:
         f"[bold]{rep.pairs_per_s:,.0f} rank+reward pairs/s[/]{early}; errors: "
         f"{rep.errors or 'none'}"
     )
-    c = Table(title="expected CTR of the served copy (the world's, never sent to the service)")
+    ct = Table(title="expected CTR of the served copy (the world's, never sent to the service)")
     for col in ("requests", "served", "uniform", "oracle", "observed clicks"):
-        c.add_column(col, justify="right")
+        ct.add_column(col, justify="right")
     for p in rep.curve:
-        c.add_row(
+        ct.add_row(
             f"{p['requests']:,.0f}",
             f"{p['served']:.4f}",
             f"{p['uniform']:.4f}",
             f"{p['oracle']:.4f}",
             f"{p['clicks']:.4f}",
         )
-    console.print(c)
+    console.print(ct)
     console.print(
         f"overall: served {rep.served_ctr:.4f}, uniform {rep.uniform_ctr:.4f}, oracle "
         f"{rep.oracle_ctr:.4f}"

@@ -310,10 +310,9 @@ def run_traffic(
     try:
         import uvloop
 
-        runner = uvloop.run
+        res = uvloop.run(_replay(cfg, world, tick))
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-        runner = asyncio.run
-    res = runner(_replay(cfg, world, tick))
+        res = asyncio.run(_replay(cfg, world, tick))
     served, ok = res["served"], res["served"] >= 0
     idx = np.flatnonzero(ok)
     ctr, mask = world.ctr.astype(np.float64), world.mask
@@ -321,7 +320,7 @@ def run_traffic(
     uni = (ctr * mask).sum(axis=1)[idx] / mask.sum(axis=1)[idx]
     best = np.where(mask, ctr, -np.inf).max(axis=1)[idx]
     window = cfg.window or max(1, cfg.requests // 20)
-    curve = []
+    curve: list[dict[str, float]] = []
     for start in range(0, idx.size, window):
         sl = slice(start, start + window)
         if idx[sl].size < window // 2 and curve:
