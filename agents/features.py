@@ -9,6 +9,7 @@ arms by variant id where the request or log row names its variants (an observati
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 FEATURE_MAPS = ("interaction", "candidate")
+_ADOPT_LOCK = threading.Lock()
 
 
 def candidate_block(obs: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[np.float32]:
@@ -200,5 +202,7 @@ class ArmsByVariant:
         arms learned by feature row join their ids, and later env batches are named through
         it, so learning by id (a warm start from a log) and acting on env batches meet."""
         if self._store is None and store is not self._keys_store:
-            self._keys_store = store
-            self._index.adopt(store.feature_ids())
+            with _ADOPT_LOCK:  # concurrent decides may bring the same new store
+                if store is not self._keys_store:
+                    self._index.adopt(store.feature_ids())
+                    self._keys_store = store

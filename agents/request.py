@@ -115,24 +115,31 @@ _AUGMENTED: dict[int, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] =
 
 def _augmented_banks(k: int, n: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """The (k − 1)-dimensional bank with a row of ones below it (the mean's column), as its
-    first and second halves, each (k, n/2) and contiguous (a Sobol sequence's first half is a
-    balanced point set of its own)."""
+    first :data:`FIRST_PASS` points and the rest, each (k, ·) and contiguous (a Sobol
+    sequence's first 2^m points are a balanced point set of their own)."""
     key = k * 1_000_003 + n
     banks = _AUGMENTED.get(key)
     if banks is None:
         out = np.ones((k, n), np.float32)
         out[: k - 1] = normal_bank(k - 1, n)
-        halves = (np.ascontiguousarray(out[:, : n // 2]), np.ascontiguousarray(out[:, n // 2 :]))
-        for h in halves:
+        first = min(FIRST_PASS, n // 2)
+        parts = (np.ascontiguousarray(out[:, :first]), np.ascontiguousarray(out[:, first:]))
+        for h in parts:
             h.setflags(write=False)
-        banks = _AUGMENTED.setdefault(key, halves)
+        banks = _AUGMENTED.setdefault(key, parts)
     return banks
 
 
+FIRST_PASS = 512
+"""Points of the bank every request uses; the rest only when :data:`SPLIT_TOLERANCE` says so."""
 SPLIT_TOLERANCE = 0.05
-"""The second half of the bank is used when, after the first, the candidates other than the
-leader and the runner-up hold more than this probability (where the counting among the others
-has the most error); below it, the first half's error is within the whole bank's."""
+"""The rest of the bank is used when, after the first :data:`FIRST_PASS` points, candidates
+other than the leader and the runner-up hold more than this probability (where counting among
+the others errs most). Below it the race is the leader's against the runner-up, which the
+closed-form coordinate makes smooth: on 168 requests (10-arm stream and the default market)
+the max error against a 2²⁰-point reference is the whole bank's (0.007 / 0.006 / 0.003 /
+0.003), and one row at a time ~16 % (LinearTS) / ~42 % (LogisticTS) of stream requests need
+the rest."""
 
 
 _SQRT_2_OVER_PI = 0.7978845608028654
@@ -161,16 +168,16 @@ def gaussian_win_probs(
     wins with probability ``Φ((μ_c(z) − M(z)) / σ_c)``, M the others' best, and the others'
     best wins otherwise — one coordinate integrated exactly (Rao-Blackwellisation), which turns
     the counting of a discontinuous indicator into a smooth average and needs ~4x fewer points
-    for the same error. Φ is :func:`_norm_cdf` (within 1.8e-4). The first half of the bank
-    decides whether the second is needed (:data:`SPLIT_TOLERANCE`). A covariance with no
-    independent part left for that candidate (e.g. two identical candidates) is counted over
-    :data:`FALLBACK_DRAWS` plain points instead, ties split evenly.
+    for the same error. Φ is :func:`_norm_cdf` (within 1.8e-4). The bank's first points
+    decide whether the rest is needed (:data:`FIRST_PASS`, :data:`SPLIT_TOLERANCE`). A
+    covariance with no independent part left for that candidate (e.g. two identical
+    candidates) is counted over :data:`FALLBACK_DRAWS` plain points instead.
     """
     k = mean.shape[0]
     if k == 1:
         return np.ones(1)
     mean = np.asarray(mean, np.float64)
-    by_mean = np.argsort(-mean, kind="stable")  # the others by mean (the bank's best
+    by_mean = (-mean).argsort(kind="stable")  # the others by mean (the bank's best
     order = np.concatenate((by_mean[1:], by_mean[:1]))  # coordinates first), the leader last
     c = np.asarray(cov, np.float64)[order[:, None], order]
     var_last = float(c[k - 1, k - 1])
@@ -182,12 +189,12 @@ def gaussian_win_probs(
         return _counted_win_probs(mean, cov)
     chol[:, k - 1] = mean[order]  # [L | m] against [z; 1]: the scores in one product
     weights = chol.astype(np.float32)
-    first, second = _augmented_banks(k, n)
+    first, rest = _augmented_banks(k, n)
     inv_sigma = np.float32(1.0 / sigma)
     wins = _smoothed_wins(weights, first, inv_sigma)
     others = wins[: k - 1]
     if others.sum() - others.max() > SPLIT_TOLERANCE * first.shape[1]:
-        wins += _smoothed_wins(weights, second, inv_sigma)
+        wins += _smoothed_wins(weights, rest, inv_sigma)
     probs = np.empty(k)
     probs[order] = wins
     return probs / probs.sum()

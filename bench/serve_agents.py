@@ -68,6 +68,11 @@ regret within its 95 % CI of before. BLAS is held to
 ``--blas-threads`` (1) for every agent. Needs the peers for part 5 (``bash
 scripts/setup_bench.sh``; a missing peer is reported as failed and its goals SKIP).
 
+The old/new batched comparison needs the old code installed apart, e.g. for the commit before
+issue 13's per-request work: ``git archive 4a4f129 | tar -x -C /tmp/old_src && pip install
+--no-deps --no-build-isolation --target /tmp/old_pkg /tmp/old_src``, then ``--ab-old
+/tmp/old_pkg``.
+
 Run: ``.venv/bin/python bench/serve_agents.py`` (~4 minutes on 2 shared cores); writes
 ``bench/results/serve_agents.json`` and ``serve_agents.md``.
 """
@@ -1137,6 +1142,11 @@ def command_line(args: argparse.Namespace) -> str:
         f"{args.stream_rounds} --stream-prop-requests {args.stream_prop_requests} --repeats "
         f"{args.repeats} --seed {args.seed} --blas-threads "
         f"{args.blas_threads} --out-dir {args.out_dir}"
+        + (
+            ""
+            if args.ab_old is None
+            else f" --ab-old {args.ab_old} --ab-pairs {args.ab_pairs} --ab-rounds {args.ab_rounds}"
+        )
     )
 
 
