@@ -353,6 +353,7 @@ class Result:
     subsampled: bool = False
     seeds: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # the thread's CPU time of each run
     clicks: list[int] = field(default_factory=list)
     regrets: list[float] = field(default_factory=list)
     regret_curve: list[float] = field(default_factory=list)  # mean cumulative regret
@@ -379,6 +380,11 @@ class Result:
             "rates": rates,
             "min": min(rates, default=0.0),
             "max": max(rates, default=0.0),
+            "decisions_per_cpu_s": (
+                statistics.median(self.rounds / c for c in self.cpu_seconds if c > 0)
+                if any(c > 0 for c in self.cpu_seconds)
+                else None
+            ),
             "regret_mean": self.regret,
             "regret_se": self.regret_se,
             "clicks_mean": statistics.fmean(self.clicks) if self.clicks else float("nan"),
@@ -418,9 +424,10 @@ def measure(spec: Spec, s: Stream, args: argparse.Namespace, console: Console) -
             if i and res.seconds[0] >= args.repeat_below:
                 break
             run = spec.make(s, base + i)
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             actions = run(n)
             res.seconds.append(time.perf_counter() - t0)
+            res.cpu_seconds.append(time.thread_time() - c0)
             res.seeds.append(base + i)
             res.clicks.append(int(s.clicks[np.arange(n), actions].sum()))
             cums.append(cumulative_regret(s, actions))
