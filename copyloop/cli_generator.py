@@ -700,3 +700,23 @@ def print_rounds(results: list[Any]) -> None:
         "mean CTR / best: of the round's kept variants (true world, held-out users); served: "
         "expected CTR of what the agent showed"
     )
+    line = loop_gain(results)
+    if line:
+        console.print(line)
+
+
+def loop_gain(results: list[Any]) -> str:
+    """What the loop gained and what it cost: the last round's mean true CTR against round 0's,
+    and the impressions (and clicks) it spent to get there — the loop's training signal."""
+    if len(results) < 2:
+        return ""
+    first, last = results[0], results[-1]
+    spent = sum(r.impressions for r in results[:-1])
+    clicks = sum(r.clicks for r in results[:-1])
+    gain = last.true_ctr / first.true_ctr - 1.0 if first.true_ctr > 0 else float("nan")
+    return (
+        f"the loop moved the generator's true CTR {gain:+.1%} (round {last.round} vs round "
+        f"{first.round}: {first.true_ctr:.4f} → {last.true_ctr:.4f}) for {spent:,} impressions and "
+        f"{clicks:,} clicks of training signal (rounds 0–{last.round - 1}); one run, so this is "
+        "within the noise of its few groups unless repeated"
+    )

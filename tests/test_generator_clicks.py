@@ -319,3 +319,16 @@ def test_lift_report_intervals_over_seeds_and_campaigns() -> None:
     other = _judged("x", base, cfg={**seeds[0]["config"], "seed": 9})
     with pytest.raises(ValueError, match="same settings"):
         lift_report(_judged("base", base), [other])
+
+
+def test_loop_gain_says_what_the_loop_gained_and_spent() -> None:
+    from copyloop.cli_generator import loop_gain
+    from copyloop.generator.loop import RoundResult
+
+    def rr(i, ctr, imp, clicks):
+        return RoundResult(i, f"m@r{i}", ctr, ctr, ctr, clicks, imp, 0.5, 0.9, "log")
+
+    rounds = [rr(0, 0.020, 100_000, 2_000), rr(1, 0.021, 100_000, 2_100), rr(2, 0.023, 99_990, 0)]
+    line = loop_gain(rounds)
+    assert "+15.0%" in line and "200,000 impressions" in line and "4,100 clicks" in line
+    assert loop_gain(rounds[:1]) == ""
