@@ -289,7 +289,11 @@ class PPOPolicy(Policy):
         return sample_from(p, rng), p
 
     def _decide_request(
-        self, user: npt.NDArray[np.float32], cand: npt.NDArray[np.float32], key: int
+        self,
+        user: npt.NDArray[np.float32],
+        cand: npt.NDArray[np.float32],
+        key: int,
+        ids: Sequence[str],
     ) -> npt.NDArray[np.float64]:
         """One request through the policy network: the candidates fill the first of the K slots
         it was trained on (the rest masked)."""

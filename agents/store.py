@@ -178,9 +178,10 @@ class VariantStore:
         if got is not None and got[0] is state:
             return got[1]
         ids, _, feats, _ = state
-        keys = np.ascontiguousarray(feats).view(np.dtype((np.void, feats.shape[1] * 4))).ravel()
-        seen = Counter(keys.tolist())
-        table = {k: v for k, v in zip(keys.tolist(), ids, strict=True) if seen[k] == 1}
+        void = np.dtype((np.void, feats.shape[1] * 4))
+        keys: list[bytes] = np.ascontiguousarray(feats).view(void).ravel().tolist()  # type: ignore[assignment]
+        seen = Counter(keys)
+        table = {k: v for k, v in zip(keys, ids, strict=True) if seen[k] == 1}
         self._feature_ids = (state, table)
         return table
 
