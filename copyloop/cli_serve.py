@@ -66,6 +66,9 @@ def serve(
         Path | None, typer.Option(help="Market config (TOML) whose featurizer the copy uses.")
     ] = None,
     learn_interval: Annotated[float, typer.Option(help="Learner tick, seconds.")] = 0.1,
+    blas_threads: Annotated[
+        int, typer.Option(help="BLAS threads (0 = the library's default).")
+    ] = 1,
 ) -> None:
     """Serve POST /v1/rank and /v1/events/{id}/reward (OpenAPI at /openapi.json)."""
     if ctx.invoked_subcommand is not None:
@@ -78,6 +81,14 @@ def serve(
         from copyloop.serve import ServiceConfig, create_app
     except ImportError as e:
         raise ValueError(f"{e} (pip install 'copyloop[serve]')") from None
+    if blas_threads < 0:
+        raise ValueError(f"`blas_threads` must be >= 0, got {blas_threads}")
+    if blas_threads:
+        # Decisions are small matrix products one request at a time: BLAS threads only fight
+        # the event loop and the learner for the cores (a decision took ~5x longer with them).
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=blas_threads)
     featurizer, encoder = _featurizer(store, config, demo)
     cfg = ServiceConfig(
         store=store,
