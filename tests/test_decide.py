@@ -429,3 +429,17 @@ def test_gaussian_win_probs_identical_candidates() -> None:
     pair = float(np.mean(z[:, 0] > z[:, 1]))  # the pair wins when either one beats the third
     assert abs(p[0] - p[1]) < 0.002 and p[0] + p[1] == pytest.approx(pair, abs=0.006)
     assert p.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ppo_decides_one_request(market, store, traffic) -> None:
+    """PPO serves a request through the same decide (its policy network on the candidates)."""
+    pytest.importorskip("sb3_contrib")
+    from copyloop.agents import PPOPolicy
+
+    pol = PPOPolicy(n_steps=8, batch_size=256, n_epochs=2, net_arch=(16,), seed=0)
+    pol.train(market, 512, num_envs=64)
+    pol.attach(store)
+    u, ids = _request(market, traffic[1], 3)
+    c = pol.decide(u, ids, event_id="e")
+    assert c.probs.shape == (len(ids),) and c.probs.sum() == pytest.approx(1.0, abs=1e-9)
+    assert pol.decide(u, ids, event_id="e").variant_id == c.variant_id
