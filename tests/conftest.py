@@ -27,6 +27,12 @@ CI_SLOW = {
     "tests/test_agent_cli.py::test_simulated_journey_estimates_cover_the_true_value": "19 s",
     "tests/test_ray_backend.py::test_ray_sweep_equals_processes_one_market_per_worker": "17 s",
     "tests/test_ray_backend.py::test_cli_ray_backend_writes_the_same_summary": "12 s",
+    # issue 14 (times measured at load average ~10 on the shared box; quieter runs are faster)
+    "tests/test_serve_crash.py::test_client_against_a_real_server": "10 s",
+    "tests/test_serve_crash.py::test_kill_9_under_load_loses_nothing_acknowledged": "28 s",
+    "tests/test_serve_props.py::test_logged_propensities_are_true": "45 s (50k decisions)",
+    "tests/test_serve_props.py::test_the_propensity_tests_reject_wrong_probabilities": "1 s",
+    "tests/test_serve_fuzz.py::test_schemathesis_finds_no_server_error": "40 s",
 }
 
 
