@@ -882,8 +882,9 @@ def command_notes(sizes: list[dict[str, Any]]) -> list[str]:
             for e in ope.get("estimates", [])
         )
         ref = (c.get("reference: raw DuckDB IPS aggregate") or {}).get("output") or {}
+        date = f" ({sz['date']})" if sz.get("date") else ""
         lines.append(
-            f"{sz['rows']:,} rows ({sz.get('date', '')}): {sz['parts']} parts of "
+            f"{sz['rows']:,} rows{date}: {sz['parts']} parts of "
             f"{sz['part_rows']:,} rows, "
             f"{sz['bytes_on_disk'] / 1e9:,.2f} GB on disk "
             f"({sz['bytes_on_disk'] / sz['rows']:.1f} bytes/row), written in "
@@ -1037,6 +1038,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--generate", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--base", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--reference", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--render", action="store_true", help="only re-render the .md from the .json")
     args = p.parse_args(argv)
     for name in ("rows", "batch", "context_dim"):
         if getattr(args, name) < 1:
@@ -1051,6 +1053,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal:  # piped or logged: do not wrap the tables at 80 columns
         console = Console(width=160)
+    if args.render:  # rewrite log_scale.md from log_scale.json (no measuring)
+        path = args.results_dir / "log_scale.json"
+        (args.results_dir / "log_scale.md").write_text(full_markdown(json.loads(path.read_text())))
+        return 0
     if args.reference is not None:  # the child that runs the raw DuckDB aggregate
         print(json.dumps(raw_duckdb_ips(args.reference)))
         return 0
