@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from scipy.linalg import cho_solve, cholesky, solve_triangular
+from scipy.linalg.blas import sger as _sger
 from scipy.optimize import minimize
 from scipy.special import expit
 
@@ -874,17 +875,17 @@ class _Serving:
         """Recursive least squares, row by row, in place: C ← C − Cx xᵀC/(v² + xᵀCx),
         μ ← μ + k(r − xᵀμ) with C = v²Σ and k = Cx/(v² + xᵀCx). One BLAS rank-one update
         (``sger``) over C per row, no d×d temporaries."""
-        from scipy.linalg.blas import sger
-
+        xs = x.astype(np.float32)
         with self.lock:
-            cov_f = self.cov.T  # C is symmetric: its transpose is a Fortran-ordered view
-            for xi, ri in zip(x.astype(np.float32), r, strict=True):
-                cx = self.cov @ xi
-                den = np.float32(v2) + xi @ cx
-                gain = cx / den
-                self.mean += gain * np.float32(ri - xi @ self.mean)
-                sger(-1.0, cx, gain, a=cov_f, overwrite_a=True)
-            self.age += x.shape[0]
+            cov, mean = self.cov, self.mean
+            cov_f = cov.T  # C is symmetric: its transpose is a Fortran-ordered view
+            for i in range(xs.shape[0]):
+                xi = xs[i]
+                cx = cov @ xi
+                inv_den = 1.0 / (v2 + float(xi @ cx))
+                mean += cx * np.float32((float(r[i]) - float(xi @ mean)) * inv_den)
+                _sger(-inv_den, cx, cx, a=cov_f, overwrite_a=True)  # C − Cx (Cx)ᵀ / den
+            self.age += xs.shape[0]
 
 
 def _request_moments(
