@@ -150,10 +150,15 @@ class VariantIndex:
             if n
             else np.zeros((0, 0), np.uint8)
         )
+        raw = [k.encode() for k, _ in by_id]
+        width = max((len(r) for r in raw), default=0)
+        vids = np.zeros((len(raw), width), np.uint8)  # UTF-8, zero-padded: numbers, no pickle
+        for i, r in enumerate(raw):
+            vids[i, : len(r)] = np.frombuffer(r, np.uint8)
         return {
             "index_keys": keys,
             "index_ids": np.array([v for _, v in by_row], np.int64),
-            "index_variant_ids": np.array([k for k, _ in by_id], dtype=np.str_),
+            "index_variant_ids": vids,
             "index_variant_arms": np.array([v for _, v in by_id], np.int64),
         }
 
@@ -162,9 +167,10 @@ class VariantIndex:
         ids = np.asarray(state["index_ids"], np.int64).tolist()
         loaded: dict[bytes | str, int] = {keys[i].tobytes(): ids[i] for i in range(keys.shape[0])}
         if "index_variant_ids" in state:  # snapshots before variant-id keys have none
-            vids = np.asarray(state["index_variant_ids"]).tolist()
+            raw = np.asarray(state["index_variant_ids"], np.uint8)
+            vids = [bytes(row).rstrip(b"\x00").decode() for row in raw]
             arms = np.asarray(state["index_variant_arms"], np.int64).tolist()
-            loaded.update({str(v): a for v, a in zip(vids, arms, strict=True)})
+            loaded.update(dict(zip(vids, arms, strict=True)))
         self._keys = loaded
 
 
