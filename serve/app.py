@@ -20,14 +20,15 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from copyloop.serve.service import Service, ServiceConfig, ServiceError
 from copyloop.serve.store import CampaignConfig
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
-Id = Annotated[str, Field(min_length=1, max_length=128)]
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^/]+$")]
+"""An id that may appear in a URL path segment (percent-encoded): anything but ``/``."""
 
 
 class Strict(BaseModel):
@@ -79,6 +80,23 @@ class RewardResponse(Strict):
     event_id: str
     status: Literal["accepted", "duplicate"]
     late: bool
+
+
+class ErrorOut(BaseModel):
+    """Every refusal other than a 422: what was wrong, in words."""
+
+    detail: str
+
+
+_ERR = {"model": ErrorOut}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {**_ERR, "description": "No API key, or an unknown or revoked one"},
+    403: {**_ERR, "description": "The key lacks the scope (an admin route with a client key)"},
+    404: {**_ERR, "description": "No such campaign, variant or event"},
+    409: {**_ERR, "description": "A conflict: the id exists, or the event is already joined"},
+    413: {**_ERR, "description": "The body is above the size limit"},
+}
+"""The statuses every /v1 route may answer besides its own and 422 (declared in OpenAPI)."""
 
 
 class Ok(Strict):
@@ -207,7 +225,9 @@ class _TooLarge(Exception):
 
 
 class BodyLimitAndTiming:
-    """413 for bodies above ``limit`` bytes (declared or streamed); latency per endpoint."""
+    """413 for bodies above ``limit`` bytes (declared or streamed); 401 for a /v1 request
+    without a valid API key, before its body is read or validated; latency per endpoint.
+    (Routes still check the key's scope: an admin route with a client key is a 403.)"""
 
     def __init__(self, app: Any, limit: int, observe: Callable[[str, str, float], None]) -> None:
         self.app, self.limit, self.observe = app, limit, observe
@@ -217,9 +237,18 @@ class BodyLimitAndTiming:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
+        key = None
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > self.limit:
-                await _send_413(send, self.limit)
+                await _send_error(send, 413, f"request body above {self.limit} bytes")
+                return
+            if k == b"x-api-key":
+                key = v.decode("latin-1")
+        if scope.get("path", "").startswith("/v1/"):
+            try:
+                await authorize(scope["app"].state.service, key, "client")
+            except ServiceError as e:
+                await _send_error(send, e.status, e.message)
                 return
         seen = 0
         started = False
@@ -242,19 +271,19 @@ class BodyLimitAndTiming:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await _send_413(send, self.limit)
+                await _send_error(send, 413, f"request body above {self.limit} bytes")
         finally:
             ep = scope.get("endpoint")
             name = getattr(ep, "__name__", "other")
             self.observe(name, scope["method"], time.perf_counter() - t0)
 
 
-async def _send_413(send: Callable[[Any], Awaitable[None]], limit: int) -> None:
-    body = f'{{"detail":"request body above {limit} bytes"}}'.encode()
+async def _send_error(send: Callable[[Any], Awaitable[None]], status: int, message: str) -> None:
+    body = json.dumps({"detail": message}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [(b"content-type", b"application/json")],
         }
     )
@@ -319,16 +348,19 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        if exc.status == 422:  # the declared 422 body: a list of errors with where and what
+            err = {"loc": ["body", *exc.loc], "msg": exc.message, "type": "value_error"}
+            return JSONResponse({"detail": [err]}, status_code=422)
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
 
     # rank and reward write their JSON themselves: the models above stay the documented (and
     # fuzz-tested) contract, without re-validating every response on the hot path.
-    @app.post("/v1/rank", response_model=RankResponse)
-    # The hot endpoints take the key as a plain header parameter and check it inline: FastAPI's
-    # dependency resolution was a fifth of the event loop's time per request.
+    @app.post("/v1/rank", response_model=RankResponse, responses=ERRORS)
+    # The hot endpoints declare the key header for the schema; the middleware has checked it
+    # (every valid key holds the client scope). FastAPI's dependency resolution was a fifth of
+    # the event loop's time per request.
     async def rank(request: Request, body: RankRequest, x_api_key: ApiKey = None) -> Response:
         svc: Service = request.app.state.service
-        await authorize(svc, x_api_key, "client")
         rec, agent = await svc.rank(
             body.campaign_id,
             body.context,
@@ -348,23 +380,22 @@ def create_app(config: ServiceConfig) -> FastAPI:
         }
         return Response(json.dumps(out), media_type="application/json")
 
-    @app.post("/v1/events/{event_id}/reward", response_model=RewardResponse)
+    @app.post("/v1/events/{event_id}/reward", response_model=RewardResponse, responses=ERRORS)
     async def reward(
         request: Request, event_id: str, body: RewardRequest, x_api_key: ApiKey = None
     ) -> Response:
         svc: Service = request.app.state.service
-        await authorize(svc, x_api_key, "client")
         out = await svc.reward(event_id, body.reward_id, body.value)
         status = "duplicate" if out.status == "duplicate" else "accepted"
         body_ = {"event_id": event_id, "status": status, "late": out.late}
         return Response(json.dumps(body_), media_type="application/json")
 
-    @app.post("/v1/events/{event_id}/activate", response_model=Ok)
+    @app.post("/v1/events/{event_id}/activate", response_model=Ok, responses=ERRORS)
     async def activate(event_id: str, svc: SvcDep, _: Client) -> Ok:
         await svc.activate(event_id)
         return Ok()
 
-    @app.post("/v1/admin/campaigns", response_model=CampaignOut, status_code=201)
+    @app.post("/v1/admin/campaigns", response_model=CampaignOut, status_code=201, responses=ERRORS)
     def create_campaign(body: CampaignIn, svc: SvcDep, actor: Admin) -> CampaignOut:
         fields = body.model_dump(exclude={"variants"})
         try:
@@ -374,11 +405,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
         svc.create_campaign(cfg, [(v.variant_id, v.text) for v in body.variants], actor)
         return _campaign_out(svc, cfg.campaign_id)
 
-    @app.get("/v1/admin/campaigns", response_model=list[CampaignOut])
+    @app.get("/v1/admin/campaigns", response_model=list[CampaignOut], responses=ERRORS)
     def list_campaigns(svc: SvcDep, _: Admin) -> list[CampaignOut]:
         return [_campaign_out(svc, c) for c in svc.runtimes]
 
-    @app.patch("/v1/admin/campaigns/{campaign_id}", response_model=CampaignOut)
+    @app.patch("/v1/admin/campaigns/{campaign_id}", response_model=CampaignOut, responses=ERRORS)
     def update_campaign(
         campaign_id: str, body: CampaignPatch, svc: SvcDep, actor: Admin
     ) -> CampaignOut:
@@ -386,17 +417,23 @@ def create_app(config: ServiceConfig) -> FastAPI:
         svc.update_campaign(campaign_id, changes, actor)
         return _campaign_out(svc, campaign_id)
 
-    @app.post("/v1/admin/campaigns/{campaign_id}/variants", response_model=VariantsOut)
+    @app.post(
+        "/v1/admin/campaigns/{campaign_id}/variants", response_model=VariantsOut, responses=ERRORS
+    )
     def add_variants(campaign_id: str, body: VariantsIn, svc: SvcDep, actor: Admin) -> VariantsOut:
         ids = svc.add_variants(campaign_id, [(v.variant_id, v.text) for v in body.variants], actor)
         return VariantsOut(variant_ids=ids)
 
-    @app.post("/v1/admin/campaigns/{campaign_id}/variants/{variant_id}/retire", response_model=Ok)
+    @app.post(
+        "/v1/admin/campaigns/{campaign_id}/variants/{variant_id}/retire",
+        response_model=Ok,
+        responses=ERRORS,
+    )
     def retire_variant(campaign_id: str, variant_id: str, svc: SvcDep, actor: Admin) -> Ok:
         svc.retire_variant(campaign_id, variant_id, actor)
         return Ok()
 
-    @app.get("/v1/admin/campaigns/{campaign_id}/stats", response_model=StatsOut)
+    @app.get("/v1/admin/campaigns/{campaign_id}/stats", response_model=StatsOut, responses=ERRORS)
     def stats(campaign_id: str, svc: SvcDep, _: Admin) -> StatsOut:
         rt = svc.runtime(campaign_id)
         s = svc.store.stats(campaign_id)
@@ -405,7 +442,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
             **s, model_version=rt.policy.model_version, snapshot_version=rt.snapshot_version
         )
 
-    @app.get("/v1/admin/campaigns/{campaign_id}/models", response_model=list[SnapshotOut])
+    @app.get(
+        "/v1/admin/campaigns/{campaign_id}/models",
+        response_model=list[SnapshotOut],
+        responses=ERRORS,
+    )
     def models(campaign_id: str, svc: SvcDep, _: Admin) -> list[SnapshotOut]:
         rt = svc.runtime(campaign_id)
         return [
@@ -427,7 +468,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             learner_error=None if err is None else f"{type(err).__name__}: {err}",
         )
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def metrics(svc: SvcDep) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

@@ -37,12 +37,14 @@ from copyloop.serve.store import (
 
 
 class ServiceError(Exception):
-    """A request the service refuses: ``status`` is its HTTP status, ``message`` says why."""
+    """A request the service refuses: ``status`` is its HTTP status, ``message`` says why,
+    ``loc`` names the body field at fault (for a 422)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, loc: tuple[str | int, ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.loc = loc
 
 
 @dataclass
@@ -92,6 +94,36 @@ class ServiceConfig:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if self.max_body_bytes < 1024:
             raise ValueError(f"`max_body_bytes` must be >= 1024, got {self.max_body_bytes}")
+
+
+MAX_MODEL_FEATURES = 4096
+"""Largest feature count of a full-covariance agent (LinearTS, LinUCB): its d×d posterior is
+held several times over (learner, serving copy, float32 serving covariance)."""
+
+_FULL_COVARIANCE = ("linear_ts", "linucb", "neural_linear_ts")
+
+
+def check_model_size(cfg: CampaignConfig, candidate_dim: int) -> None:
+    """Refuse a campaign whose agent would not fit in memory, naming the width that would.
+
+    Raises:
+        ValueError: a full-covariance agent over interaction features of more than
+            :data:`MAX_MODEL_FEATURES` features.
+    """
+    if cfg.agent not in _FULL_COVARIANCE:
+        return
+    if cfg.agent_params.get("features", "interaction") != "interaction":
+        return
+    d = (cfg.context_width + 1) * (candidate_dim + 1)
+    if d > MAX_MODEL_FEATURES:
+        widest = MAX_MODEL_FEATURES // (candidate_dim + 1) - 1
+        gib = 8 * d * d / 2**30
+        raise ValueError(
+            f"`context_width` {cfg.context_width} makes {cfg.agent} a {d:,}-feature model (a "
+            f"{gib:,.1f} GiB covariance); the widest that fits {MAX_MODEL_FEATURES:,} features "
+            f"is {widest} — send fewer context features, or agent_params "
+            '{"features": "candidate"}'
+        )
 
 
 def new_policy(cfg: CampaignConfig) -> Policy:
@@ -301,7 +333,15 @@ class Service:
                 "or every candidate was excluded",
             )
         eid = event_id or uuid.uuid4().hex
-        ctx = np.asarray(context, np.float32)
+        with np.errstate(over="ignore"):
+            ctx = np.asarray(context, np.float32)
+        if not np.isfinite(ctx).all():
+            bad = np.flatnonzero(~np.isfinite(ctx))[:5].tolist()
+            raise ServiceError(
+                422,
+                f"`context` positions {bad} are outside float32's range (|x| <= 3.4e38)",
+                ("context",),
+            )
         model = rt.model
         policy = model.policy  # one reference read: the whole decision uses one snapshot
         agent = None
@@ -431,6 +471,7 @@ class Service:
                 raise ServiceError(409, f"campaign {cfg.campaign_id!r} exists — PATCH it instead")
             cfg, model = self._model_for(cfg)
             try:
+                check_model_size(cfg, self.config.featurizer.dim)
                 new_policy(cfg)
             except ValueError as e:
                 raise ServiceError(422, str(e)) from None

@@ -793,12 +793,13 @@ class SQLiteStore:
 
     def pending(self, model_id: str, now: float, limit: int) -> list[DecisionRecord]:
         """Unjoined decisions of a model whose reward is settled: window closed, or (decided
-        under ``earliest`` aggregation) a reward in. Oldest first."""
+        under ``earliest`` aggregation) a reward in and the impression activated (a deferred
+        one waits for its activation or its window). Oldest first."""
         rows = (
             self._reader()
             .execute(
                 f"SELECT {_DECISION_COLS} FROM decisions WHERE model_id=? AND joined=0 AND "
-                "(closes_at<=? OR (early=1 AND has_reward=1)) ORDER BY seq LIMIT ?",
+                "(closes_at<=? OR (early=1 AND has_reward=1 AND activated=1)) ORDER BY seq LIMIT ?",
                 (model_id, now, limit),
             )
             .fetchall()
@@ -923,7 +924,7 @@ class SQLiteStore:
                     self._reader()
                     .execute(
                         "SELECT count(*) FROM decisions WHERE campaign_id=? AND NOT "
-                        "(closes_at<=? OR (early=1 AND has_reward=1))",
+                        "(closes_at<=? OR (early=1 AND has_reward=1 AND activated=1))",
                         (cid, now),
                     )
                     .fetchone()
@@ -949,7 +950,7 @@ class SQLiteStore:
         while True:
             rows = conn.execute(
                 f"SELECT seq, {_DECISION_COLS} FROM decisions WHERE campaign_id=? AND seq>? AND "
-                "(closes_at<=? OR (early=1 AND has_reward=1)) ORDER BY seq LIMIT ?",
+                "(closes_at<=? OR (early=1 AND has_reward=1 AND activated=1)) ORDER BY seq LIMIT ?",
                 (campaign_id, last, now, batch),
             ).fetchall()
             if not rows:

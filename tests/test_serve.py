@@ -451,7 +451,7 @@ def test_campaigns_sharing_a_model_learn_together_and_must_agree(h: Harness) -> 
     assert r.json()["model_id"] == "m" and h.svc.runtimes["c2"].model is h.svc.runtimes["c1"].model
     bad = {**body, "campaign_id": "c3", "agent": "linucb", "variants": []}
     r = h.client.post("/v1/admin/campaigns", json=bad, headers=h.admin)
-    assert r.status_code == 422 and "shared" in r.json()["detail"]
+    assert r.status_code == 422 and "shared" in r.json()["detail"][0]["msg"]
     probe = {"campaign_id": "c2", "context": [1.0, 0.0, 0.5], "event_id": "p"}
     before = h.client.post("/v1/rank", json=probe, headers=h.key).json()
     for _ in range(40):

@@ -315,11 +315,6 @@ def test_activation_is_idempotent_and_order_free(
     assert _joined(s, tmp_path, clock.now) == {shown: 1.0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="earliest aggregation settles a deferred, not-yet-activated event at its first "
-    "reward, so the learner joins it unlearned and an activation inside the window is a 409",
-)
 def test_deferred_event_waits_for_activation_under_earliest(
     svc: tuple[Service, Clock], tmp_path: Path
 ) -> None:
