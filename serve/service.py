@@ -248,14 +248,46 @@ class Service:
 
     # ---- campaigns and models in memory -------------------------------------------------------
     def _variant_store(self, records: Sequence[VariantRecord]) -> VariantStore:
+        """The variants' features: read from the store's cache where this featurizer already
+        computed them (the text features of a catalog take about a second), else computed and
+        cached."""
         feat = self.config.featurizer
         if not records:
             return VariantStore([], np.zeros((0, feat.dim), np.float32), [], feat)
-        emb = np.stack([np.asarray(r.embedding, np.float32) for r in records])
-        feats = feat.transform(emb, [r.text for r in records])
+        cache = self._feature_cache()
+        todo = [r for r in records if r.variant_id not in cache]
+        if todo:
+            emb = np.stack([np.asarray(r.embedding, np.float32) for r in todo])
+            new = feat.transform(emb, [r.text for r in todo])
+            cache.update({r.variant_id: row for r, row in zip(todo, new, strict=True)})
+            self._save_feature_cache(cache)
+        feats = np.stack([cache[r.variant_id] for r in records]).astype(np.float32)
         return VariantStore(
             [r.variant_id for r in records], feats, [r.campaign_id for r in records], feat
         )
+
+    def _cache_key(self) -> str:
+        from copyloop.serve.store import featurizer_bytes
+
+        digest = hashlib.sha256(featurizer_bytes(self.config.featurizer)).hexdigest()[:16]
+        return f"variant_features:{digest}"
+
+    def _feature_cache(self) -> dict[str, npt.NDArray[np.float32]]:
+        import io
+
+        blob = self.store.get_meta(self._cache_key())
+        if blob is None:
+            return {}
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            return dict(zip(z["ids"].tolist(), z["features"], strict=True))
+
+    def _save_feature_cache(self, cache: dict[str, npt.NDArray[np.float32]]) -> None:
+        import io
+
+        buf = io.BytesIO()
+        ids = list(cache)
+        np.savez(buf, ids=np.array(ids), features=np.stack([cache[i] for i in ids]))
+        self.store.set_meta(self._cache_key(), buf.getvalue()).result()
 
     def _load_model(self, cfg: CampaignConfig, records: Sequence[VariantRecord]) -> ModelRuntime:
         """A model from the store: its variants, its last snapshot (or a fresh agent), and the
