@@ -328,13 +328,6 @@ class RestartTooSlow(AssertionError):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=RestartTooSlow,
-    strict=False,  # at the margin (4.0-5.1 s measured): a quiet machine passes, a busy one fails
-    reason="`copyloop serve` rebuilds the default market on every start (catalog text features, "
-    "featurizer PCA fit and transform: ~3-4.7 s of a 4.0-5.1 s restart on this 2-core box); "
-    "durability failures are still real failures",
-)
 def test_kill_9_under_load_loses_nothing_acknowledged(
     tmp_path: Path, keys: tuple[str, str], record_property: pytest.RecordProperty
 ) -> None:
