@@ -65,6 +65,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's threads, summed by OS thread name (the service names its
+    learner and store writer; the event loop is the process's main thread)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            f = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        name = "event loop (main)" if tid == str(pid) else name
+        out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / tick
+    return out
+
+
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], seconds: float = 120.0) -> float:
     import httpx
 
@@ -168,11 +184,13 @@ def run_service(tmp: Path, market: Any, requests: int, concurrency: int, i: int)
         run_traffic(TrafficConfig(url=url, key=key, requests=1000, concurrency=concurrency,
                                   seed=10_000 + i), market)  # fmt: skip
         c0, me0 = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
+        t0 = thread_cpu(proc.pid)
         rep = run_traffic(
             TrafficConfig(url=url, key=key, requests=requests, concurrency=concurrency, seed=i),
             market,
         )
         cpu, me = cpu_seconds(proc.pid) - c0, cpu_seconds(os.getpid()) - me0
+        t1 = thread_cpu(proc.pid)
     finally:
         stop(proc)
     both = [rep.rank_ms["p99"], rep.reward_ms["p99"]]
@@ -185,6 +203,9 @@ def run_service(tmp: Path, market: Any, requests: int, concurrency: int, i: int)
         "errors": rep.errors,
         "server_cpu_us_per_pair": cpu / max(rep.rewards, 1) * 1e6,
         "client_cpu_us_per_pair": me / max(rep.rewards, 1) * 1e6,
+        "server_threads_cpu_us_per_pair": {
+            name: (t1.get(name, 0.0) - t0.get(name, 0.0)) / max(rep.rewards, 1) * 1e6 for name in t1
+        },
         "served_ctr": rep.served_ctr,
         "uniform_ctr": rep.uniform_ctr,
         "oracle_ctr": rep.oracle_ctr,
@@ -240,6 +261,13 @@ def render(report: dict[str, Any]) -> str:
         f"- Server CPU per rank+reward pair: {sv['server_cpu_us_per_pair']:.0f} µs, i.e. "
         f"{1e6 / sv['server_cpu_us_per_pair']:,.0f} pairs/s per fully used core "
         f"(the floor: {1e6 / fl['server_cpu_us_per_request'] / 2:,.0f}).",
+        "- Server CPU per pair by thread: "
+        + ", ".join(
+            f"{k} {v:.0f} µs"
+            for k, v in sorted(report["service_runs_threads"].items(), key=lambda kv: -kv[1])
+            if v >= 1
+        )
+        + ".",
         f"- The load generator used {sv['client_cpu_us_per_pair']:.0f} µs of CPU per pair "
         f"(aiohttp plus the world's clicks). With server and client on the same "
         f"{h['cpu_count']} cores, the box can carry at most "
@@ -350,6 +378,14 @@ def main() -> None:
         "load_start": load_start,
         "load_end": [round(x, 2) for x in os.getloadavg()],
         "headline_concurrency": best,
+        "service_runs_threads": {
+            k: float(
+                np.median(
+                    [r["server_threads_cpu_us_per_pair"].get(k, 0.0) for r in head["service_runs"]]
+                )
+            )
+            for k in head["service_runs"][0]["server_threads_cpu_us_per_pair"]
+        },
         "by_concurrency": {str(c): v for c, v in by_c.items()},
         "floor": fl,
         "service": sv,

@@ -73,6 +73,9 @@ class Learner:
             self._thread = None
 
     def _loop(self, interval: float) -> None:
+        from copyloop.serve.store import name_os_thread
+
+        name_os_thread("learner")
         while not self._stop.wait(interval):
             try:
                 self.step()
