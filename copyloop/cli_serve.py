@@ -232,8 +232,8 @@ def traffic(
         seed=seed,
         campaigns=None if campaigns is None else split_list(campaigns),
     )
+    _check_service(cfg.url, key)  # before the market: a down service fails in a second
     m = market(config)
-    _check_service(cfg.url, key)
     with progress(requests, "traffic") as tick:
         rep = run_traffic(cfg, m, tick)
     if out is not None:
@@ -256,11 +256,11 @@ def _check_service(url: str, key: str) -> None:
     try:
         r = httpx.get(f"{url}/healthz", timeout=5)
     except httpx.HTTPError as e:
-        raise ConnectionError(
+        raise ValueError(
             f"no service at {url} ({type(e).__name__}) — start one: copyloop serve --demo"
         ) from None
     if r.status_code != 200:
-        raise ConnectionError(f"{url}/healthz answered {r.status_code} — is it copyloop serve?")
+        raise ValueError(f"{url}/healthz answered {r.status_code} — is it copyloop serve?")
     probe = httpx.post(f"{url}/v1/events/-/reward", json={"value": 0}, headers={"X-API-Key": key})
     if probe.status_code in (401, 403):
         raise ValueError(f"the service refused the key ({probe.status_code}): {probe.text[:200]}")

@@ -260,11 +260,11 @@ class Service:
         if not records:
             return VariantStore([], np.zeros((0, feat.dim), np.float32), [], feat)
         cache = self._feature_cache()
-        todo = [r for r in records if r.variant_id not in cache]
-        if todo:
-            emb = np.stack([np.asarray(r.embedding, np.float32) for r in todo])
-            new = feat.transform(emb, [r.text for r in todo])
-            cache.update({r.variant_id: row for r, row in zip(todo, new, strict=True)})
+        uncached = [r for r in records if r.variant_id not in cache]
+        if uncached:
+            emb = np.stack([np.asarray(r.embedding, np.float32) for r in uncached])
+            new = feat.transform(emb, [r.text for r in uncached])
+            cache.update({r.variant_id: row for r, row in zip(uncached, new, strict=True)})
             self._save_feature_cache(cache)
         feats = np.stack([cache[r.variant_id] for r in records]).astype(np.float32)
         return VariantStore(

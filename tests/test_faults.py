@@ -471,6 +471,44 @@ CASES = [
 ]
 
 
+# `copyloop traffic`: refused before any load is sent (port 9 on loopback: nothing listens)
+_DOWN = "http://127.0.0.1:9"
+CASES += [
+    Case(
+        "traffic: no key",
+        lambda f, t: ["traffic", "--url", _DOWN, "--key", ""],
+        2,
+        "--key is missing",
+    ),
+    Case(
+        "traffic: not an http url",
+        lambda f, t: ["traffic", "--url", "ftp://127.0.0.1", "--key", "k"],
+        2,
+        "must start with http://",
+    ),
+    Case(
+        "traffic: no concurrency",
+        lambda f, t: ["traffic", "--url", _DOWN, "--key", "k", "--concurrency", "0"],
+        2,
+        "must be in 1..1024",
+    ),
+    Case(
+        "traffic: report folder missing",
+        lambda f, t: ["traffic", "--url", _DOWN, "--key", "k", "--out", str(t / "no/r.json")],
+        2,
+        "r.json",
+    ),
+    Case(
+        "traffic: no service there",
+        lambda f, t: ["traffic", "--url", _DOWN, "--key", "k", "--out", str(t / "r.json")],
+        2,
+        "no service at http://127.0.0.1:9",
+        ("r.json",),
+        ("copyloop serve --demo",),
+    ),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_cli_fault(case: Case, files: dict[str, Path], tmp_path: Path) -> None:
     res = runner.invoke(app, case.argv(files, tmp_path))
