@@ -530,6 +530,18 @@ class Policy(ABC):
         """A fresh, untrained copy with the same constructor arguments."""
         return type(self)(**copy.deepcopy(self.get_params()))
 
+    def trained_copy(self) -> Policy:
+        """A copy with the learned state (arrays copied), version, entropy and store: it
+        decides exactly as this policy does now while this one keeps learning — what a
+        service's learner hands its serving path. The same state :meth:`save` writes."""
+        new = self.clone()
+        new._calls, new._entropy, new._updates = self._calls, self._entropy, self._updates
+        if self._widths is not None:
+            new._widths = dict(self._widths)
+        new._set_state({k: np.array(v, copy=True) for k, v in self._get_state().items()})
+        new._store = self._store
+        return new
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"

@@ -146,9 +146,7 @@ class Learner:
         with m.lock:
             fresh = m.learner_policy.model_version != m.policy.model_version
             if fresh and mono - m.published_at >= cfg.publish_interval_s:
-                from copyloop.serve.service import copy_policy
-
-                m.policy = prepared(copy_policy(m.learner_policy), m)  # the reference swap
+                m.policy = prepared(m.learner_policy.trained_copy(), m)  # the reference swap
                 m.published_at = mono
                 wall = svc.clock()
                 for t in m.unpublished:

@@ -6,7 +6,6 @@ snapshot), ranking, rewards, admin changes. :mod:`copyloop.serve.app` puts HTTP 
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import itertools
 import secrets
@@ -143,19 +142,6 @@ def new_policy(cfg: CampaignConfig) -> Policy:
         return klass(**cfg.agent_params, exploration_floor=cfg.exploration_floor)
     except TypeError as e:
         raise ValueError(f"`agent_params` do not fit {cfg.agent!r}: {e}") from None
-
-
-def copy_policy(policy: Policy) -> Policy:
-    """A trained copy: same parameters, learned state (arrays copied), version and entropy, so
-    it decides exactly as ``policy`` does now while ``policy`` keeps learning."""
-    new = type(policy)(**copy.deepcopy(policy.get_params()))
-    new._calls, new._entropy, new._updates = policy._calls, policy._entropy, policy._updates
-    widths = getattr(policy, "_widths", None)
-    if widths is not None:
-        new._widths = dict(widths)
-    new._set_state({k: np.array(v, copy=True) for k, v in policy._get_state().items()})
-    new._store = policy._store
-    return new
 
 
 @dataclass
@@ -312,7 +298,7 @@ class Service:
         self.learner.catch_up(m)
         from copyloop.serve.learner import prepared
 
-        m.policy = prepared(copy_policy(m.learner_policy), m)
+        m.policy = prepared(m.learner_policy.trained_copy(), m)
         m.published_at = m.saved_at = time.monotonic()
         return m
 

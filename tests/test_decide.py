@@ -443,3 +443,23 @@ def test_ppo_decides_one_request(market, store, traffic) -> None:
     c = pol.decide(u, ids, event_id="e")
     assert c.probs.shape == (len(ids),) and c.probs.sum() == pytest.approx(1.0, abs=1e-9)
     assert pol.decide(u, ids, event_id="e").variant_id == c.variant_id
+
+
+@pytest.mark.parametrize("name", ["linear_ts", "logistic_ts", "bernoulli_ts"])
+def test_trained_copy_decides_alike_and_stays_put(name, market, store, traffic) -> None:
+    """A trained copy (the service's hand-over to its serving path) decides exactly as the
+    original, and does not move when the original keeps learning."""
+    kw = {"segment_columns": (0, 5)} if name == "bernoulli_ts" else {}
+    pol = _trained(name, traffic, store, **kw)
+    u, ids = _request(market, traffic[1], 0)
+    twin = pol.trained_copy()
+    assert twin.model_version == pol.model_version
+    for i in range(5):
+        a, b = pol.decide(u, ids, event_id=f"e{i}"), twin.decide(u, ids, event_id=f"e{i}")
+        assert a.variant_id == b.variant_id
+        np.testing.assert_array_equal(a.probs, b.probs)
+    before = twin.decide(u, ids, event_id="after").probs
+    obs, act, rew = traffic[0][2]
+    pol.update(obs, act, np.ones_like(rew))
+    assert twin.model_version != pol.model_version
+    np.testing.assert_array_equal(twin.decide(u, ids, event_id="after").probs, before)
