@@ -41,7 +41,8 @@ def git_commit() -> str | None:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return None
+        # a copy of the tree without .git (a lent GPU machine): the caller may name the commit
+        return os.environ.get("COPYLOOP_COMMIT")
     return f"{out}{'-dirty' if dirty else ''}"
 
 
