@@ -177,6 +177,7 @@ class Health(Strict):
     status: Literal["ok", "degraded"]
     campaigns: int
     learner_error: str | None = None
+    role: str = "all"
 
 
 # ---- dependencies -----------------------------------------------------------------------------
@@ -317,7 +318,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = Service(config)
         app.state.service = svc
-        svc.learner.start()
+        svc.start()
         try:
             yield
         finally:
@@ -461,11 +462,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.get("/healthz", response_model=Health)
     async def healthz(svc: SvcDep) -> Health:
-        err = svc.learner.error
+        err = svc.learner.error or svc.follower.error
         return Health(
             status="ok" if err is None else "degraded",
             campaigns=len(svc.runtimes),
             learner_error=None if err is None else f"{type(err).__name__}: {err}",
+            role=svc.config.role,
         )
 
     @app.get("/metrics", response_class=PlainTextResponse)

@@ -25,6 +25,7 @@ import numpy as np
 
 from copyloop.agents import Policy
 from copyloop.contract import DecisionLog
+from copyloop.serve.service import CATALOG_REV
 from copyloop.serve.store import JoinedRow, SnapshotRecord, join_reward, to_log
 
 if TYPE_CHECKING:
@@ -39,6 +40,75 @@ def prepared(policy: Policy, m: ModelRuntime) -> Policy:
         ctx = np.zeros(m.cfg.context_width, np.float32)
         policy.decide(ctx, [m.variants.ids[0]], event_id="warm-up", store=m.variants)
     return policy
+
+
+KEEP_HANDOVERS = 8
+"""Newest hand-over snapshots the learner role keeps on disk (replicas load the newest)."""
+
+
+class Follower:
+    """What other processes changed through the store, brought into this one every
+    ``follow_interval_s``: admin changes (roles ``api`` and ``learner``) and, on a replica
+    (``api``), the learner's newest snapshot of each model — loaded, warmed and swapped in
+    whole, as the learner's own hand-over does."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _loop(self) -> None:
+        from copyloop.serve.store import name_os_thread
+
+        name_os_thread("follower")
+        while not self._stop.wait(self.service.config.follow_interval_s):
+            try:
+                self.step()
+                self.error = None
+            except Exception as e:  # keep serving the model it has; /healthz reports it
+                self.error = e
+
+    def step(self) -> int:
+        """One look: re-read the catalog if it changed, load newer snapshots; returns the
+        models swapped."""
+        svc = self.service
+        if svc.store.get_meta(CATALOG_REV) != svc.catalog_rev:
+            svc.sync_catalog()
+        if svc.config.role != "api":
+            return 0
+        swapped = 0
+        for m in list(svc.models.values()):
+            snap = svc.store.latest_snapshot(m.model_id)
+            if snap is None or snap.version <= m.snapshot_version:
+                continue
+            try:
+                pol = Policy.load(snap.path)
+            except FileNotFoundError:  # pruned between the query and the read: a newer one is in
+                continue
+            pol.exploration_floor = m.cfg.exploration_floor
+            pol = prepared(pol.attach(m.variants), m)
+            with m.lock:
+                m.policy = m.learner_policy = pol  # the reference swap
+                m.snapshot_version = snap.version
+                m.through_join = m.saved_join = snap.through_join
+            svc.metrics.pickup.observe(max(svc.clock() - snap.created, 0.0))
+            svc.metrics.model_version.labels(m.model_id).set(snap.version)
+            swapped += 1
+        return swapped
 
 
 class Learner:
@@ -85,7 +155,9 @@ class Learner:
 
     def step(self) -> int:
         """Join every settled decision, learn, publish and save when due; returns the rows
-        joined."""
+        joined (none on an API replica: the learner process joins for every replica)."""
+        if self.service.config.role == "api":
+            return 0
         with self._step_lock:
             svc = self.service
             now = svc.clock()
@@ -153,7 +225,9 @@ class Learner:
                     svc.metrics.freshness.observe(max(wall - t, 0.0))
                 m.unpublished.clear()
                 svc.metrics.publishes.labels(m.model_id).inc()
-            if m.through_join > m.saved_join and mono - m.saved_at >= cfg.snapshot_interval_s:
+            # the learner role saves at every hand-over: that file is how replicas get it
+            every = cfg.publish_interval_s if cfg.role == "learner" else cfg.snapshot_interval_s
+            if m.through_join > m.saved_join and mono - m.saved_at >= every:
                 self._save(m)
                 m.saved_at = mono
 
@@ -178,6 +252,18 @@ class Learner:
         m.saved_join = m.through_join
         m.rows_since_save = 0
         svc.metrics.model_version.labels(m.model_id).set(version)
+        if svc.config.role == "learner":
+            self._prune(m, version)
+
+    def _prune(self, m: ModelRuntime, version: int) -> None:
+        """The learner role saves a snapshot every hand-over (about twice a second): keep the
+        newest ``KEEP_HANDOVERS`` files and one checkpoint per ``snapshot_interval_s``; the
+        files between are deleted (their rows stay in the store's snapshot table)."""
+        cfg = self.service.config
+        old = version - KEEP_HANDOVERS
+        checkpoint = max(1, round(cfg.snapshot_interval_s / max(cfg.publish_interval_s, 1e-3)))
+        if old >= 1 and old % checkpoint:
+            (self.service.snapshot_dir / m.model_id / f"{old:08d}.npz").unlink(missing_ok=True)
 
     def save_all(self) -> None:
         """Save every model with rows newer than its last snapshot (a clean shutdown)."""

@@ -54,6 +54,12 @@ class Metrics:
             registry=r,
             buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0),
         )
+        self.pickup = Histogram(
+            "copyloop_snapshot_pickup_seconds",
+            "A replica: from the learner recording a snapshot to this process serving it",
+            registry=r,
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0),
+        )
         self.commits = Gauge("copyloop_store_commits", "Group-commit transactions", registry=r)
         self.commit_ops = Gauge(
             "copyloop_store_commit_ops", "Writes carried by group commits", registry=r

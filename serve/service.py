@@ -28,11 +28,29 @@ from copyloop.serve.store import (
     CampaignConfig,
     DecisionRecord,
     RewardOutcome,
-    SQLiteStore,
     Store,
     VariantRecord,
+    open_store,
     parse_store_url,
 )
+
+ROLES = ("all", "api", "learner")
+CATALOG_REV = "catalog_rev"
+"""Meta key that every admin change rewrites, so other processes see that the campaigns,
+variants or settings changed (a replica re-reads them when it differs from its own)."""
+
+
+def default_snapshot_dir(store: str) -> Path:
+    """Where snapshots go by default: beside a SQLite file, or ``./copyloop-<db>.snapshots``
+    for a PostgreSQL store. Replicas read the paths the store records, so they share this
+    folder (one machine, or a shared file system)."""
+    if store.startswith(("postgresql://", "postgres://")):
+        from urllib.parse import urlsplit
+
+        name = urlsplit(store).path.lstrip("/") or "postgres"
+        return Path.cwd() / f"copyloop-{name}.snapshots"
+    db = parse_store_url(store)
+    return db.with_name(db.name + ".snapshots")
 
 
 class ServiceError(Exception):
@@ -69,6 +87,13 @@ class ServiceConfig:
         key_cache_s: how long a verified key is trusted without re-hashing (revocation delay).
         clock: the time source (seconds since the epoch); tests move it.
         synchronous: SQLite ``FULL`` (durable acknowledgements) or ``NORMAL``.
+        role: ``all`` — one process serves and learns; ``api`` — a replica: it serves, learns
+            nothing, and follows the learner's snapshots and other processes' admin changes
+            through the store (every ``follow_interval_s``); ``learner`` — serves too, and
+            saves a snapshot at every hand-over (``publish_interval_s``) so replicas pick it up
+            within about ``publish_interval_s + follow_interval_s``. Run one learner (or one
+            ``all``) per store.
+        follow_interval_s: how often a replica looks for a new snapshot or admin change.
     """
 
     store: str
@@ -82,10 +107,16 @@ class ServiceConfig:
     key_cache_s: float = 60.0
     clock: Callable[[], float] = time.time
     synchronous: str = "FULL"
+    role: str = "all"
+    follow_interval_s: float = 0.2
 
     def __post_init__(self) -> None:
         if self.featurizer is None:
             raise ValueError("`featurizer` is required: the saved featurizer of the copy")
+        if self.role not in ROLES:
+            raise ValueError(f"`role` must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if not self.follow_interval_s > 0:
+            raise ValueError(f"`follow_interval_s` must be > 0, got {self.follow_interval_s}")
         if self.learn_interval_s is not None and not self.learn_interval_s > 0:
             raise ValueError(f"`learn_interval_s` must be > 0 or None, got {self.learn_interval_s}")
         for name in ("publish_interval_s", "snapshot_interval_s"):
@@ -201,9 +232,9 @@ class Service:
     def __init__(self, config: ServiceConfig, store: Store | None = None) -> None:
         self.config = config
         self.clock = config.clock
-        db = parse_store_url(config.store)
-        self.store: Store = store or SQLiteStore(db, synchronous=config.synchronous)
-        self.snapshot_dir = config.snapshot_dir or db.with_name(db.name + ".snapshots")
+        self.store: Store = store or open_store(config.store, synchronous=config.synchronous)
+        self.snapshot_dir = (config.snapshot_dir or default_snapshot_dir(config.store)).resolve()
+        self.catalog_rev = self.store.get_meta(CATALOG_REV)
         self.metrics = Metrics()
         self.runtimes: dict[str, CampaignRuntime] = {}
         self.models: dict[str, ModelRuntime] = {}
@@ -215,9 +246,10 @@ class Service:
         # uuid4 calls, cost ~160 µs a call on this machine's VM).
         self._eid_prefix = secrets.token_hex(8)
         self._eid_counter = itertools.count()
-        from copyloop.serve.learner import Learner
+        from copyloop.serve.learner import Follower, Learner
 
         self.learner = Learner(self)
+        self.follower = Follower(self)
         cfgs = self.store.campaigns()
         records = self.store.variants()
         for cfg in cfgs:
@@ -230,12 +262,66 @@ class Service:
             ]
             self.runtimes[cfg.campaign_id] = CampaignRuntime(cfg, active, self.models[cfg.model])
 
+    def start(self) -> None:
+        """Start the background threads the role needs: the learner (``all``, ``learner``)
+        and the follower (``api``, ``learner``)."""
+        if self.config.role != "api":
+            self.learner.start()
+        if self.config.role != "all":
+            self.follower.start()
+
     def close(self) -> None:
+        self.follower.stop()
         self.learner.stop()
         try:
-            self.learner.save_all()
+            if self.config.role != "api":  # a replica never writes snapshots
+                self.learner.save_all()
         finally:
             self.store.close()
+
+    def sync_catalog(self) -> int:
+        """Bring campaigns, variants and settings in memory up to the store, after another
+        process (a replica's admin call) changed them; returns the campaigns added."""
+        with self._admin_lock:
+            rev = self.store.get_meta(CATALOG_REV)
+            cfgs = self.store.campaigns()
+            records = self.store.variants()
+            of: dict[str, list[VariantRecord]] = {}
+            for r in records:
+                of.setdefault(r.campaign_id, []).append(r)
+            added = 0
+            for cfg in cfgs:
+                recs = of.get(cfg.campaign_id, [])
+                m = self.models.get(cfg.model)
+                if m is None:
+                    mine = {c.campaign_id for c in cfgs if c.model == cfg.model}
+                    m = self._load_model(cfg, [r for r in records if r.campaign_id in mine])
+                    self.models[cfg.model] = m
+                else:
+                    new = [r for r in recs if r.variant_id not in m.variants]
+                    if new:
+                        self._add_to_model(m, cfg.campaign_id, new)
+                active = [r.variant_id for r in recs if r.active]
+                rt = self.runtimes.get(cfg.campaign_id)
+                if rt is None:
+                    self.runtimes[cfg.campaign_id] = CampaignRuntime(cfg, active, m)
+                    added += 1
+                    continue
+                rt.active = active
+                if cfg.exploration_floor != m.cfg.exploration_floor:
+                    with m.lock:
+                        for p in (m.policy, m.learner_policy):
+                            p.exploration_floor = cfg.exploration_floor
+                        m.cfg = replace(m.cfg, exploration_floor=cfg.exploration_floor)
+                rt.cfg = cfg
+            self.catalog_rev = rev
+            return added
+
+    def _catalog_changed(self) -> None:
+        """Tell other processes that the campaigns, variants or settings changed."""
+        rev = secrets.token_bytes(8)
+        self.store.set_meta(CATALOG_REV, rev).result()
+        self.catalog_rev = rev
 
     # ---- campaigns and models in memory -------------------------------------------------------
     def _variant_store(self, records: Sequence[VariantRecord]) -> VariantStore:
@@ -513,6 +599,7 @@ class Service:
                 self._add_to_model(model, cfg.campaign_id, records)
             rt = CampaignRuntime(cfg, [r.variant_id for r in records], model)
             self.runtimes[cfg.campaign_id] = rt
+            self._catalog_changed()
             return rt
 
     def update_campaign(
@@ -538,6 +625,7 @@ class Service:
                     p.exploration_floor = cfg.exploration_floor
                 m.cfg = replace(m.cfg, exploration_floor=cfg.exploration_floor)
             rt.cfg = cfg
+            self._catalog_changed()
             return cfg
 
     @staticmethod
@@ -565,6 +653,7 @@ class Service:
             self._add_to_model(rt.model, campaign_id, records)
             ids = [r.variant_id for r in records]
             rt.active = rt.active + ids
+            self._catalog_changed()
             return ids
 
     def retire_variant(self, campaign_id: str, variant_id: str, actor: str) -> None:
@@ -575,6 +664,7 @@ class Service:
                     404, f"variant {variant_id!r} is not in campaign {campaign_id!r}"
                 )
             rt.active = [v for v in rt.active if v != variant_id]
+            self._catalog_changed()
 
     # ---- keys ---------------------------------------------------------------------------------
     def cached_scope(self, key: str) -> str | None:

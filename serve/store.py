@@ -302,6 +302,8 @@ class Store(Protocol):
 
     def snapshots(self, model_id: str) -> list[SnapshotRecord]: ...
 
+    def latest_snapshot(self, model_id: str) -> SnapshotRecord | None: ...
+
     def decision(self, event_id: str) -> DecisionRecord | None: ...
 
     def pending(self, model_id: str, now: float, limit: int) -> list[DecisionRecord]: ...
@@ -411,6 +413,19 @@ def parse_store_url(url: str) -> Path:
     if not path:
         raise ValueError("`store` names no file — give sqlite:///path.db")
     return Path(path)
+
+
+def open_store(url: str, *, synchronous: str = "FULL") -> Store:
+    """The store at ``url``: ``sqlite:///path.db`` (or a bare path) or ``postgresql://…``.
+
+    Raises:
+        ValueError: an unknown scheme or an empty path (the message lists the valid forms).
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        from copyloop.serve.store_pg import PostgresStore
+
+        return PostgresStore(url)
+    return SQLiteStore(parse_store_url(url), synchronous=synchronous)
 
 
 class SQLiteStore:
@@ -798,6 +813,18 @@ class SQLiteStore:
             .fetchall()
         )
         return [SnapshotRecord(*r) for r in rows]
+
+    def latest_snapshot(self, model_id: str) -> SnapshotRecord | None:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT model_id, version, model_version, created, path, rows_learned, "
+                "through_join FROM snapshots WHERE model_id=? ORDER BY version DESC LIMIT 1",
+                (model_id,),
+            )
+            .fetchone()
+        )
+        return None if row is None else SnapshotRecord(*row)
 
     def decision(self, event_id: str) -> DecisionRecord | None:
         r = (

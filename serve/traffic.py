@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -45,6 +46,9 @@ class TrafficConfig:
         seed: seed of the users, campaigns and clicks.
         campaigns: campaign ids to draw from (default: every campaign of the market).
         timeout_s: per-request timeout.
+        replicas: more base URLs of the same service (API replicas on one store): request
+            ``i`` ranks on URL ``i mod R`` and posts its reward to the next URL, so every
+            reward lands on another replica than its decision.
     """
 
     url: str
@@ -57,10 +61,14 @@ class TrafficConfig:
     seed: int = 0
     campaigns: tuple[str, ...] | None = None
     timeout_s: float = 10.0
+    replicas: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"`url` must start with http:// or https://, got {self.url!r}")
+        for u in (self.url, *self.replicas):
+            if not u.startswith(("http://", "https://")):
+                raise ValueError(f"`url` must start with http:// or https://, got {u!r}")
+        if len({self.url, *self.replicas}) != 1 + len(self.replicas):
+            raise ValueError("`url` and `replicas` repeat a URL — give each replica once")
         if self.requests < 1:
             raise ValueError(f"`requests` must be >= 1, got {self.requests}")
         if not 1 <= self.concurrency <= 1024:
@@ -94,6 +102,8 @@ class TrafficReport:
     curve: list[dict[str, float]]
     config: dict[str, Any] = field(default_factory=dict)
     server: dict[str, Any] = field(default_factory=dict)
+    replica_servers: list[dict[str, Any]] = field(default_factory=list)
+    """Each replica's own metrics after the run (``server`` is the first URL's)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,7 +190,7 @@ async def _replay(
     def fail(what: str) -> None:
         errors[what] = errors.get(what, 0) + 1
 
-    async def post_reward(s: aiohttp.ClientSession, eid: str, value: float) -> None:
+    async def post_reward(s: Any, eid: str, value: float) -> None:
         if cfg.reward_delay_s:
             await asyncio.sleep(cfg.reward_delay_s)
         t0 = time.perf_counter()
@@ -198,12 +208,14 @@ async def _replay(
         reward_ms.append((time.perf_counter() - t0) * 1e3)
         state["rewards"] += 1
 
-    async def worker(s: aiohttp.ClientSession) -> None:
+    async def worker(sessions: list[Any]) -> None:
+        r_count = len(sessions)
         while True:
             i = state["next"]
             if i >= n or time.perf_counter() > deadline:
                 return
             state["next"] = i + 1
+            s, s_reward = sessions[i % r_count], sessions[(i + 1) % r_count]
             t0 = time.perf_counter()
             try:
                 async with s.post("/v1/rank", data=world.body(i), headers=headers) as r:
@@ -225,24 +237,33 @@ async def _replay(
             click = bool(world.uniform[i] < world.ctr[i, k])
             clicked[i] = click
             if cfg.reward_delay_s:
-                task = asyncio.create_task(post_reward(s, out["event_id"], float(click)))
+                task = asyncio.create_task(post_reward(s_reward, out["event_id"], float(click)))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             else:
-                await post_reward(s, out["event_id"], float(click))
+                await post_reward(s_reward, out["event_id"], float(click))
             state["done"] += 1
             if tick is not None and state["done"] % 500 == 0:
                 tick(state["done"])
 
     timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
-    conn = aiohttp.TCPConnector(limit=cfg.concurrency, force_close=False)
-    async with aiohttp.ClientSession(cfg.url, connector=conn, timeout=timeout) as s:
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [
+            await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    u,
+                    connector=aiohttp.TCPConnector(limit=cfg.concurrency, force_close=False),
+                    timeout=timeout,
+                )
+            )
+            for u in (cfg.url, *cfg.replicas)
+        ]
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(s) for _ in range(cfg.concurrency)))
+        await asyncio.gather(*(worker(sessions) for _ in range(cfg.concurrency)))
         if pending:
             await asyncio.gather(*pending)
         seconds = time.perf_counter() - t0
-        server = await _server_metrics(s)
+        servers = [await _server_metrics(s) for s in sessions]
     return {
         "served": served,
         "clicked": clicked,
@@ -252,7 +273,7 @@ async def _replay(
         "rewards": state["rewards"],
         "seconds": seconds,
         "stopped_early": state["next"] < n,
-        "server": server,
+        "servers": servers,
     }
 
 
@@ -271,6 +292,7 @@ def parse_metrics(text: str) -> dict[str, Any]:
     """The few Prometheus series the report shows: the reward→serving histogram (as buckets,
     count and the bucket bound holding its p99), commits and writes, rows learned."""
     buckets: list[tuple[float, float]] = []
+    pickup: list[tuple[float, float]] = []
     out: dict[str, Any] = {}
     for line in text.splitlines():
         if line.startswith("#") or not line.strip():
@@ -287,11 +309,22 @@ def parse_metrics(text: str) -> dict[str, Any]:
             out[name.removeprefix("copyloop_")] = float(value)
         elif name == "copyloop_learned_rows_total":
             out["learned_rows"] = float(value)
+        elif name.startswith("copyloop_snapshot_pickup_seconds_bucket"):
+            le = name.split('le="', 1)[1].split('"', 1)[0]
+            pickup.append((float("inf") if le == "+Inf" else float(le), float(value)))
+        elif name == "copyloop_snapshot_pickup_seconds_count":
+            out["pickup_count"] = float(value)
+        elif name.startswith("copyloop_decisions_total"):
+            out["decisions"] = out.get("decisions", 0.0) + float(value)
     if buckets and out.get("freshness_count"):
         total = out["freshness_count"]
         out["freshness_buckets"] = buckets
         out["freshness_p99_le_s"] = next(b for b, c in buckets if c >= 0.99 * total)
         out["freshness_p50_le_s"] = next(b for b, c in buckets if c >= 0.5 * total)
+    if pickup and out.get("pickup_count"):
+        total = out["pickup_count"]
+        out["pickup_max_le_s"] = next(b for b, c in pickup if c >= total)
+        out["pickup_p99_le_s"] = next(b for b, c in pickup if c >= 0.99 * total)
     if out.get("store_commits"):
         out["mean_commit_batch"] = out.get("store_commit_ops", 0.0) / out["store_commits"]
     return out
@@ -350,7 +383,8 @@ def run_traffic(
         oracle_ctr=float(best.mean()) if best.size else float("nan"),
         curve=curve,
         config={k: v for k, v in asdict(cfg).items() if k != "key"},
-        server=res["server"],
+        server=res["servers"][0],
+        replica_servers=res["servers"] if len(res["servers"]) > 1 else [],
     )
 
 
