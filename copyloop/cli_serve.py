@@ -69,12 +69,38 @@ def serve(
     blas_threads: Annotated[
         int, typer.Option(help="BLAS threads (0 = the library's default).")
     ] = 1,
+    role: Annotated[
+        str,
+        typer.Option(
+            help="all: serve and learn; learner: serve, learn and hand snapshots to replicas; "
+            "api: a replica that serves and follows the learner's snapshots (one learner per "
+            "store, any number of api replicas)."
+        ),
+    ] = "all",
+    snapshot_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Snapshot folder (default: beside a SQLite file; ./copyloop-<db>.snapshots "
+            "for PostgreSQL). Replicas read what the learner writes: one shared folder."
+        ),
+    ] = None,
+    follow_interval: Annotated[
+        float, typer.Option(help="Replicas: seconds between looks for a new snapshot.")
+    ] = 0.2,
 ) -> None:
-    """Serve POST /v1/rank and /v1/events/{id}/reward (OpenAPI at /openapi.json)."""
+    """Serve POST /v1/rank and /v1/events/{id}/reward (OpenAPI at /openapi.json).
+
+    Several processes on one store: start one `--role learner` (with `--demo` or your
+    campaigns), then any number of `--role api` replicas on other ports."""
     if ctx.invoked_subcommand is not None:
         return
     if not 0 < port < 65536:
         raise ValueError(f"`port` must be in 1..65535, got {port}")
+    if role == "api" and demo:
+        raise ValueError(
+            "`--demo` with `--role api`: a replica registers nothing — start the learner with "
+            "--demo, then the replicas without it"
+        )
     try:
         import uvicorn
 
@@ -95,8 +121,11 @@ def serve(
         featurizer=featurizer,
         encoder=encoder,
         learn_interval_s=learn_interval,
+        role=role,
+        snapshot_dir=snapshot_dir,
+        follow_interval_s=follow_interval,
     )
-    err.print(f"serving on http://{host}:{port} (store {store})")
+    err.print(f"serving on http://{host}:{port} (store {store}, role {role})")
     uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning", access_log=False)
 
 
@@ -178,7 +207,14 @@ def keys_create(
 
 
 def traffic(
-    url: Annotated[str, typer.Option(help="The service's base URL.")] = "http://127.0.0.1:8000",
+    url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The service's base URL; repeat it for API replicas (ranks go round-robin, "
+            "each reward to another replica than its decision).  [default: "
+            "http://127.0.0.1:8000]"
+        ),
+    ] = None,
     key: Annotated[
         str | None,
         typer.Option(help="A client API key (default: $COPYLOOP_KEY).", envvar="COPYLOOP_KEY"),
@@ -221,8 +257,10 @@ def traffic(
         from copyloop.serve.traffic import TrafficConfig, plot_curve, run_traffic
     except ImportError as e:
         raise ValueError(f"{e} (pip install 'copyloop[serve]')") from None
+    urls = [u.rstrip("/") for u in (url or ["http://127.0.0.1:8000"])]
     cfg = TrafficConfig(
-        url=url.rstrip("/"),
+        url=urls[0],
+        replicas=tuple(urls[1:]),
         key=key,
         requests=requests,
         concurrency=concurrency,
@@ -232,7 +270,8 @@ def traffic(
         seed=seed,
         campaigns=None if campaigns is None else split_list(campaigns),
     )
-    _check_service(cfg.url, key)  # before the market: a down service fails in a second
+    for u in urls:  # before the market: a down service fails in a second
+        _check_service(u, key)
     m = market(config)
     with progress(requests, "traffic") as tick:
         rep = run_traffic(cfg, m, tick)
@@ -303,6 +342,14 @@ def _print_report(rep: Any, out: Path | None, plot: Path | None) -> None:
             f"server: reward → serving model p50 ≤ {s['freshness_p50_le_s']} s, p99 ≤ "
             f"{s['freshness_p99_le_s']} s; {s.get('mean_commit_batch', 0):.1f} writes per commit"
         )
+    for i, r in enumerate(rep.replica_servers):
+        pickup = (
+            f"snapshot pickup p99 ≤ {r['pickup_p99_le_s']} s, max ≤ {r['pickup_max_le_s']} s "
+            f"({r['pickup_count']:.0f} snapshots)"
+            if r.get("pickup_count")
+            else "no snapshot picked up (not an api replica, or none was written)"
+        )
+        console.print(f"replica {i + 1}: {r.get('decisions', 0):,.0f} decisions; {pickup}")
     for what, p in (("report", out), ("plot", plot)):
         if p is not None:
             console.print(f"wrote {what} {p}")
