@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -71,6 +72,8 @@ class Server:
     log: Path
     port: int = field(default_factory=_free_port)
     proc: subprocess.Popen[bytes] | None = None
+    role: str = "all"
+    """``all`` and ``learner`` start with ``--demo``; an ``api`` replica follows them."""
 
     @property
     def url(self) -> str:
@@ -86,7 +89,9 @@ class Server:
                 [
                     _copyloop(),
                     "serve",
-                    "--demo",
+                    *(["--demo"] if self.role != "api" else []),
+                    "--role",
+                    self.role,
                     "--store",
                     self.url,
                     "--port",
@@ -395,3 +400,148 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
     )
     if max(restarts) >= RESTART_LIMIT_S:
         raise RestartTooSlow(f"restart to serving took {[round(r, 2) for r in restarts]} s")
+
+
+def _load_replicas(
+    bases: list[str],
+    key: str,
+    campaigns: list[str],
+    width: int,
+    ledger: Ledger,
+    stop: threading.Event,
+    seed: int,
+) -> None:
+    """Rank on one replica and reward through the next, as a client-side balancer would:
+    a call that cannot reach its replica goes to the next one. Event ids are the service's
+    own; only 200s go into the ledger."""
+    rng = np.random.default_rng(seed)
+    clients = [Client(b, key, timeout=5.0, max_connections=1) for b in bases]
+    n = len(clients)
+
+    def call(first: int, fn: Callable[[Client], object]) -> object:
+        for k in range(n):
+            try:
+                return fn(clients[(first + k) % n])
+            except httpx.TransportError:
+                continue
+        raise httpx.ConnectError("no replica answers")
+
+    try:
+        i = seed
+        while not stop.is_set():
+            i += 1
+            try:
+                camp = campaigns[int(rng.integers(len(campaigns)))]
+                ctx = rng.normal(size=width)
+                r = call(i, lambda c, camp=camp, ctx=ctx: c.rank(camp, ctx))
+                eid = r.event_id  # type: ignore[attr-defined]
+                with ledger.lock:
+                    ledger.decisions[eid] = (r.variant_id, r.propensity)  # type: ignore[attr-defined]
+                v = float(rng.random() < 0.3)
+                call(i + 1, lambda c, eid=eid, v=v: c.reward(eid, v))
+                with ledger.lock:
+                    ledger.rewards.append((eid, "", v))
+            except httpx.TransportError:
+                if stop.wait(0.02):
+                    return
+            except APIError as e:
+                with ledger.lock:
+                    ledger.failures.append(str(e))
+                return
+    finally:
+        for c in clients:
+            c.close()
+
+
+def _wait_up(srv: Server, t0: float, limit: float) -> None:
+    with httpx.Client(base_url=srv.base, timeout=1.0) as http:
+        while not http_ready(http):
+            assert srv.proc is not None
+            if srv.proc.poll() is not None:
+                pytest.fail(f"{srv.role} exited:\n{srv.tail()}")
+            if time.perf_counter() - t0 > limit:
+                pytest.fail(f"{srv.role} not up after {limit:.0f} s:\n{srv.tail()}")
+            time.sleep(0.05)
+
+
+def _pickups(srv: Server) -> float:
+    from copyloop.serve.traffic import parse_metrics
+
+    text = httpx.get(f"{srv.base}/metrics", timeout=5.0).text
+    return float(parse_metrics(text).get("pickup_count", 0.0))
+
+
+@pytest.mark.slow
+def test_replicas_and_learner_kill_9_under_load(tmp_path: Path, keys: tuple[str, str]) -> None:
+    """A learner and two API replicas on one store, load that ranks on one replica and rewards
+    through the other: ``kill -9`` of a replica, then of the learner, mid-load. Every
+    acknowledged decision and reward is in the store, event ids are unique, the restarted
+    learner joins every rewarded decision, and the surviving replica picks up its snapshots."""
+    admin, client_key = keys
+    db = tmp_path / "s.db"
+    learner = Server(db, tmp_path / "learner.log", role="learner")
+    reps = [Server(db, tmp_path / f"api{i}.log", role="api") for i in range(2)]
+    ledger = Ledger()
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    try:
+        _wait_up(learner, learner.spawn(), FIRST_START_S)
+        for r in reps:
+            _wait_up(r, r.spawn(), 60.0)
+        with Client(learner.base, admin) as a:
+            camps = a.campaigns()
+        campaigns = [c.campaign_id for c in camps[:4]]
+        width = camps[0].context_width
+        bases = [r.base for r in reps]
+        threads = [
+            threading.Thread(
+                target=_load_replicas,
+                args=(bases, client_key, campaigns, width, ledger, stop),
+                kwargs={"seed": 1000 * t},
+                daemon=True,
+            )
+            for t in range(LOAD_THREADS)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(LOAD_S)
+        before = len(ledger.decisions)
+        reps[1].kill()  # mid-flight
+        time.sleep(LOAD_S)
+        assert len(ledger.decisions) - before >= 20, "the surviving replica took no load"
+        learner.kill()
+        time.sleep(LOAD_S / 2)
+        _wait_up(learner, learner.spawn(), 60.0)
+        seen = _pickups(reps[0])
+        time.sleep(LOAD_S)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in threads)
+        assert not ledger.failures, ledger.failures[:3]
+        assert len(ledger.decisions) >= 100, "too little load reached the replicas"
+        _check_store(db, ledger)
+        # the restarted learner joins every rewarded decision (earliest: at the first reward)
+        con = sqlite3.connect(db)
+        try:
+            deadline = time.perf_counter() + 30.0
+            while True:
+                open_, total, distinct = con.execute(
+                    "SELECT sum(has_reward=1 AND joined=0), count(*), count(DISTINCT event_id) "
+                    "FROM decisions"
+                ).fetchone()
+                if open_ == 0 or time.perf_counter() > deadline:
+                    break
+                time.sleep(0.2)
+        finally:
+            con.close()
+        assert open_ == 0, f"{open_} rewarded decisions not joined 30 s after the load"
+        assert total == distinct >= len(ledger.decisions)
+        # the replica that lived through both kills serves the restarted learner's snapshots
+        assert _pickups(reps[0]) > seen
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        for srv in (*reps, learner):
+            srv.kill()
