@@ -46,11 +46,11 @@ KEEP_HANDOVERS = 8
 """Newest hand-over snapshots the learner role keeps on disk (replicas load the newest)."""
 
 
-class Follower:
-    """What other processes changed through the store, brought into this one every
-    ``follow_interval_s``: admin changes (roles ``api`` and ``learner``) and, on a replica
-    (``api``), the learner's newest snapshot of each model — loaded, warmed and swapped in
-    whole, as the learner's own hand-over does."""
+class _Ticker:
+    """Runs :meth:`step` every ``interval`` seconds in a named daemon thread; an exception is
+    kept in ``error`` (reported by /healthz) and the next tick tries again."""
+
+    name = "ticker"
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -58,11 +58,16 @@ class Follower:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
-    def start(self) -> None:
-        if self._thread is not None:
+    def step(self) -> int:
+        raise NotImplementedError
+
+    def _start(self, interval: float | None) -> None:
+        if interval is None or self._thread is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="follower", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, args=(interval,), name=self.name, daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -71,16 +76,28 @@ class Follower:
             self._thread.join(timeout=30)
             self._thread = None
 
-    def _loop(self) -> None:
+    def _loop(self, interval: float) -> None:
         from copyloop.serve.store import name_os_thread
 
-        name_os_thread("follower")
-        while not self._stop.wait(self.service.config.follow_interval_s):
+        name_os_thread(self.name)
+        while not self._stop.wait(interval):
             try:
                 self.step()
                 self.error = None
-            except Exception as e:  # keep serving the model it has; /healthz reports it
+            except Exception as e:  # keep serving what it has; /healthz reports the error
                 self.error = e
+
+
+class Follower(_Ticker):
+    """What other processes changed through the store, brought into this one every
+    ``follow_interval_s``: admin changes (roles ``api`` and ``learner``) and, on a replica
+    (``api``), the learner's newest snapshot of each model — loaded, warmed and swapped in
+    whole, as the learner's own hand-over does."""
+
+    name = "follower"
+
+    def start(self) -> None:
+        self._start(self.service.config.follow_interval_s)
 
     def step(self) -> int:
         """One look: re-read the catalog if it changed, load newer snapshots; returns the
@@ -111,7 +128,7 @@ class Follower:
         return swapped
 
 
-class Learner:
+class Learner(_Ticker):
     """Runs :meth:`step` every ``learn_interval_s`` in a thread (see :meth:`start`).
 
     Args:
@@ -119,39 +136,15 @@ class Learner:
         batch: most decisions joined per model per step.
     """
 
+    name = "learner"
+
     def __init__(self, service: Service, batch: int = 20_000) -> None:
-        self.service = service
+        super().__init__(service)
         self.batch = batch
-        self._stop = threading.Event()
         self._step_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
 
     def start(self) -> None:
-        interval = self.service.config.learn_interval_s
-        if interval is None or self._thread is not None:
-            return
-        self._thread = threading.Thread(
-            target=self._loop, args=(interval,), name="learner", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def _loop(self, interval: float) -> None:
-        from copyloop.serve.store import name_os_thread
-
-        name_os_thread("learner")
-        while not self._stop.wait(interval):
-            try:
-                self.step()
-                self.error = None
-            except Exception as e:  # keep serving; /healthz reports the learner's error
-                self.error = e
+        self._start(self.service.config.learn_interval_s)
 
     def step(self) -> int:
         """Join every settled decision, learn, publish and save when due; returns the rows
