@@ -119,6 +119,8 @@ class CampaignIn(Strict):
     default_reward: Finite = 0.0
     aggregation: Literal["earliest", "sum", "max"] = "earliest"
     model_id: Annotated[str, Field(max_length=128)] = ""
+    explore_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    control: Annotated[str, Field(max_length=128)] = ""
     variants: list[VariantIn] = Field(default_factory=list, max_length=1000)
 
 
@@ -128,6 +130,8 @@ class CampaignPatch(Strict):
     reward_wait_s: Annotated[float, Field(gt=0.0, le=7 * 86400)] | None = None
     default_reward: Finite | None = None
     aggregation: Literal["earliest", "sum", "max"] | None = None
+    explore_share: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    control: Annotated[str, Field(max_length=128)] | None = None
 
 
 class CampaignOut(Strict):
@@ -143,6 +147,9 @@ class CampaignOut(Strict):
     model_id: str
     active_variants: list[str]
     model_version: str
+    explore_share: float
+    candidates: list[str]
+    control: str
 
 
 class VariantsIn(Strict):
@@ -151,6 +158,29 @@ class VariantsIn(Strict):
 
 class VariantsOut(Strict):
     variant_ids: list[str]
+
+
+class SettleIn(Strict):
+    """Why a candidate is promoted or rejected (the gate's numbers), kept in the audit log."""
+
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class RollbackIn(Strict):
+    variant_set: Annotated[int, Field(ge=1)]
+
+
+class VariantSetOut(Strict):
+    version: int
+    ts: float
+    actor: str
+    action: str
+    active: list[str]
+    candidates: list[str]
+    control: str
+    explore_share: float
+    snapshot_version: int | None
+    detail: dict[str, Any]
 
 
 class StatsOut(Strict):
@@ -308,6 +338,24 @@ def _campaign_out(svc: Service, campaign_id: str) -> CampaignOut:
         model_id=rt.model.model_id,
         active_variants=list(rt.active),
         model_version=rt.policy.model_version,
+        explore_share=c.explore_share,
+        candidates=list(c.candidates),
+        control=c.control,
+    )
+
+
+def _variant_set_out(r: Any) -> VariantSetOut:
+    return VariantSetOut(
+        version=r.version,
+        ts=r.ts,
+        actor=r.actor,
+        action=r.action,
+        active=r.active,
+        candidates=list(r.config.candidates),
+        control=r.config.control,
+        explore_share=r.config.explore_share,
+        snapshot_version=r.snapshot_version,
+        detail=r.detail,
     )
 
 
@@ -433,6 +481,53 @@ def create_app(config: ServiceConfig) -> FastAPI:
     def retire_variant(campaign_id: str, variant_id: str, svc: SvcDep, actor: Admin) -> Ok:
         svc.retire_variant(campaign_id, variant_id, actor)
         return Ok()
+
+    @app.post(
+        "/v1/admin/campaigns/{campaign_id}/candidates",
+        response_model=VariantsOut,
+        responses=ERRORS,
+    )
+    def add_candidates(
+        campaign_id: str, body: VariantsIn, svc: SvcDep, actor: Admin
+    ) -> VariantsOut:
+        variants = [(v.variant_id, v.text) for v in body.variants]
+        return VariantsOut(variant_ids=svc.add_candidates(campaign_id, variants, actor))
+
+    @app.post(
+        "/v1/admin/campaigns/{campaign_id}/candidates/{variant_id}/{verdict}",
+        response_model=VariantSetOut,
+        responses=ERRORS,
+    )
+    def settle_candidate(
+        campaign_id: str,
+        variant_id: str,
+        verdict: Literal["promote", "reject"],
+        body: SettleIn,
+        svc: SvcDep,
+        actor: Admin,
+    ) -> VariantSetOut:
+        version = svc.settle_candidate(
+            campaign_id, variant_id, verdict == "promote", actor, body.evidence
+        )
+        return _variant_set_out(svc.store.variant_sets(campaign_id)[version - 1])
+
+    @app.get(
+        "/v1/admin/campaigns/{campaign_id}/variant-sets",
+        response_model=list[VariantSetOut],
+        responses=ERRORS,
+    )
+    def variant_sets(campaign_id: str, svc: SvcDep, _: Admin) -> list[VariantSetOut]:
+        svc.runtime(campaign_id)
+        return [_variant_set_out(r) for r in svc.store.variant_sets(campaign_id)]
+
+    @app.post(
+        "/v1/admin/campaigns/{campaign_id}/rollback",
+        response_model=VariantSetOut,
+        responses=ERRORS,
+    )
+    def rollback(campaign_id: str, body: RollbackIn, svc: SvcDep, actor: Admin) -> VariantSetOut:
+        version = svc.rollback(campaign_id, body.variant_set, actor)
+        return _variant_set_out(svc.store.variant_sets(campaign_id)[version - 1])
 
     @app.get("/v1/admin/campaigns/{campaign_id}/stats", response_model=StatsOut, responses=ERRORS)
     def stats(campaign_id: str, svc: SvcDep, _: Admin) -> StatsOut:

@@ -266,6 +266,40 @@ class Learner(_Ticker):
                     if m.through_join > m.saved_join:
                         self._save(m)
 
+    def rollback(self, m: ModelRuntime, version: int) -> int:
+        """Serve and learn on from snapshot ``version`` of ``m`` again: its learned state becomes
+        the learner's and the serving copy's, and is saved as a new snapshot (the rows joined
+        since stay in the log, not in the model). Its model version continues after the one it
+        replaces, so model versions stay unique and increasing in the log. Returns the new
+        snapshot version."""
+        from copyloop.serve.service import ServiceError
+
+        with self._step_lock:
+            snaps = {s.version: s for s in self.service.store.snapshots(m.model_id)}
+            if version not in snaps:
+                raise ServiceError(404, f"model {m.model_id!r} has no snapshot {version}")
+            try:
+                pol = Policy.load(snaps[version].path)
+            except FileNotFoundError:
+                raise ServiceError(
+                    409,
+                    f"snapshot {version} of {m.model_id!r} was a hand-over between checkpoints "
+                    "and its file is pruned — roll back to a checkpoint (a version whose file "
+                    "exists)",
+                ) from None
+            pol.exploration_floor = m.cfg.exploration_floor
+            pol.attach(m.variants)
+            with m.lock:
+                pol._updates = m.learner_policy._updates + 1  # a new, unique model version
+                m.learner_policy = pol
+                m.policy = prepared(pol.trained_copy(), m)
+                m.published_at = time.monotonic()
+                m.unpublished.clear()
+                m.rows_since_save = 0
+                self._save(m)
+                m.saved_at = time.monotonic()
+            return m.snapshot_version
+
     # ---- recovery ------------------------------------------------------------------------------
     def catch_up(self, m: ModelRuntime) -> int:
         """Teach ``m.learner_policy`` the rows joined after ``m.through_join``, in the order

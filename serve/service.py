@@ -53,6 +53,23 @@ def default_snapshot_dir(store: str) -> Path:
     return db.with_name(db.name + ".snapshots")
 
 
+def explore_mix(
+    choice: Any, ids: list[str], trial: list[str], share: float, policy: Policy, eid: str
+) -> tuple[list[str], int, list[float]]:
+    """The exploration slice mixed into one decision: with probability ``share`` a uniform
+    pick among the ``trial`` candidates, else the agent's ``choice`` among ``ids`` (disjoint
+    sets). Returns the request's full candidate list, the served index and every candidate's
+    mixture probability (what the log records, so OPE sees the real propensities). The coin
+    and the pick come from the event id, so the decision replays like the agent's own."""
+    probs = [(1.0 - share) * float(p) for p in choice.probs] + [share / len(trial)] * len(trial)
+    v = policy.model_version
+    if pick(np.array([1.0 - share, share]), event_key(policy._entropy, f"slice:{v}", eid)) == 1:
+        uniform = np.full(len(trial), 1.0 / len(trial))
+        k = pick(uniform, event_key(policy._entropy, f"trial:{v}", eid))
+        return ids + trial, len(ids) + k, probs
+    return ids + trial, int(choice.index), probs
+
+
 class ServiceError(Exception):
     """A request the service refuses: ``status`` is its HTTP status, ``message`` says why,
     ``loc`` names the body field at fault (for a 422)."""
@@ -224,6 +241,8 @@ class CampaignRuntime:
 
 
 _SHARED = ("agent", "agent_params", "context_width", "exploration_floor")
+_ROLLBACK_FIELDS = ("candidates", "control", "explore_share")
+"""What a rollback restores of the config besides the active set (the serving settings stay)."""
 
 
 class Service:
@@ -466,7 +485,15 @@ class Service:
                 choice = policy.decide(ctx, ids, event_id=eid, store=model.variants)
             except ValueError as e:
                 raise ServiceError(422, str(e)) from None
-            if cfg.mode == "online":
+            trial = (
+                [c for c in cfg.candidates if c not in set(excluded_ids)]
+                if cfg.explore_share > 0 and candidate_ids is None
+                else []
+            )
+            if cfg.mode == "online" and trial:
+                ids, i, probs_l = explore_mix(choice, ids, trial, cfg.explore_share, policy, eid)
+                served, pid = ids[i], f"{policy.policy_id}+explore"
+            elif cfg.mode == "online":
                 i, served, probs_l, pid = (
                     choice.index,
                     choice.variant_id,
@@ -588,6 +615,12 @@ class Service:
             except ValueError as e:
                 raise ServiceError(422, str(e)) from None
             records = self._records(cfg.campaign_id, variants)
+            if cfg.control and cfg.control not in {r.variant_id for r in records}:
+                raise ServiceError(422, f"the control {cfg.control!r} is not one of the variants")
+            if cfg.candidates:
+                raise ServiceError(
+                    422, "`candidates` are added after creation (POST .../candidates)"
+                )
             try:
                 self.store.create_campaign(cfg, records, actor).result()
             except sqlite3.IntegrityError as e:
@@ -599,7 +632,7 @@ class Service:
                 self._add_to_model(model, cfg.campaign_id, records)
             rt = CampaignRuntime(cfg, [r.variant_id for r in records], model)
             self.runtimes[cfg.campaign_id] = rt
-            self._catalog_changed()
+            self._set_variants(rt, cfg, rt.active, actor, "variants.initial", {})
             return rt
 
     def update_campaign(
@@ -611,6 +644,10 @@ class Service:
                 cfg = replace(rt.cfg, **changes)
             except ValueError as e:
                 raise ServiceError(422, str(e)) from None
+            if cfg.control and cfg.control not in rt.active:
+                raise ServiceError(
+                    422, f"the control {cfg.control!r} is not an active variant of {campaign_id!r}"
+                )
             m = rt.model
             sharing = [c for c, r in self.runtimes.items() if r.model is m]
             if cfg.exploration_floor != m.cfg.exploration_floor and len(sharing) > 1:
@@ -619,13 +656,11 @@ class Service:
                     f"`exploration_floor` belongs to model {m.model_id!r}, which campaigns "
                     f"{sharing[:5]} share — they keep one floor",
                 )
-            self.store.update_campaign(cfg, actor).result()
+            self._set_variants(rt, cfg, rt.active, actor, "campaign.update", {"changes": changes})
             with m.lock:
                 for p in (m.policy, m.learner_policy):
                     p.exploration_floor = cfg.exploration_floor
                 m.cfg = replace(m.cfg, exploration_floor=cfg.exploration_floor)
-            rt.cfg = cfg
-            self._catalog_changed()
             return cfg
 
     @staticmethod
@@ -637,34 +672,138 @@ class Service:
             embeddings=np.stack([np.asarray(r.embedding) for r in records]),
         )
 
+    def _set_variants(
+        self,
+        rt: CampaignRuntime,
+        cfg: CampaignConfig,
+        active: Sequence[str],
+        actor: str,
+        action: str,
+        detail: dict[str, Any],
+        new: Sequence[VariantRecord] = (),
+    ) -> int:
+        """Make ``active`` and ``cfg`` the campaign's, durably and as a new variant-set version
+        (one store transaction), then in memory; returns the version."""
+        try:
+            version = self.store.set_variant_set(
+                cfg,
+                active,
+                actor,
+                action,
+                detail,
+                new_variants=new,
+                snapshot_version=rt.model.snapshot_version,
+            ).result()
+        except sqlite3.IntegrityError:
+            raise ServiceError(409, "a variant with that id (or text) already exists") from None
+        if new:
+            self._add_to_model(rt.model, cfg.campaign_id, new)
+        rt.active, rt.cfg = list(active), cfg
+        self._catalog_changed()
+        return version
+
+    def _new_records(
+        self, rt: CampaignRuntime, campaign_id: str, variants: Sequence[tuple[str | None, str]]
+    ) -> list[VariantRecord]:
+        records = self._records(campaign_id, variants)
+        known = [r.variant_id for r in records if r.variant_id in rt.model.variants]
+        if known:
+            raise ServiceError(409, f"variant id(s) {known[:5]} already exist")
+        return records
+
     def add_variants(
         self, campaign_id: str, variants: Sequence[tuple[str | None, str]], actor: str
     ) -> list[str]:
         with self._admin_lock:
             rt = self.runtime(campaign_id)
-            records = self._records(campaign_id, variants)
-            known = [r.variant_id for r in records if r.variant_id in rt.model.variants]
-            if known:
-                raise ServiceError(409, f"variant id(s) {known[:5]} already exist")
-            try:
-                self.store.add_variants(records, actor).result()
-            except sqlite3.IntegrityError:
-                raise ServiceError(409, "a variant with that id (or text) already exists") from None
-            self._add_to_model(rt.model, campaign_id, records)
+            records = self._new_records(rt, campaign_id, variants)
             ids = [r.variant_id for r in records]
-            rt.active = rt.active + ids
-            self._catalog_changed()
+            self._set_variants(
+                rt, rt.cfg, rt.active + ids, actor, "variants.add", {"variant_ids": ids}, records
+            )
             return ids
+
+    def add_candidates(
+        self, campaign_id: str, variants: Sequence[tuple[str | None, str]], actor: str
+    ) -> list[str]:
+        """New copy on trial: stored inactive and served only through the exploration slice
+        (``explore_share`` of the requests) until promoted or rejected."""
+        with self._admin_lock:
+            rt = self.runtime(campaign_id)
+            records = [
+                replace(r, active=False) for r in self._new_records(rt, campaign_id, variants)
+            ]
+            ids = [r.variant_id for r in records]
+            cfg = replace(rt.cfg, candidates=[*rt.cfg.candidates, *ids])
+            self._set_variants(
+                rt, cfg, rt.active, actor, "candidates.add", {"variant_ids": ids}, records
+            )
+            return ids
+
+    def settle_candidate(
+        self, campaign_id: str, variant_id: str, promote: bool, actor: str, evidence: dict[str, Any]
+    ) -> int:
+        """Promote a candidate into the active set, or reject it (it stays stored, never
+        served again); ``evidence`` (the gate's numbers) goes into the audit log. Returns the
+        new variant-set version."""
+        with self._admin_lock:
+            rt = self.runtime(campaign_id)
+            if variant_id not in rt.cfg.candidates:
+                raise ServiceError(
+                    404, f"{variant_id!r} is not a candidate of campaign {campaign_id!r}"
+                )
+            rest = [c for c in rt.cfg.candidates if c != variant_id]
+            cfg = replace(rt.cfg, candidates=rest)
+            active = [*rt.active, variant_id] if promote else rt.active
+            action = "candidates.promote" if promote else "candidates.reject"
+            detail = {"variant": variant_id, "evidence": evidence}
+            return self._set_variants(rt, cfg, active, actor, action, detail)
 
     def retire_variant(self, campaign_id: str, variant_id: str, actor: str) -> None:
         with self._admin_lock:
             rt = self.runtime(campaign_id)
-            if not self.store.retire_variant(campaign_id, variant_id, actor).result():
+            if variant_id not in rt.active:
                 raise ServiceError(
                     404, f"variant {variant_id!r} is not in campaign {campaign_id!r}"
                 )
-            rt.active = [v for v in rt.active if v != variant_id]
-            self._catalog_changed()
+            if variant_id == rt.cfg.control:
+                raise ServiceError(
+                    409,
+                    f"{variant_id!r} is the campaign's protected control — name another "
+                    "control first (PATCH control)",
+                )
+            active = [v for v in rt.active if v != variant_id]
+            self._set_variants(
+                rt, rt.cfg, active, actor, "variants.retire", {"variant": variant_id}
+            )
+
+    def rollback(self, campaign_id: str, version: int, actor: str) -> int:
+        """Restore variant-set ``version`` (its active variants, candidates, control and share)
+        and the model snapshot that was serving when it was recorded, in one step: both are
+        recorded as new versions (nothing is deleted). Only the learning process (role
+        ``all`` or ``learner``) holds the model to roll back. Returns the new set version."""
+        if self.config.role == "api":
+            raise ServiceError(
+                409, "rollback changes the model: send it to the learner process (role learner)"
+            )
+        with self._admin_lock:
+            rt = self.runtime(campaign_id)
+            sets = {s.version: s for s in self.store.variant_sets(campaign_id)}
+            if version not in sets:
+                raise ServiceError(
+                    404,
+                    f"campaign {campaign_id!r} has no variant set {version} "
+                    f"(versions {min(sets, default=0)}..{max(sets, default=0)})",
+                )
+            old = sets[version]
+            snap = None
+            if old.snapshot_version:
+                snap = self.learner.rollback(rt.model, old.snapshot_version)
+            cfg = replace(rt.cfg, **{k: getattr(old.config, k) for k in _ROLLBACK_FIELDS})
+            detail = {"to_variant_set": version, "to_snapshot": old.snapshot_version}
+            if snap is not None:
+                detail["new_snapshot"] = snap
+            return self._set_variants(rt, cfg, old.active, actor, "rollback", detail)
 
     # ---- keys ---------------------------------------------------------------------------------
     def cached_scope(self, key: str) -> str | None:

@@ -67,6 +67,14 @@ class CampaignConfig:
             Campaigns that name the same model share one agent — it learns from all of them,
             as the env's agents learn across a market's campaigns — and must agree on
             ``agent``, ``agent_params``, ``context_width`` and ``exploration_floor``.
+        explore_share: share of requests served from the exploration slice: uniformly among
+            ``candidates`` (new copy on trial), so every candidate gets at least
+            ``explore_share / len(candidates)`` of the traffic; the rest is the agent's
+            choice among the active variants. Logged propensities are the mixture's.
+        candidates: variant ids on trial (not active): served only through the slice until
+            promoted into the active set or rejected.
+        control: a protected variant id: it stays active (it cannot be retired or rejected),
+            the baseline a campaign always keeps.
     """
 
     campaign_id: str
@@ -79,6 +87,9 @@ class CampaignConfig:
     default_reward: float = 0.0
     aggregation: Aggregation = "earliest"
     model_id: str = ""
+    explore_share: float = 0.0
+    candidates: list[str] = field(default_factory=list)
+    control: str = ""
 
     @property
     def model(self) -> str:
@@ -102,6 +113,12 @@ class CampaignConfig:
             raise ValueError(f"`reward_wait_s` must be > 0 and finite, got {self.reward_wait_s}")
         if not np.isfinite(self.default_reward):
             raise ValueError(f"`default_reward` must be finite, got {self.default_reward}")
+        if not 0.0 <= self.explore_share < 1.0:
+            raise ValueError(f"`explore_share` must be in [0, 1), got {self.explore_share}")
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ValueError("`candidates` repeat a variant id — list each once")
+        if self.control and self.control in self.candidates:
+            raise ValueError(f"the control {self.control!r} cannot also be a candidate")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -183,6 +200,23 @@ class SnapshotRecord:
     path: str
     rows_learned: int
     through_join: int = 0
+
+
+@dataclass(frozen=True)
+class VariantSetRecord:
+    """One version of a campaign's variant set: the active variants and the config (with its
+    candidates and control) after a change, who made it and why, and the model's snapshot
+    version at that moment (what a rollback to this version restores)."""
+
+    campaign_id: str
+    version: int
+    ts: float
+    actor: str
+    action: str
+    active: list[str]
+    config: CampaignConfig
+    snapshot_version: int | None
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -284,6 +318,20 @@ class Store(Protocol):
 
     def retire_variant(self, campaign_id: str, variant_id: str, actor: str) -> Future[bool]: ...
 
+    def set_variant_set(
+        self,
+        cfg: CampaignConfig,
+        active: Sequence[str],
+        actor: str,
+        action: str,
+        detail: Mapping[str, Any],
+        *,
+        new_variants: Sequence[VariantRecord] = (),
+        snapshot_version: int | None = None,
+    ) -> Future[int]: ...
+
+    def variant_sets(self, campaign_id: str) -> list[VariantSetRecord]: ...
+
     def create_key(self, scope: str, actor: str) -> Future[str]: ...
 
     def get_meta(self, key: str) -> bytes | None: ...
@@ -375,6 +423,14 @@ CREATE TABLE IF NOT EXISTS snapshots (
     created REAL NOT NULL, path TEXT NOT NULL, rows_learned INTEGER NOT NULL,
     through_join INTEGER NOT NULL, PRIMARY KEY (model_id, version));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS variant_sets (
+    campaign_id TEXT NOT NULL, version INTEGER NOT NULL, ts REAL NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, active TEXT NOT NULL, config TEXT NOT NULL, snapshot_version INTEGER,
+    detail TEXT NOT NULL, PRIMARY KEY (campaign_id, version));
+CREATE TRIGGER IF NOT EXISTS variant_sets_no_update BEFORE UPDATE ON variant_sets
+    BEGIN SELECT RAISE(ABORT, 'variant sets are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS variant_sets_no_delete BEFORE DELETE ON variant_sets
+    BEGIN SELECT RAISE(ABORT, 'variant sets are append-only'); END;
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, actor TEXT NOT NULL,
     action TEXT NOT NULL, detail TEXT NOT NULL);
@@ -700,6 +756,65 @@ class SQLiteStore:
 
         return self._submit(op)
 
+    def set_variant_set(
+        self,
+        cfg: CampaignConfig,
+        active: Sequence[str],
+        actor: str,
+        action: str,
+        detail: Mapping[str, Any],
+        *,
+        new_variants: Sequence[VariantRecord] = (),
+        snapshot_version: int | None = None,
+    ) -> Future[int]:
+        """One transaction: insert ``new_variants``, make exactly ``active`` the campaign's
+        active variants, store ``cfg`` (candidates, control, share), append the new variant-set
+        version and an audit entry; the future holds the version."""
+        keep = list(active)
+
+        def op(c: sqlite3.Connection) -> int:
+            now = time.time()
+            if new_variants:
+                _insert_variants(c, new_variants, now)
+            c.execute(
+                "UPDATE variants SET active=0 WHERE campaign_id=? AND active=1",
+                (cfg.campaign_id,),
+            )
+            c.executemany(
+                "UPDATE variants SET active=1 WHERE campaign_id=? AND variant_id=?",
+                [(cfg.campaign_id, v) for v in keep],
+            )
+            cur = c.execute(
+                "UPDATE campaigns SET config=?, updated=? WHERE campaign_id=?",
+                (cfg.to_json(), now, cfg.campaign_id),
+            )
+            if cur.rowcount == 0:
+                raise KeyError(cfg.campaign_id)
+            (version,) = c.execute(
+                "SELECT coalesce(max(version), 0) + 1 FROM variant_sets WHERE campaign_id=?",
+                (cfg.campaign_id,),
+            ).fetchone()
+            c.execute(
+                "INSERT INTO variant_sets (campaign_id, version, ts, actor, action, active, "
+                "config, snapshot_version, detail) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    cfg.campaign_id,
+                    version,
+                    now,
+                    actor,
+                    action,
+                    json.dumps(keep),
+                    cfg.to_json(),
+                    snapshot_version,
+                    json.dumps(dict(detail), sort_keys=True, default=str),
+                ),
+            )
+            full = {**detail, "campaign": cfg.campaign_id, "variant_set": version}
+            _audit(c, actor, action, full)
+            return int(version)
+
+        return self._submit(op)
+
     def create_key(self, scope: str, actor: str) -> Future[str]:
         """A new API key of ``scope``; the future holds the plaintext, which is not stored."""
         if scope not in SCOPES:
@@ -825,6 +940,18 @@ class SQLiteStore:
             .fetchone()
         )
         return None if row is None else SnapshotRecord(*row)
+
+    def variant_sets(self, campaign_id: str) -> list[VariantSetRecord]:
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT campaign_id, version, ts, actor, action, active, config, "
+                "snapshot_version, detail FROM variant_sets WHERE campaign_id=? ORDER BY version",
+                (campaign_id,),
+            )
+            .fetchall()
+        )
+        return [variant_set_record(r) for r in rows]
 
     def decision(self, event_id: str) -> DecisionRecord | None:
         r = (
@@ -1067,6 +1194,21 @@ def _insert_variants(c: sqlite3.Connection, variants: Sequence[VariantRecord], n
             )
             for v in variants
         ],
+    )
+
+
+def variant_set_record(r: Sequence[Any]) -> VariantSetRecord:
+    """A ``variant_sets`` row (either store's) as its record."""
+    return VariantSetRecord(
+        campaign_id=r[0],
+        version=int(r[1]),
+        ts=float(r[2]),
+        actor=r[3],
+        action=r[4],
+        active=list(json.loads(r[5])),
+        config=CampaignConfig.from_json(r[6]),
+        snapshot_version=None if r[7] is None else int(r[7]),
+        detail=dict(json.loads(r[8])),
     )
 
 

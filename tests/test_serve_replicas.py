@@ -18,9 +18,9 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
+from test_serve import Clock, Harness, _config
 
 from copyloop.serve import create_app
-from test_serve import Clock, Harness, _config
 
 
 @pytest.fixture
