@@ -24,7 +24,7 @@ from copyloop.cli_common import (
     progress,
     split_list,
 )
-from copyloop.cli_serve import keys_app, serve_app, traffic
+from copyloop.cli_serve import autopilot, keys_app, serve_app, traffic
 
 app = typer.Typer(
     name="copyloop",
@@ -52,6 +52,7 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(serve_app, name="serve")
 app.add_typer(keys_app, name="keys")
 app.command("traffic")(traffic)
+app.command("autopilot")(autopilot)
 world_app.command("audit")(cli_world.world_audit)
 app.command("generate")(cli_generator.generate)
 app.command("loop")(cli_generator.loop)

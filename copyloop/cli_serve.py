@@ -288,6 +288,94 @@ def traffic(
     _print_report(rep, out, plot)
 
 
+def autopilot(
+    store: StoreOpt = "sqlite:///copyloop-serve.db",
+    url: Annotated[str, typer.Option(help="The service (its admin API settles verdicts).")] = (
+        "http://127.0.0.1:8000"
+    ),
+    key: Annotated[
+        str | None,
+        typer.Option(
+            help="An admin API key (default: $COPYLOOP_ADMIN_KEY).", envvar="COPYLOOP_ADMIN_KEY"
+        ),
+    ] = None,
+    campaigns: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated campaign ids (default: all with candidates)."),
+    ] = None,
+    alpha: Annotated[
+        float, typer.Option(help="Risk of promoting a candidate no better than the incumbent.")
+    ] = 0.05,
+    min_impressions: Annotated[int, typer.Option(help="First look (impressions).")] = 500,
+    max_impressions: Annotated[
+        int, typer.Option(help="Last look: not promoted by then, rejected.")
+    ] = 16_000,
+    estimator: Annotated[str, typer.Option(help="OPE estimator of the gate.")] = "snipw",
+    every: Annotated[
+        float, typer.Option(help="Seconds between rounds; 0 runs one round and exits.")
+    ] = 0.0,
+    rounds: Annotated[int, typer.Option(help="Most rounds (with --every).")] = 1_000_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Promote or reject the candidates on trial from the service's own log: the OPE gate at
+    fixed looks (impressions min·2^k up to max, alpha split over the looks); verdicts go to
+    the service's admin API with their numbers, into the audit log."""
+    import time
+
+    from copyloop.cli_common import split_list
+
+    if not key:
+        raise ValueError(
+            "`key` is missing: pass --key or set COPYLOOP_ADMIN_KEY "
+            "(copyloop keys create --scope admin --store URL)"
+        )
+    if every < 0:
+        raise ValueError(f"`every` must be >= 0 seconds, got {every}")
+    try:
+        from copyloop.serve.autopilot import GateSettings, run_once
+        from copyloop.serve.client import Client
+        from copyloop.serve.store import open_store
+    except ImportError as e:
+        raise ValueError(f"{e} (pip install 'copyloop[serve]')") from None
+    settings = GateSettings(alpha, min_impressions, max_impressions, estimator)
+    _check_service(url.rstrip("/"), key)
+    names = None if campaigns is None else split_list(campaigns)
+    st = open_store(store)
+    try:
+        with Client(url.rstrip("/"), key) as client:
+            for i in range(max(rounds, 1)):
+                verdicts = run_once(st, client.settle_candidate, settings, names)
+                _print_verdicts(verdicts, as_json)
+                if every == 0 or i + 1 >= rounds:
+                    break
+                time.sleep(every)
+    finally:
+        st.close()
+
+
+def _print_verdicts(verdicts: list[Any], as_json: bool) -> None:
+    from dataclasses import asdict
+
+    if as_json:
+        print_json([asdict(v) for v in verdicts])
+        return
+    from rich.table import Table
+
+    t = Table(title="autopilot: candidates on trial")
+    for c in ("campaign", "candidate", "verdict", "impressions", "candidate LCB", "incumbent"):
+        t.add_column(c, justify="right" if c not in ("campaign", "candidate") else "left")
+    for v in verdicts:
+        t.add_row(
+            v.campaign_id,
+            v.variant_id,
+            v.action,
+            f"{v.impressions:,}",
+            "-" if v.candidate is None else f"{v.candidate['lower']:.4f}",
+            "-" if v.incumbent is None else f"{v.incumbent['estimate']:.4f}",
+        )
+    console.print(t if verdicts else "no candidates on trial")
+
+
 def _check_service(url: str, key: str) -> None:
     """Fail fast, naming the problem, when the service is down or the key is refused."""
     import httpx

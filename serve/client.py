@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import quote
@@ -102,6 +102,27 @@ class Campaign:
     aggregation: str
     active_variants: list[str]
     model_version: str
+    explore_share: float = 0.0
+    candidates: list[str] = field(default_factory=list)
+    control: str = ""
+
+
+@dataclass(frozen=True)
+class VariantSet:
+    """One version of a campaign's variant set (see ``variant_sets``): the active variants,
+    the candidates on trial, the control and exploration share, who changed it and why, and
+    the model snapshot serving at the time."""
+
+    version: int
+    ts: float
+    actor: str
+    action: str
+    active: list[str]
+    candidates: list[str]
+    control: str
+    explore_share: float
+    snapshot_version: int | None
+    detail: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -225,27 +246,28 @@ def _campaign_body(
     }
 
 
-def _patch_body(
-    mode: Mode | None,
-    exploration_floor: float | None,
-    reward_wait_s: float | None,
-    default_reward: float | None,
-    aggregation: Aggregation | None,
-) -> dict[str, Any]:
-    given = {
-        "mode": mode,
-        "exploration_floor": exploration_floor,
-        "reward_wait_s": reward_wait_s,
-        "default_reward": default_reward,
-        "aggregation": aggregation,
-    }
+def _patch_body(**given: Any) -> dict[str, Any]:
     body = {k: v for k, v in given.items() if v is not None}
     if not body:
-        raise ValueError(
-            "update_campaign needs at least one of mode, exploration_floor, reward_wait_s, "
-            "default_reward, aggregation"
-        )
+        raise ValueError(f"update_campaign needs at least one of {', '.join(given)}")
     return body
+
+
+def _candidates_call(campaign_id: str, variants: Variants) -> _Call:
+    path = f"/v1/admin/campaigns/{_seg(campaign_id)}/candidates"
+    return _Call("POST", path, {"variants": _variants(variants)})
+
+
+def _settle_call(
+    campaign_id: str, variant_id: str, promote: bool, evidence: Mapping[str, Any] | None
+) -> _Call:
+    verdict = "promote" if promote else "reject"
+    path = f"/v1/admin/campaigns/{_seg(campaign_id)}/candidates/{_seg(variant_id)}/{verdict}"
+    return _Call("POST", path, {"evidence": dict(evidence or {})})
+
+
+def _variant_set(d: Mapping[str, Any]) -> VariantSet:
+    return VariantSet(**{k: d[k] for k in VariantSet.__dataclass_fields__})
 
 
 def _message(detail: Any) -> str:
@@ -464,9 +486,20 @@ class Client:
         reward_wait_s: float | None = None,
         default_reward: float | None = None,
         aggregation: Aggregation | None = None,
+        explore_share: float | None = None,
+        control: str | None = None,
     ) -> Campaign:
-        """Change a campaign's settings (only those given)."""
-        body = _patch_body(mode, exploration_floor, reward_wait_s, default_reward, aggregation)
+        """Change a campaign's settings (only those given; ``control=""`` removes the
+        control)."""
+        body = _patch_body(
+            mode=mode,
+            exploration_floor=exploration_floor,
+            reward_wait_s=reward_wait_s,
+            default_reward=default_reward,
+            aggregation=aggregation,
+            explore_share=explore_share,
+            control=control,
+        )
         call = _Call("PATCH", f"/v1/admin/campaigns/{_seg(campaign_id)}", body)
         return _campaign(self._do(call))
 
@@ -496,6 +529,33 @@ class Client:
         """A campaign's published snapshots, oldest first."""
         call = _Call("GET", f"/v1/admin/campaigns/{_seg(campaign_id)}/models")
         return _snapshots(self._do(call))
+
+    def add_candidates(self, campaign_id: str, variants: Variants) -> list[str]:
+        """New copy on trial: served only through the campaign's exploration slice
+        (``explore_share``) until promoted or rejected; returns the ids."""
+        return list(self._do(_candidates_call(campaign_id, variants))["variant_ids"])
+
+    def settle_candidate(
+        self,
+        campaign_id: str,
+        variant_id: str,
+        promote: bool,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> VariantSet:
+        """Promote a candidate into the active set or reject it, with the evidence (kept in
+        the audit log); returns the new variant set."""
+        return _variant_set(self._do(_settle_call(campaign_id, variant_id, promote, evidence)))
+
+    def variant_sets(self, campaign_id: str) -> list[VariantSet]:
+        """Every version of the campaign's variant set, oldest first."""
+        call = _Call("GET", f"/v1/admin/campaigns/{_seg(campaign_id)}/variant-sets")
+        return [_variant_set(d) for d in self._do(call)]
+
+    def rollback(self, campaign_id: str, variant_set: int) -> VariantSet:
+        """Restore variant set ``variant_set`` and the model snapshot it served with (both
+        saved as new versions); send it to the learner process."""
+        path = f"/v1/admin/campaigns/{_seg(campaign_id)}/rollback"
+        return _variant_set(self._do(_Call("POST", path, {"variant_set": variant_set})))
 
 
 # ---- the async client --------------------------------------------------------------------------
@@ -621,9 +681,19 @@ class AsyncClient:
         reward_wait_s: float | None = None,
         default_reward: float | None = None,
         aggregation: Aggregation | None = None,
+        explore_share: float | None = None,
+        control: str | None = None,
     ) -> Campaign:
         """See :meth:`Client.update_campaign`."""
-        body = _patch_body(mode, exploration_floor, reward_wait_s, default_reward, aggregation)
+        body = _patch_body(
+            mode=mode,
+            exploration_floor=exploration_floor,
+            reward_wait_s=reward_wait_s,
+            default_reward=default_reward,
+            aggregation=aggregation,
+            explore_share=explore_share,
+            control=control,
+        )
         call = _Call("PATCH", f"/v1/admin/campaigns/{_seg(campaign_id)}", body)
         return _campaign(await self._do(call))
 
@@ -655,6 +725,31 @@ class AsyncClient:
         call = _Call("GET", f"/v1/admin/campaigns/{_seg(campaign_id)}/models")
         return _snapshots(await self._do(call))
 
+    async def add_candidates(self, campaign_id: str, variants: Variants) -> list[str]:
+        """See :meth:`Client.add_candidates`."""
+        return list((await self._do(_candidates_call(campaign_id, variants)))["variant_ids"])
+
+    async def settle_candidate(
+        self,
+        campaign_id: str,
+        variant_id: str,
+        promote: bool,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> VariantSet:
+        """See :meth:`Client.settle_candidate`."""
+        call = _settle_call(campaign_id, variant_id, promote, evidence)
+        return _variant_set(await self._do(call))
+
+    async def variant_sets(self, campaign_id: str) -> list[VariantSet]:
+        """See :meth:`Client.variant_sets`."""
+        call = _Call("GET", f"/v1/admin/campaigns/{_seg(campaign_id)}/variant-sets")
+        return [_variant_set(d) for d in await self._do(call)]
+
+    async def rollback(self, campaign_id: str, variant_set: int) -> VariantSet:
+        """See :meth:`Client.rollback`."""
+        path = f"/v1/admin/campaigns/{_seg(campaign_id)}/rollback"
+        return _variant_set(await self._do(_Call("POST", path, {"variant_set": variant_set})))
+
 
 __all__ = [
     "APIError",
@@ -667,4 +762,5 @@ __all__ = [
     "RewardResult",
     "Snapshot",
     "Stats",
+    "VariantSet",
 ]
