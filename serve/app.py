@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from copyloop.serve.service import Service, ServiceConfig, ServiceError
@@ -554,6 +554,28 @@ def create_app(config: ServiceConfig) -> FastAPI:
             )
             for s in svc.store.snapshots(rt.model.model_id)
         ]
+
+    @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard(
+        svc: SvcDep,
+        campaign: str | None = None,
+        key: str | None = None,
+        x_api_key: Annotated[str | None, Header()] = None,
+    ) -> HTMLResponse:
+        """The campaign's dashboard page (admin key in ``X-API-Key`` or ``?key=`` for a
+        browser on loopback)."""
+        from urllib.parse import quote
+
+        from copyloop.serve.dashboard import render
+
+        await authorize(svc, x_api_key or key, "admin")
+        if campaign is None:
+            if not svc.runtimes:
+                raise ServiceError(404, "no campaigns yet — create one first")
+            campaign = next(iter(svc.runtimes))
+        keyq = f"&key={quote(key, safe='')}" if key else ""
+        html = await run_in_threadpool(render, svc, campaign, key_query=keyq)
+        return HTMLResponse(html)
 
     @app.get("/healthz", response_model=Health)
     async def healthz(svc: SvcDep) -> Health:

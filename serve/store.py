@@ -220,6 +220,18 @@ class VariantSetRecord:
 
 
 @dataclass(frozen=True)
+class TimelineRow:
+    """Decisions of one served variant in one time bucket: how many, how many joined, and the
+    sum of their joined rewards (joined / reward_sum: the served CTR for clicks)."""
+
+    bucket: float
+    variant_id: str
+    decisions: int
+    joined: int
+    reward_sum: float
+
+
+@dataclass(frozen=True)
 class LearnedRow:
     """A decision the learner already taught, with its joined reward (for catch-up)."""
 
@@ -331,6 +343,8 @@ class Store(Protocol):
     ) -> Future[int]: ...
 
     def variant_sets(self, campaign_id: str) -> list[VariantSetRecord]: ...
+
+    def timeline(self, campaign_id: str, since: float, bucket_s: float) -> list[TimelineRow]: ...
 
     def create_key(self, scope: str, actor: str) -> Future[str]: ...
 
@@ -952,6 +966,21 @@ class SQLiteStore:
             .fetchall()
         )
         return [variant_set_record(r) for r in rows]
+
+    def timeline(self, campaign_id: str, since: float, bucket_s: float) -> list[TimelineRow]:
+        if not bucket_s > 0:
+            raise ValueError(f"`bucket_s` must be > 0, got {bucket_s}")
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT CAST(ts / ? AS INTEGER) AS b, action, count(*), coalesce(sum(joined), 0),"
+                " coalesce(sum(CASE WHEN joined THEN reward END), 0.0) FROM decisions "
+                "WHERE campaign_id=? AND ts>=? GROUP BY b, action ORDER BY b, action",
+                (bucket_s, campaign_id, since),
+            )
+            .fetchall()
+        )
+        return [TimelineRow(b * bucket_s, a, int(n), int(j), float(r)) for b, a, n, j, r in rows]
 
     def decision(self, event_id: str) -> DecisionRecord | None:
         r = (
