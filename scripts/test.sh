@@ -8,6 +8,8 @@ bash scripts/setup.sh
 # obp, MABWiser, Vowpal Wabbit: tests/test_ope_obp.py checks our estimators against obp's, and
 # with COPYLOOP_REQUIRE_PEERS=1 a missing peer fails those tests instead of skipping them.
 bash scripts/setup_bench.sh
+# Debian's Chromium for the dashboard test (root only; elsewhere that test skips unless required).
+bash scripts/setup_system.sh
 export COPYLOOP_REQUIRE_PEERS="${COPYLOOP_REQUIRE_PEERS:-1}"
 .venv/bin/ruff check .
 # mypy cannot follow the editable import hook that maps envs/ -> copyloop.envs, so it checks a
