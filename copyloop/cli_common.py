@@ -173,6 +173,12 @@ class CopyloopGroup(TyperGroup):
             except Terminated:
                 print_error("terminated (SIGTERM) — nothing half-written was left")
                 raise typer.Exit(ExitCode.TERMINATED) from None
+            except BrokenPipeError:
+                # the reader went away (``copyloop … | head``): not an error of ours; point
+                # stdout at /dev/null so the interpreter's final flush stays quiet too
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                raise typer.Exit(ExitCode.OK) from None
             except user_error_types() as e:
                 print_error(flag_names(str(e), _leaf(e)))
                 raise typer.Exit(ExitCode.BAD_INPUT) from None
