@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -289,8 +290,7 @@ def traffic(
 
 
 def autopilot(
-    store: StoreOpt = "sqlite:///copyloop-serve.db",
-    url: Annotated[str, typer.Option(help="The service (its admin API settles verdicts).")] = (
+    url: Annotated[str, typer.Option(help="The service (its admin API judges and settles).")] = (
         "http://127.0.0.1:8000"
     ),
     key: Annotated[
@@ -304,7 +304,7 @@ def autopilot(
         typer.Option(help="Comma-separated campaign ids (default: all with candidates)."),
     ] = None,
     alpha: Annotated[
-        float, typer.Option(help="Risk of promoting a candidate no better than the incumbent.")
+        float, typer.Option(help="Risk of promoting a candidate that does not improve the policy.")
     ] = 0.05,
     min_impressions: Annotated[int, typer.Option(help="First look (impressions).")] = 500,
     max_impressions: Annotated[
@@ -317,9 +317,10 @@ def autopilot(
     rounds: Annotated[int, typer.Option(help="Most rounds (with --every).")] = 1_000_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Promote or reject the candidates on trial from the service's own log: the OPE gate at
-    fixed looks (impressions min·2^k up to max, alpha split over the looks); verdicts go to
-    the service's admin API with their numbers, into the audit log."""
+    """Promote or reject the candidates on trial from the service's own log: the OPE gate
+    (the agent with the candidate vs without) at fixed looks (impressions min·2^k up to max,
+    alpha split over the looks); verdicts are settled through the admin API, with their
+    numbers, into the audit log."""
     import time
 
     from copyloop.cli_common import split_list
@@ -334,28 +335,29 @@ def autopilot(
     try:
         from copyloop.serve.autopilot import GateSettings, run_once
         from copyloop.serve.client import Client
-        from copyloop.serve.store import open_store
     except ImportError as e:
         raise ValueError(f"{e} (pip install 'copyloop[serve]')") from None
     settings = GateSettings(alpha, min_impressions, max_impressions, estimator)
-    _check_service(url.rstrip("/"), key)
-    names = None if campaigns is None else split_list(campaigns)
-    st = open_store(store)
-    try:
-        with Client(url.rstrip("/"), key) as client:
-            for i in range(max(rounds, 1)):
-                verdicts = run_once(st, client.settle_candidate, settings, names)
-                _print_verdicts(verdicts, as_json)
-                if every == 0 or i + 1 >= rounds:
-                    break
-                time.sleep(every)
-    finally:
-        st.close()
+    base = url.rstrip("/")
+    _check_service(base, key)
+    with Client(base, key, timeout=600.0) as client:
+        for i in range(max(rounds, 1)):
+            names = (
+                split_list(campaigns)
+                if campaigns is not None
+                else [c.campaign_id for c in client.campaigns() if c.candidates]
+            )
+
+            def judge(cid: str) -> list[Any]:
+                return client.judge(cid, **asdict(settings))
+
+            _print_verdicts(run_once(judge, client.settle_candidate, names), as_json)
+            if every == 0 or i + 1 >= rounds:
+                break
+            time.sleep(every)
 
 
 def _print_verdicts(verdicts: list[Any], as_json: bool) -> None:
-    from dataclasses import asdict
-
     if as_json:
         print_json([asdict(v) for v in verdicts])
         return

@@ -166,6 +166,27 @@ class SettleIn(Strict):
     evidence: dict[str, Any] = Field(default_factory=dict)
 
 
+class JudgeIn(Strict):
+    """The gate's settings (see ``copyloop.serve.autopilot.GateSettings``)."""
+
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    min_impressions: Annotated[int, Field(ge=10)] = 500
+    max_impressions: Annotated[int, Field(ge=10)] = 16_000
+    estimator: str = "snipw"
+
+
+class VerdictOut(Strict):
+    variant_id: str
+    action: Literal["promote", "reject", "wait"]
+    impressions: int
+    look: int | None
+    rows: int
+    candidate: dict[str, float | None] | None
+    incumbent: dict[str, float | None] | None
+    alpha: float | None
+    reason: str
+
+
 class RollbackIn(Strict):
     variant_set: Annotated[int, Field(ge=1)]
 
@@ -510,6 +531,24 @@ def create_app(config: ServiceConfig) -> FastAPI:
             campaign_id, variant_id, verdict == "promote", actor, body.evidence
         )
         return _variant_set_out(svc.store.variant_sets(campaign_id)[version - 1])
+
+    @app.post(
+        "/v1/admin/campaigns/{campaign_id}/judge",
+        response_model=list[VerdictOut],
+        responses=ERRORS,
+    )
+    async def judge(campaign_id: str, body: JudgeIn, svc: SvcDep, _: Admin) -> list[VerdictOut]:
+        """The gate's verdict on each candidate on trial (nothing is changed: settle them with
+        .../candidates/{id}/promote or reject)."""
+        from copyloop.serve.autopilot import GateSettings, judge_campaign
+
+        svc.runtime(campaign_id)
+        try:
+            settings = GateSettings(**body.model_dump())
+        except ValueError as e:
+            raise ServiceError(422, str(e)) from None
+        verdicts = await run_in_threadpool(judge_campaign, svc, campaign_id, settings)
+        return [VerdictOut(**v.evidence(), action=v.action) for v in verdicts]
 
     @app.get(
         "/v1/admin/campaigns/{campaign_id}/variant-sets",

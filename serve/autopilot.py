@@ -1,20 +1,23 @@
 """The autopilot: new copy on trial is promoted only when the service's own log says so.
 
-A campaign's candidates are served through its exploration slice (``explore_share``). At
-fixed *looks* — when a candidate has been served ``min_impressions · 2^k`` times, up to
-``max_impressions`` — the OPE gate compares, on the rows logged up to that impression (so a
-look's verdict never changes with later traffic):
+A campaign's candidates are served through its exploration slice (``explore_share``), and the
+campaign's agent learns their features from those rows. At fixed *looks* — when a candidate
+has been served ``min_impressions · 2^k`` times, up to ``max_impressions`` — the OPE gate
+compares, on the rows logged up to that impression (so a look's verdict never changes with
+later traffic):
 
-* the candidate policy "serve this candidate wherever it was offered" (one-hot), against
-* the incumbent: what the service served on those rows (its logged mixture of the agent and
-  the slice), whose value is the observed mean reward,
+* the candidate policy: the campaign's agent as it is now, choosing among the active variants
+  *and* this candidate, against
+* the incumbent: the same agent among the active variants only,
 
-with the log's own propensities. The candidate is **promoted** when its lower confidence bound
-beats the incumbent's estimate (Personalizer's Auto-Optimize rule), **rejected** when its upper
-bound falls below it, or at the last look without a promotion, and otherwise waits for the
-next look. Each look uses ``alpha / looks`` (Bonferroni over the looks), so the chance that a
-candidate no better than the incumbent is ever promoted is at most ``alpha``. The verdict and
-its numbers go to the service's admin API, which records them in the audit log.
+both evaluated off-policy with the log's mixture propensities. The candidate is **promoted**
+when its lower confidence bound beats the incumbent's estimate (Personalizer's Auto-Optimize
+rule), **rejected** when its upper bound falls below it, or at the last look without a
+promotion, and otherwise waits for the next look. Each look uses ``alpha / looks``
+(Bonferroni over the looks), so the chance that a candidate which does not improve the policy
+is ever promoted is at most ``alpha``. The judging runs in the service that holds the model
+(``POST /v1/admin/campaigns/{id}/judge``); ``copyloop autopilot`` settles the verdicts through
+the admin API, which records them with their numbers in the audit log.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
-from copyloop.serve.store import Store
+if TYPE_CHECKING:
+    from copyloop.serve.service import Service
 
 
 @dataclass(frozen=True)
@@ -104,38 +109,88 @@ def _finite(v: Any) -> Any:
 
 
 def judge_campaign(
-    store: Store, campaign_id: str, settings: GateSettings, *, now: float | None = None
+    svc: Service, campaign_id: str, settings: GateSettings, *, now: float | None = None
 ) -> list[Verdict]:
-    """The verdict on each of ``campaign_id``'s candidates from the store's joined log."""
+    """The verdict on each of ``campaign_id``'s candidates, in the service that holds its model.
+
+    The candidate policy is the campaign's agent as it is now (a copy of the learner's model,
+    which has learned the candidates' features from the slice's rows) choosing among the active
+    variants *and* the candidate; the incumbent is the same agent among the active variants
+    only. Both are evaluated off-policy on the logged rows, with the log's mixture propensities.
+    """
     from copyloop.contract import LogValidationError
     from copyloop.ope.evaluate import read_feedback
 
-    cfg = next((c for c in store.campaigns() if c.campaign_id == campaign_id), None)
-    if cfg is None:
-        raise ValueError(f"campaign {campaign_id!r} is not in the store")
+    rt = svc.runtime(campaign_id)
+    cfg = rt.cfg
     if not cfg.candidates:
         return []
+    with rt.model.lock:
+        policy = rt.model.learner_policy.trained_copy()
+    store = rt.model.variants
     out: list[Verdict] = []
     with tempfile.TemporaryDirectory(prefix="copyloop-autopilot-") as d:
         path = Path(d) / "log.parquet"
-        summary = store.export_log(path, campaign_id=campaign_id, now=now)
+        summary = svc.store.export_log(path, campaign_id=campaign_id, now=now)
         if summary.rows == 0:
-            return [_wait(cfg.campaign_id, v, 0, "no joined decisions yet") for v in cfg.candidates]
+            return [_wait(campaign_id, v, 0, "no joined decisions yet") for v in cfg.candidates]
         try:
             log, data = read_feedback(path)
         except LogValidationError as e:
-            return [_wait(cfg.campaign_id, v, 0, str(e)) for v in cfg.candidates]
-        index = {v: i for i, v in enumerate(log.variants.variant_ids)}  # type: ignore[union-attr]
+            return [_wait(campaign_id, v, 0, str(e)) for v in cfg.candidates]
+        ids = log.variants.variant_ids  # type: ignore[union-attr]
+        index = {v: i for i, v in enumerate(ids)}
+        trial = {index[v] for v in cfg.candidates if v in index}
+
+        def targets(rows: Any, j: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+            cand = np.zeros(rows.mask.shape)
+            inc = np.zeros(rows.mask.shape)
+            for r in range(rows.n_rows):
+                slots = np.flatnonzero(rows.mask[r])
+                var = rows.variant[r, slots]
+                keep = [s for s, v in zip(slots, var, strict=True) if v not in trial]
+                ctx = rows.context[r].astype(np.float32)
+                a = [ids[rows.variant[r, s]] for s in keep]
+                eid = f"gate:{r}"
+                inc[r, keep] = policy.decide(ctx, a, event_id=eid, store=store).probs
+                slot_j = int(np.flatnonzero(rows.variant[r] == j)[0])
+                with_j = policy.decide(ctx, [*a, ids[j]], event_id=eid, store=store).probs
+                cand[r, keep] = with_j[:-1]
+                cand[r, slot_j] = with_j[-1]
+            return cand, inc
+
         for vid in cfg.candidates:
-            out.append(judge_rows(data, cfg.campaign_id, vid, index.get(vid), settings))
+            out.append(judge_rows(data, campaign_id, vid, index.get(vid), settings, targets))
     return out
 
 
+Targets = Callable[[Any, int], tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]
+"""``(rows, j) -> (candidate, incumbent)``: the two policies' distributions over the rows' slots
+(``rows``: a :class:`~copyloop.ope.data.BanditFeedback`; ``j``: the candidate's variant index)."""
+
+
+def one_hot_targets(rows: Any, j: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Candidate "serve this line wherever it was offered" against what was served (the log's
+    own probabilities): the gate without a model, for logs with no agent behind them."""
+    slot = np.argmax(rows.variant == j, axis=1)
+    target = np.zeros(rows.mask.shape)
+    target[np.arange(rows.n_rows), slot] = 1.0
+    if rows.logging_probs is None:
+        raise ValueError("the log has no logging probabilities: the gate needs every candidate's")
+    return target, rows.logging_probs
+
+
 def judge_rows(
-    data: Any, campaign_id: str, vid: str, j: int | None, settings: GateSettings
+    data: Any,
+    campaign_id: str,
+    vid: str,
+    j: int | None,
+    settings: GateSettings,
+    targets: Targets = one_hot_targets,
 ) -> Verdict:
     """The verdict on candidate ``vid`` (variant index ``j`` of the log's variants table) from
-    a campaign's logged rows (:class:`~copyloop.ope.data.BanditFeedback`, time order)."""
+    a campaign's logged rows (:class:`~copyloop.ope.data.BanditFeedback`, time order), comparing
+    the two policies ``targets`` gives on the rows up to the look."""
     from copyloop.ope.evaluate import gate_policies
 
     looks = settings.looks
@@ -152,13 +207,9 @@ def judge_rows(
     k = reached[-1]
     cut = offered[: shown[looks[k] - 1] + 1]  # the rows up to the look's impression
     sub = data.take(cut.astype(np.intp))
-    slot = np.argmax(sub.variant == j, axis=1)
-    target = np.zeros(sub.mask.shape)
-    target[np.arange(sub.n_rows), slot] = 1.0
-    if sub.logging_probs is None:
-        raise ValueError("the log has no logging probabilities: the gate needs every candidate's")
+    cand_probs, inc_probs = targets(sub, j)
     dec = gate_policies(
-        sub, target, sub.logging_probs, estimator=settings.estimator, alpha=alpha, seed=k
+        sub, cand_probs, inc_probs, estimator=settings.estimator, alpha=alpha, seed=k
     )
     ci, ii = dec.candidate, dec.incumbent
     cand = {"estimate": ci.estimate, "lower": ci.lower, "upper": ci.upper}
@@ -184,18 +235,17 @@ def _wait(campaign_id: str, vid: str, n: int, why: str) -> Verdict:
 
 
 def run_once(
-    store: Store,
+    judge: Callable[[str], list[Verdict]],
     settle: Callable[[str, str, bool, dict[str, Any]], object],
-    settings: GateSettings,
-    campaigns: list[str] | None = None,
+    campaigns: list[str],
 ) -> list[Verdict]:
-    """Judge every campaign with candidates (or those named) and settle the verdicts through
-    ``settle(campaign, variant, promote, evidence)`` (the admin API: the serving processes
-    change their variant sets, the store records the evidence)."""
-    names = campaigns or [c.campaign_id for c in store.campaigns() if c.candidates]
+    """Judge each campaign (``judge(campaign)``: the service's judge endpoint, or
+    :func:`judge_campaign` in process) and settle the verdicts through ``settle(campaign,
+    variant, promote, evidence)`` (the admin API: the serving processes change their variant
+    sets and the store records the evidence)."""
     verdicts = []
-    for cid in names:
-        for v in judge_campaign(store, cid, settings):
+    for cid in campaigns:
+        for v in judge(cid):
             if v.action != "wait":
                 settle(cid, v.variant_id, v.action == "promote", v.evidence())
             verdicts.append(v)

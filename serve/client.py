@@ -25,6 +25,8 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from copyloop.serve.autopilot import Verdict
+
 Mode = Literal["online", "shadow", "logging"]
 Aggregation = Literal["earliest", "sum", "max"]
 Variants = Sequence[str] | Mapping[str, str]
@@ -264,6 +266,14 @@ def _settle_call(
     verdict = "promote" if promote else "reject"
     path = f"/v1/admin/campaigns/{_seg(campaign_id)}/candidates/{_seg(variant_id)}/{verdict}"
     return _Call("POST", path, {"evidence": dict(evidence or {})})
+
+
+def _judge_call(campaign_id: str, settings: Mapping[str, Any]) -> _Call:
+    return _Call("POST", f"/v1/admin/campaigns/{_seg(campaign_id)}/judge", dict(settings))
+
+
+def _verdicts(campaign_id: str, d: Sequence[Mapping[str, Any]]) -> list[Verdict]:
+    return [Verdict(campaign_id=campaign_id, **v) for v in d]
 
 
 def _variant_set(d: Mapping[str, Any]) -> VariantSet:
@@ -546,6 +556,11 @@ class Client:
         the audit log); returns the new variant set."""
         return _variant_set(self._do(_settle_call(campaign_id, variant_id, promote, evidence)))
 
+    def judge(self, campaign_id: str, **settings: Any) -> list[Verdict]:
+        """The gate's verdict on each candidate on trial (``alpha``, ``min_impressions``,
+        ``max_impressions``, ``estimator``; see ``GateSettings``); changes nothing."""
+        return _verdicts(campaign_id, self._do(_judge_call(campaign_id, settings)))
+
     def variant_sets(self, campaign_id: str) -> list[VariantSet]:
         """Every version of the campaign's variant set, oldest first."""
         call = _Call("GET", f"/v1/admin/campaigns/{_seg(campaign_id)}/variant-sets")
@@ -740,6 +755,10 @@ class AsyncClient:
         call = _settle_call(campaign_id, variant_id, promote, evidence)
         return _variant_set(await self._do(call))
 
+    async def judge(self, campaign_id: str, **settings: Any) -> list[Verdict]:
+        """See :meth:`Client.judge`."""
+        return _verdicts(campaign_id, await self._do(_judge_call(campaign_id, settings)))
+
     async def variant_sets(self, campaign_id: str) -> list[VariantSet]:
         """See :meth:`Client.variant_sets`."""
         call = _Call("GET", f"/v1/admin/campaigns/{_seg(campaign_id)}/variant-sets")
@@ -763,4 +782,5 @@ __all__ = [
     "Snapshot",
     "Stats",
     "VariantSet",
+    "Verdict",
 ]

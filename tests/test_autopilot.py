@@ -12,7 +12,7 @@ pytest.importorskip("fastapi")
 from test_serve import Harness, h  # noqa: F401  (the fixture)
 
 from copyloop.ope.data import BanditFeedback
-from copyloop.serve.autopilot import GateSettings, judge_rows, run_once
+from copyloop.serve.autopilot import GateSettings, Verdict, judge_rows, run_once
 
 SETTINGS = GateSettings(alpha=0.05, min_impressions=200, max_impressions=1600)
 
@@ -86,8 +86,9 @@ def test_bad_gate_settings_are_refused(kw: dict, word: str) -> None:
 
 def test_one_round_through_the_service(h: Harness) -> None:  # noqa: F811
     """A good candidate (CTR 30 %) is promoted and a bad one (0 %) rejected against actives
-    at 5–10 %; the verdicts reach the service through its admin API and their numbers are in
-    the audit log; the next round has nothing left to judge."""
+    at 5–10 %, judged by the service's own agent with and without each (the judge endpoint);
+    the verdicts reach the service through its admin API and their numbers are in the audit
+    log; the next round has nothing left to judge."""
     h.campaign(control="v0")
     h.client.patch("/v1/admin/campaigns/c1", json={"explore_share": 0.4}, headers=h.admin)
     trial = {
@@ -114,8 +115,13 @@ def test_one_round_through_the_service(h: Harness) -> None:  # noqa: F811
         )
         assert r.status_code == 200, r.text
 
-    settings = GateSettings(alpha=0.05, min_impressions=100, max_impressions=200)
-    verdicts = {v.variant_id: v for v in run_once(h.svc.store, settle, settings)}
+    def judge(cid: str) -> list[Verdict]:
+        body = {"min_impressions": 100, "max_impressions": 200}
+        r = h.client.post(f"/v1/admin/campaigns/{cid}/judge", json=body, headers=h.admin)
+        assert r.status_code == 200, r.text
+        return [Verdict(campaign_id=cid, **v) for v in r.json()]
+
+    verdicts = {v.variant_id: v for v in run_once(judge, settle, ["c1"])}
     assert verdicts["good"].action == "promote", verdicts["good"].reason
     assert verdicts["bad"].action == "reject", verdicts["bad"].reason
     rt = h.svc.runtimes["c1"]
@@ -123,4 +129,4 @@ def test_one_round_through_the_service(h: Harness) -> None:  # noqa: F811
     audit = {a["action"]: a["detail"] for a in h.svc.store.audit_log()}
     ev = audit["candidates.promote"]["evidence"]
     assert ev["candidate"]["lower"] > ev["incumbent"]["estimate"] and ev["look"] is not None
-    assert run_once(h.svc.store, settle, settings) == []
+    assert run_once(judge, settle, ["c1"]) == []

@@ -28,7 +28,7 @@ import uvicorn
 from test_serve import FEATURIZER, HashEncoder
 
 from copyloop.serve import create_app
-from copyloop.serve.autopilot import GateSettings, run_once
+from copyloop.serve.autopilot import Verdict, run_once
 
 
 def _chromium() -> str:
@@ -129,7 +129,13 @@ def test_dashboard_in_headless_chromium_matches_the_store(
             path = f"/v1/admin/campaigns/{cid}/candidates/{vid}/{verdict}"
             assert c.post(path, json={"evidence": evidence}).status_code == 200
 
-        verdicts = run_once(svc.store, settle, GateSettings(min_impressions=40, max_impressions=80))  # type: ignore[attr-defined]
+        def judge(cid: str) -> list[Verdict]:
+            body = {"min_impressions": 40, "max_impressions": 80}
+            r = c.post(f"/v1/admin/campaigns/{cid}/judge", json=body)
+            assert r.status_code == 200, r.text
+            return [Verdict(campaign_id=cid, **v) for v in r.json()]
+
+        verdicts = run_once(judge, settle, ["spring"])
         assert [v.action for v in verdicts] == ["promote"], [v.reason for v in verdicts]
         assert c.get("/dashboard?campaign=spring").status_code == 200
         assert c.get("/dashboard", headers={"X-API-Key": "cl_wrong"}).status_code == 401
