@@ -343,7 +343,7 @@ def autopilot(
     with Client(base, key, timeout=600.0) as client:
         for i in range(max(rounds, 1)):
             names = (
-                split_list(campaigns)
+                list(split_list(campaigns))
                 if campaigns is not None
                 else [c.campaign_id for c in client.campaigns() if c.candidates]
             )
