@@ -310,7 +310,6 @@ def autopilot(
     max_impressions: Annotated[
         int, typer.Option(help="Last look: not promoted by then, rejected.")
     ] = 16_000,
-    estimator: Annotated[str, typer.Option(help="OPE estimator of the gate.")] = "snipw",
     every: Annotated[
         float, typer.Option(help="Seconds between rounds; 0 runs one round and exits.")
     ] = 0.0,
@@ -337,7 +336,7 @@ def autopilot(
         from copyloop.serve.client import Client
     except ImportError as e:
         raise ValueError(f"{e} (pip install 'copyloop[serve]')") from None
-    settings = GateSettings(alpha, min_impressions, max_impressions, estimator)
+    settings = GateSettings(alpha, min_impressions, max_impressions)
     base = url.rstrip("/")
     _check_service(base, key)
     with Client(base, key, timeout=600.0) as client:

@@ -172,7 +172,6 @@ class JudgeIn(Strict):
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     min_impressions: Annotated[int, Field(ge=10)] = 500
     max_impressions: Annotated[int, Field(ge=10)] = 16_000
-    estimator: str = "snipw"
 
 
 class VerdictOut(Strict):

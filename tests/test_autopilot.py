@@ -76,7 +76,6 @@ def test_a_look_does_not_change_with_later_traffic() -> None:
         ({"alpha": 0.0}, "alpha"),
         ({"min_impressions": 5}, "min_impressions"),
         ({"min_impressions": 500, "max_impressions": 100}, "max_impressions"),
-        ({"estimator": "nope"}, "estimator"),
     ],
 )
 def test_bad_gate_settings_are_refused(kw: dict, word: str) -> None:
