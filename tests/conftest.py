@@ -35,7 +35,6 @@ CI_SLOW = {
     "tests/test_serve_fuzz.py::test_schemathesis_finds_no_server_error": "40 s",
     # issues 16 and 17
     "tests/test_serve_crash.py::test_replicas_and_learner_kill_9_under_load": "18 s",
-    "tests/test_autopilot.py::test_the_gate_keeps_its_stated_risk_and_finds_a_better_line": "20 s",
 }
 
 

@@ -11,55 +11,25 @@ pytest.importorskip("fastapi")
 
 from test_serve import Harness, h  # noqa: F401  (the fixture)
 
-from copyloop.ope.data import BanditFeedback
+from copyloop.experiments.autopilot_gate import procedure, synthetic_log
 from copyloop.serve.autopilot import GateSettings, Verdict, judge_rows, run_once
 
 SETTINGS = GateSettings(alpha=0.05, min_impressions=200, max_impressions=1600)
 
 
-def _log(seed: int, p_candidate: float, n: int = 12_000, share: float = 0.15) -> BanditFeedback:
-    """A logged campaign: 4 active variants at CTR 5 % served with 1 - share, one candidate
-    (slot 4) served with ``share`` at ``p_candidate``; the log's propensities are exact."""
-    rng = np.random.default_rng(seed)
-    k = 5
-    probs = np.array([(1 - share) / (k - 1)] * (k - 1) + [share])
-    action = rng.choice(k, size=n, p=probs)
-    ctr = np.array([0.05] * (k - 1) + [p_candidate])
-    return BanditFeedback(
-        context=rng.normal(size=(n, 2)),
-        mask=np.ones((n, k), bool),
-        action=action,
-        reward=(rng.random(n) < ctr[action]).astype(np.float64),
-        pscore=probs[action],
-        logging_probs=np.tile(probs, (n, 1)),
-        variant=np.tile(np.arange(k), (n, 1)),
-    )
-
-
-def _procedure(data: BanditFeedback) -> str:
-    """What the autopilot ends with: each look in turn on the rows up to it, until a verdict."""
-    shown = np.flatnonzero(data.action == 4)
-    for m in SETTINGS.looks:
-        v = judge_rows(data.take(np.arange(shown[m - 1] + 1)), "c", "new", 4, SETTINGS)
-        if v.action != "wait":
-            return v.action
-    return "wait"
-
-
-@pytest.mark.slow
 def test_the_gate_keeps_its_stated_risk_and_finds_a_better_line() -> None:
     """40 seeded campaigns whose candidate is exactly as good as the incumbent (5 % vs the
     incumbent's 5 %): promoted in at most 6 (alpha = 5 %: 2 expected; P(Binom(40, .05) >= 7)
     = 0.003). 20 campaigns whose candidate doubles the CTR: promoted in at least 16."""
-    null = [_procedure(_log(seed, 0.05)) for seed in range(40)]
+    null = [procedure(synthetic_log(seed, 0.05), SETTINGS) for seed in range(40)]
     assert null.count("promote") <= 6, null
     assert "wait" not in null  # the last look always decides
-    better = [_procedure(_log(1000 + seed, 0.10)) for seed in range(20)]
+    better = [procedure(synthetic_log(1000 + seed, 0.10), SETTINGS) for seed in range(20)]
     assert better.count("promote") >= 16, better
 
 
 def test_a_look_does_not_change_with_later_traffic() -> None:
-    data = _log(7, 0.08)
+    data = synthetic_log(7, 0.08)
     shown = np.flatnonzero(data.action == 4)
     first = judge_rows(data.take(np.arange(shown[250])), "c", "new", 4, SETTINGS)  # look 0 only
     more = judge_rows(data.take(np.arange(shown[390])), "c", "new", 4, SETTINGS)  # still look 0
