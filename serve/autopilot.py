@@ -3,8 +3,8 @@
 A campaign's candidates are served through its exploration slice (``explore_share``), and the
 campaign's agent learns their features from those rows. At fixed *looks* — when a candidate
 has been served ``min_impressions · 2^k`` times, up to ``max_impressions`` — the OPE gate
-compares, on the rows logged up to that impression (so a look's verdict never changes with
-later traffic):
+compares, on the rows logged up to that impression — each look is judged once, and its verdict
+kept in the store, so neither later traffic nor a later model can re-try it:
 
 * the candidate policy: the campaign's agent as it is now, choosing among the active variants
   *and* this candidate, against
@@ -25,6 +25,7 @@ the admin API, which records them with their numbers in the audit log.
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from collections.abc import Callable
@@ -137,9 +138,11 @@ def judge_campaign(
         trial = {index[v] for v in cfg.candidates if v in index}
 
         def targets(rows: Any, j: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+            # the gate's IPW terms are zero on rows with reward 0 whatever the policies do:
+            # the agent decides only on the rewarded rows (a few % of them for clicks)
             cand = np.zeros(rows.mask.shape)
             inc = np.zeros(rows.mask.shape)
-            for r in range(rows.n_rows):
+            for r in np.flatnonzero(rows.reward != 0).tolist():
                 slots = np.flatnonzero(rows.mask[r])
                 var = rows.variant[r, slots]
                 keep = [s for s, v in zip(slots, var, strict=True) if v not in trial]
@@ -154,8 +157,28 @@ def judge_campaign(
             return cand, inc
 
         for vid in cfg.candidates:
-            out.append(judge_rows(data, campaign_id, vid, index.get(vid), settings, targets))
+            j = index.get(vid)
+            look = look_of(data, j, settings)
+            key = f"gate:{campaign_id}:{vid}:{look}:{settings.alpha}:{settings.looks}"
+            done = svc.store.get_meta(key) if look is not None else None
+            if done is not None:  # each look is judged once (a later model must not re-try it)
+                out.append(Verdict(**json.loads(done)))
+                continue
+            v = judge_rows(data, campaign_id, vid, j, settings, targets)
+            if look is not None:
+                svc.store.set_meta(key, json.dumps(asdict(v)).encode()).result()
+            out.append(v)
     return out
+
+
+def look_of(data: Any, j: int | None, settings: GateSettings) -> int | None:
+    """The last look candidate ``j``'s impressions in ``data`` have reached (None: none)."""
+    if j is None or data.variant is None:
+        return None
+    offered = np.flatnonzero((data.variant == j).any(axis=1))
+    n = int((data.variant[offered, data.action[offered]] == j).sum())
+    reached = [k for k, m in enumerate(settings.looks) if n >= m]
+    return reached[-1] if reached else None
 
 
 Targets = Callable[[Any, int], tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]
