@@ -49,6 +49,9 @@ class TrafficConfig:
         replicas: more base URLs of the same service (API replicas on one store): request
             ``i`` ranks on URL ``i mod R`` and posts its reward to the next URL, so every
             reward lands on another replica than its decision.
+        extra_copy: copy the service may serve that is not in the market's catalog (new lines
+            on trial), ``{variant_id: (campaign_id, text)}``: the world scores it for each
+            request's user (``ctr_of_texts``), so clicks and the served CTR cover it too.
     """
 
     url: str
@@ -62,6 +65,7 @@ class TrafficConfig:
     campaigns: tuple[str, ...] | None = None
     timeout_s: float = 10.0
     replicas: tuple[str, ...] = ()
+    extra_copy: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for u in (self.url, *self.replicas):
@@ -159,6 +163,32 @@ class _World:
             for k, v in enumerate(cat.slots[c]):
                 if v >= 0:
                     self.slot_of[vid[v]] = (c, k)
+        # copy outside the catalog: its true CTR for each request of its campaign
+        self.extra: dict[str, npt.NDArray[np.float32]] = {}
+        by_campaign: dict[str, list[tuple[str, str]]] = {}
+        for v, (c, text) in cfg.extra_copy.items():
+            if c not in ids:
+                raise ValueError(f"`extra_copy` {v!r}: campaign {c!r} is not in the market")
+            by_campaign.setdefault(c, []).append((v, text))
+        camp_arr = np.asarray(camps)
+        for c, lines in by_campaign.items():
+            rows_c = np.flatnonzero(camp_arr == ids.index(c))
+            ctr = np.full((cfg.requests, len(lines)), np.nan, np.float32)
+            if rows_c.size:
+                texts = [t for _, t in lines]
+                ctr[rows_c] = market.world.ctr_of_texts(texts, ids.index(c), self.users[rows_c])
+            for m, (v, _) in enumerate(lines):
+                self.extra[v] = ctr[:, m]
+
+    def true_ctr(self, i: int, variant_id: str) -> float | None:
+        """The world's CTR of ``variant_id`` for request ``i`` (None: unknown copy)."""
+        slot = self.slot_of.get(variant_id)
+        if slot is not None:
+            return float(self.ctr[i, slot[1]])
+        extra = self.extra.get(variant_id)
+        if extra is None or np.isnan(extra[i]):
+            return None
+        return float(extra[i])
 
     def body(self, i: int) -> bytes:
         # the user's population index as user_id: the exported log can be judged by the world
@@ -177,7 +207,7 @@ async def _replay(
     import aiohttp
 
     n = cfg.requests
-    served = np.full(n, -1, np.int64)  # slot of the served variant
+    served = np.full(n, np.nan)  # the world's CTR of the served variant for the request
     clicked = np.zeros(n, bool)
     rank_ms = np.full(n, np.nan)
     reward_ms: list[float] = []
@@ -228,13 +258,12 @@ async def _replay(
                 continue
             rank_ms[i] = (time.perf_counter() - t0) * 1e3
             out = json.loads(raw)
-            slot = world.slot_of.get(out["variant_id"])
-            if slot is None:
-                fail("rank: variant not in the market")
+            p_click = world.true_ctr(i, out["variant_id"])
+            if p_click is None:
+                fail("rank: variant not in the market (nor in extra_copy)")
                 continue
-            k = slot[1]
-            served[i] = k
-            click = bool(world.uniform[i] < world.ctr[i, k])
+            served[i] = p_click
+            click = bool(world.uniform[i] < p_click)
             clicked[i] = click
             if cfg.reward_delay_s:
                 task = asyncio.create_task(post_reward(s_reward, out["event_id"], float(click)))
@@ -346,10 +375,11 @@ def run_traffic(
         res = uvloop.run(_replay(cfg, world, tick))
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
         res = asyncio.run(_replay(cfg, world, tick))
-    served, ok = res["served"], res["served"] >= 0
+    served = res["served"]
+    ok = ~np.isnan(served)
     idx = np.flatnonzero(ok)
     ctr, mask = world.ctr.astype(np.float64), world.mask
-    got = ctr[idx, served[idx]]
+    got = served[idx]
     uni = (ctr * mask).sum(axis=1)[idx] / mask.sum(axis=1)[idx]
     best = np.where(mask, ctr, -np.inf).max(axis=1)[idx]
     window = cfg.window or max(1, cfg.requests // 20)
