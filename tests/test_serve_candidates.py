@@ -168,3 +168,29 @@ def test_rollback_restores_the_variant_set_and_its_snapshot(h: Harness, tmp_path
     # unknown versions
     r = h.client.post("/v1/admin/campaigns/c1/rollback", json={"variant_set": 99}, headers=h.admin)
     assert r.status_code == 404 and "no variant set 99" in r.text
+
+
+def test_traffic_scores_copy_outside_the_catalog_as_the_world_does(market) -> None:  # type: ignore[no-untyped-def]
+    """``extra_copy``: lines the service may serve that the catalog lacks are scored by the
+    world's ``ctr_of_texts`` for each request's user — for the catalog's own texts, exactly
+    the catalog's CTRs."""
+    from copyloop.serve.traffic import TrafficConfig, _World
+
+    cat = market.catalog
+    c = 2
+    vids = [cat.variant_ids[v] for v in cat.slots[c] if v >= 0]
+    texts = [cat.variants.texts[v] for v in cat.slots[c] if v >= 0]
+    cid = cat.campaign_ids[c]
+    extra = {f"x{k}": (cid, t) for k, t in enumerate(texts)}
+    cfg = TrafficConfig(url="http://127.0.0.1:1", key="k", requests=400, seed=3, extra_copy=extra)
+    w = _World(market, cfg)
+    rows = [i for i in range(400) if w.campaign_ids[i] == cid]
+    assert rows
+    for i in rows:
+        for k, v in enumerate(vids):
+            assert w.true_ctr(i, f"x{k}") == pytest.approx(w.true_ctr(i, v), abs=1e-7)
+    other = next(i for i in range(400) if w.campaign_ids[i] != cid)
+    assert w.true_ctr(other, "x0") is None  # another campaign's request: not its copy
+    assert w.true_ctr(rows[0], "nope") is None
+    with pytest.raises(ValueError, match="not in the market"):
+        _World(market, TrafficConfig(url="http://x", key="k", extra_copy={"y": ("zz", "t")}))
