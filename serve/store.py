@@ -517,22 +517,37 @@ class SQLiteStore:
             raise ValueError(f"`max_batch` must be >= 1, got {max_batch}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.max_batch = max_batch
         self._synchronous = synchronous
+        self._start(max_batch)
+
+    _BEGIN = "BEGIN IMMEDIATE"
+    """How a write transaction starts (SQLite takes the write lock at once)."""
+    _LOCK = ""
+    """Appended to a read of the decision a write depends on (row lock where there are rows
+    locks: PostgreSQL's ``FOR UPDATE``; SQLite's single writer serialises anyway)."""
+    _BUCKET = "CAST(ts / ? AS INTEGER)"
+    """A time bucket's index (truncation toward zero; ts > 0)."""
+
+    def _start(self, max_batch: int) -> None:
+        """The state every backend shares: tables, join watermark, the writer thread."""
+        self.max_batch = max_batch
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[Any] = []
         self._readers_lock = threading.Lock()
         self._stats = GroupCommitStats()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         conn = self._connect()
-        conn.executescript(_SCHEMA)
+        self._create_tables(conn)
         (self._join_seq,) = conn.execute(
             "SELECT coalesce(max(join_seq), 0) FROM decisions"
         ).fetchone()
         self._writer_conn = conn
         self._thread = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._thread.start()
+
+    def _create_tables(self, conn: Any) -> None:
+        conn.executescript(_SCHEMA)
 
     # ---- connections ----------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -621,16 +636,15 @@ class SQLiteStore:
             else:
                 fut.set_exception(value)
 
-    @staticmethod
     def _apply(
-        conn: sqlite3.Connection, batch: list[tuple[_Op, Future[Any]]], *, isolate: bool
+        self, conn: sqlite3.Connection, batch: list[tuple[_Op, Future[Any]]], *, isolate: bool
     ) -> list[tuple[bool, Any]] | None:
         """Run the batch's writes in one open transaction. Without ``isolate`` (the common
         case: no write fails) there is no per-write savepoint; the first failure rolls the
         transaction back and returns None. With it, a savepoint per write keeps one failing
         write from undoing its batch-mates."""
         results: list[tuple[bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(self._BEGIN)
         for op, _ in batch:
             if not isolate:
                 try:
@@ -688,14 +702,15 @@ class SQLiteStore:
     ) -> Future[RewardOutcome]:
         def op(c: sqlite3.Connection) -> RewardOutcome:
             d = c.execute(
-                "SELECT closes_at, joined FROM decisions WHERE event_id=?", (event_id,)
+                "SELECT closes_at, joined FROM decisions WHERE event_id=?" + self._LOCK,
+                (event_id,),
             ).fetchone()
             if d is None:
                 return RewardOutcome("unknown_event")
             late = received > d[0] or (bool(d[1]) and not _joined_by_first(c, event_id))
             cur = c.execute(
-                "INSERT OR IGNORE INTO rewards (event_id, reward_id, value, ts, late) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO rewards (event_id, reward_id, value, ts, late) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (event_id, reward_id, value, received, int(late)),
             )
             if cur.rowcount == 0:
@@ -713,7 +728,9 @@ class SQLiteStore:
 
     def activate(self, event_id: str) -> Future[Literal["ok", "unknown_event", "joined"]]:
         def op(c: sqlite3.Connection) -> Literal["ok", "unknown_event", "joined"]:
-            d = c.execute("SELECT joined FROM decisions WHERE event_id=?", (event_id,)).fetchone()
+            d = c.execute(
+                "SELECT joined FROM decisions WHERE event_id=?" + self._LOCK, (event_id,)
+            ).fetchone()
             if d is None:
                 return "unknown_event"
             if d[0]:
@@ -889,7 +906,11 @@ class SQLiteStore:
         """Store a service-wide value (the featurizer the copy is featurized with)."""
 
         def op(c: sqlite3.Connection) -> None:
-            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                (key, value),
+            )
             _audit(c, "service", "meta.set", {"key": key, "bytes": len(value)})
 
         return self._submit(op)
@@ -973,8 +994,8 @@ class SQLiteStore:
         rows = (
             self._reader()
             .execute(
-                "SELECT CAST(ts / ? AS INTEGER) AS b, action, count(*), coalesce(sum(joined), 0),"
-                " coalesce(sum(CASE WHEN joined THEN reward END), 0.0) FROM decisions "
+                f"SELECT {self._BUCKET} AS b, action, count(*), coalesce(sum(joined), 0),"
+                " coalesce(sum(CASE WHEN joined=1 THEN reward END), 0.0) FROM decisions "
                 "WHERE campaign_id=? AND ts>=? GROUP BY b, action ORDER BY b, action",
                 (bucket_s, campaign_id, since),
             )
@@ -1038,7 +1059,8 @@ class SQLiteStore:
         conn = self._reader()
         d = conn.execute(
             "SELECT count(*), coalesce(sum(joined),0), coalesce(sum(learned),0), "
-            "coalesce(sum(reward_source='default'),0), avg(CASE WHEN joined THEN reward END), "
+            "coalesce(sum(CASE WHEN reward_source='default' THEN 1 ELSE 0 END),0), "
+            "avg(CASE WHEN joined=1 THEN reward END), "
             "min(CASE WHEN joined=0 THEN ts END) FROM decisions WHERE campaign_id=?",
             (campaign_id,),
         ).fetchone()
