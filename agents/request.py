@@ -142,19 +142,21 @@ the max error against a 2²⁰-point reference is the whole bank's (0.007 / 0.00
 the rest."""
 
 
-_SQRT_2_OVER_PI = 0.7978845608028654
+_PAGE = np.float32(0.044715 * math.pi / 2)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-def _norm_cdf(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """Φ(x), in place, to within 1.8e-4 (Page's tanh form; ~4x cheaper than ``ndtr``)."""
-    y = x * x
-    y *= np.float32(0.044715 * _SQRT_2_OVER_PI)
-    y += np.float32(_SQRT_2_OVER_PI)
-    y *= x
-    np.tanh(y, out=y)
-    y += np.float32(1.0)
-    y *= np.float32(0.5)
-    return y
+def _norm_sf(y: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """1 − Φ(x) from ``y = √(2/π)·x``, in place of ``y``'s copy, to within 1.8e-4 (Page's
+    tanh form, Φ(x) ≈ ½(1 + tanh(y + 0.044715·π/2·y³)); ~4x cheaper than ``ndtr``)."""
+    t = y * y
+    t *= _PAGE
+    t += np.float32(1.0)
+    t *= y
+    np.tanh(t, out=t)
+    t *= np.float32(-0.5)
+    t += np.float32(0.5)
+    return t
 
 
 def gaussian_win_probs(
@@ -168,7 +170,7 @@ def gaussian_win_probs(
     wins with probability ``Φ((μ_c(z) − M(z)) / σ_c)``, M the others' best, and the others'
     best wins otherwise — one coordinate integrated exactly (Rao-Blackwellisation), which turns
     the counting of a discontinuous indicator into a smooth average and needs ~4x fewer points
-    for the same error. Φ is :func:`_norm_cdf` (within 1.8e-4). The bank's first points
+    for the same error. 1 − Φ is :func:`_norm_sf` (within 1.8e-4). The bank's first points
     decide whether the rest is needed (:data:`FIRST_PASS`, :data:`SPLIT_TOLERANCE`). A
     covariance with no independent part left for that candidate (e.g. two identical
     candidates) is counted over :data:`FALLBACK_DRAWS` plain points instead.
@@ -177,9 +179,10 @@ def gaussian_win_probs(
     if k == 1:
         return np.ones(1)
     mean = np.asarray(mean, np.float64)
-    by_mean = (-mean).argsort(kind="stable")  # the others by mean (the bank's best
-    order = np.concatenate((by_mean[1:], by_mean[:1]))  # coordinates first), the leader last
-    c = np.asarray(cov, np.float64)[order[:, None], order]
+    order = _leader_last(mean)
+    # Σ is symmetric: its permuted transpose is Fortran-ordered, which LAPACK factors in place
+    # (a C-ordered one would be copied first); the lower factor comes back in the same array
+    c = np.asarray(cov, np.float64).take(order, 0).take(order, 1).T
     var_last = float(c[k - 1, k - 1])
     chol, info = _potrf(c, lower=1, clean=1, overwrite_a=1)  # LAPACK, without the wrappers
     if info != 0:  # PSD but singular (e.g. identical candidates)
@@ -187,40 +190,51 @@ def gaussian_win_probs(
     sigma = float(chol[k - 1, k - 1])
     if not sigma * sigma > 1e-6 * var_last:  # nothing of its own left to integrate
         return _counted_win_probs(mean, cov)
-    chol[:, k - 1] = mean[order]  # [L | m] against [z; 1]: the scores in one product
+    chol[:, k - 1] = mean.take(order)  # [L | m] against [z; 1]: the scores in one product
+    chol *= _SQRT_2_OVER_PI / sigma  # the scale Φ's argument needs (the argmax keeps)
     weights = chol.astype(np.float32)
     first, rest = _augmented_banks(k, n)
-    inv_sigma = np.float32(1.0 / sigma)
-    wins = _smoothed_wins(weights, first, inv_sigma)
-    others = wins[: k - 1]
-    if others.sum() - others.max() > SPLIT_TOLERANCE * first.shape[1]:
-        wins += _smoothed_wins(weights, rest, inv_sigma)
+    wins = _smoothed_wins(weights, first)
+    ps = wins.tolist()
+    others = ps[: k - 1]
+    if sum(others) - max(others) > SPLIT_TOLERANCE * first.shape[1]:
+        wins += _smoothed_wins(weights, rest)
+        ps = wins.tolist()
+    total = sum(ps)
     probs = np.empty(k)
-    probs[order] = wins
-    return probs / probs.sum()
+    probs[order] = [p / total for p in ps]
+    return probs
+
+
+def _leader_last(mean: npt.NDArray[np.floating]) -> npt.NDArray[np.intp]:
+    """The candidates by decreasing mean (ties in request order), the leader moved last: the
+    others take the bank's best coordinates first, the leader's is integrated in closed form."""
+    ms = mean.tolist()
+    by_mean = sorted(range(len(ms)), key=ms.__getitem__, reverse=True)  # stable, as argsort
+    by_mean.append(by_mean.pop(0))
+    return np.array(by_mean, np.intp)
 
 
 def _smoothed_wins(
-    weights: npt.NDArray[np.float32], bank: npt.NDArray[np.float32], inv_sigma: np.float32
+    weights: npt.NDArray[np.float32], bank: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float64]:
     """Summed win probabilities over ``bank``'s points, (k,), in the Cholesky order: the last
-    candidate's given the others (Φ), the others' best's otherwise."""
+    candidate's given the others (Φ), the others' best's otherwise. ``weights`` come scaled by
+    √(2/π)/σ (see :func:`_norm_sf`), which leaves the argmax as it is."""
     k, n = bank.shape
     s = weights @ bank  # (k, n): the others' scores, and the last one's conditional mean
     others = s[: k - 1]
     best = others.max(axis=0)
     d = s[k - 1]
     d -= best
-    d *= inv_sigma
-    last_wins = _norm_cdf(d)  # P(last candidate wins | the others' scores)
+    lose = _norm_sf(d)  # P(the others' best wins | the others' scores) = 1 − Φ
     top = others == best
-    if np.count_nonzero(top) == n:
-        rest = top.astype(np.float32) @ (np.float32(1.0) - last_wins)
-    else:  # ties among the others split evenly within a point
-        rest = (top / top.sum(axis=0, dtype=np.float32)) @ (np.float32(1.0) - last_wins)
     out = np.empty(k)
-    out[: k - 1] = rest
-    out[k - 1] = last_wins.sum(dtype=np.float64)
+    if np.count_nonzero(top) == n:
+        out[: k - 1] = top.astype(np.float32) @ lose
+    else:  # ties among the others split evenly within a point
+        out[: k - 1] = (top / top.sum(axis=0, dtype=np.float32)) @ lose
+    out[k - 1] = n - float(lose.sum())
     return out
 
 

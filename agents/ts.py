@@ -888,6 +888,23 @@ class _Serving:
             self.age += xs.shape[0]
 
 
+_LAST_C1: tuple[npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None] = (None, None)
+
+
+def _request_c1(cand: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``[1, c]`` of a request's candidates; the store hands out one read-only array per
+    candidate list, so the last one's is kept (one tuple, swapped whole: thread-safe)."""
+    global _LAST_C1
+    last, c1 = _LAST_C1
+    if last is cand and c1 is not None:
+        return c1
+    c1 = _with_one(cand)
+    if not cand.flags.writeable:
+        c1.setflags(write=False)
+        _LAST_C1 = (cand, c1)
+    return c1
+
+
 def _request_moments(
     pol: _GaussianHeadTS,
     serving: Callable[[int], _Serving],
@@ -903,7 +920,7 @@ def _request_moments(
     With φ = [1, u] ⊗ [1, c] the covariance is C₁ M C₁ᵀ where M (dc+1, dc+1) contracts Σ with
     [1, u] on both user indices: one pass over Σ, O(d²), then K×K work.
     """
-    c1 = _with_one(cand)  # (K, dc1)
+    c1 = _request_c1(cand)  # (K, dc1)
     dc1 = c1.shape[1]
     if pol.features == "candidate":
         srv = serving(dc1)
