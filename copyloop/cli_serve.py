@@ -17,15 +17,17 @@ serve_app = typer.Typer(
 )
 keys_app = typer.Typer(help="API keys of the service.", no_args_is_help=True)
 
-StoreOpt = Annotated[str, typer.Option(help="Store URL: sqlite:///path.db.")]
+StoreOpt = Annotated[
+    str, typer.Option(help="Store URL: sqlite:///path.db or postgresql://user@host:port/db.")
+]
 
 
-def _sqlite(store: str) -> Any:
+def _open_store(store: str) -> Any:
     try:
-        from copyloop.serve.store import SQLiteStore, parse_store_url
+        from copyloop.serve.store import open_store
     except ImportError as e:
         raise ValueError(f"{e} (pip install 'copyloop[serve]')") from None
-    return SQLiteStore(parse_store_url(store))
+    return open_store(store)
 
 
 def register_market(store: Any, m: Any, agent: str = "linear_ts", seed: int = 0) -> int:
@@ -139,7 +141,7 @@ def _featurizer(store: str, config: Path | None, demo: bool) -> tuple[Any, Any]:
     loads only when an admin adds copy)."""
     from copyloop.serve.store import featurizer_bytes, featurizer_from_bytes
 
-    st = _sqlite(store)
+    st = _open_store(store)
     try:
         blob = st.get_meta("featurizer")
         m = None
@@ -167,7 +169,7 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Write the store's joined decisions as a DecisionLog that `copyloop ope` reads."""
-    st = _sqlite(store)
+    st = _open_store(store)
     try:
         s = st.export_log(out, campaign_id=campaign)
     finally:
@@ -198,7 +200,7 @@ def keys_create(
 
     if scope not in SCOPES:
         raise ValueError(f"`scope` must be one of {list(SCOPES)}, got {scope!r}")
-    st = _sqlite(store)
+    st = _open_store(store)
     try:
         key = st.create_key(scope, "cli").result()
     finally:

@@ -21,3 +21,11 @@ pip_quiet .venv/bin/python -m pip install -q --no-deps --no-build-isolation --ta
 rm -rf build
 if [ "$#" -eq 0 ]; then set -- -m "not slow or ci_slow"; fi
 .venv/bin/python -m pytest -q "$@"
+# The service's suites once more on PostgreSQL, when a cluster is given (.ci/run starts one with
+# scripts/pg.sh): the same tests, every store a fresh database.
+if [ -n "${COPYLOOP_TEST_PG_URL:-}" ]; then
+  echo "== the serve suites on PostgreSQL ($COPYLOOP_TEST_PG_URL)"
+  .venv/bin/python -m pytest -q -m "not slow or ci_slow" tests/test_serve.py \
+    tests/test_serve_replicas.py tests/test_serve_candidates.py tests/test_autopilot.py \
+    tests/test_serve_crash.py
+fi

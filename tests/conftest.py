@@ -74,3 +74,53 @@ def market(small_config):
     from copyloop.envs import Market
 
     return Market.get(small_config)
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_databases():
+    """The PostgreSQL run of the serve suites (COPYLOOP_TEST_PG_URL): drop the databases a test
+    created (``test_serve.store_url``) when it ends."""
+    yield
+    url = os.environ.get("COPYLOOP_TEST_PG_URL")
+    if not url:
+        return
+    import sys
+
+    mod = sys.modules.get("test_serve")
+    names = getattr(mod, "PG_DATABASES", set())
+    if not names:
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as c:
+        for name in sorted(names):
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    names.clear()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path):
+    """A fresh, empty store's URL: a SQLite file, or a database of its own on the PostgreSQL
+    server at ``COPYLOOP_TEST_PG_URL`` (dropped after the test). Without that server the
+    postgres case skips — and fails under ``COPYLOOP_REQUIRE_PG=1`` (CI)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    base = os.environ.get("COPYLOOP_TEST_PG_URL", "")
+    if not base:
+        reason = "COPYLOOP_TEST_PG_URL is unset (bash scripts/pg.sh start prints one)"
+        if os.environ.get("COPYLOOP_REQUIRE_PG") == "1":
+            pytest.fail(f"COPYLOOP_REQUIRE_PG=1 but {reason}")
+        pytest.skip(reason)
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(base, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{base.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

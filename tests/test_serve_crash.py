@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 import httpx
+from test_serve import raw_sql, store_url
 
 from copyloop.serve.client import APIError, AsyncClient, Client
 
@@ -77,7 +77,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"sqlite:///{self.db}"
+        return store_url(self.db)
 
     @property
     def base(self) -> str:
@@ -94,6 +94,8 @@ class Server:
                     self.role,
                     "--store",
                     self.url,
+                    "--snapshot-dir",
+                    str(self.db.with_name(self.db.name + ".snapshots")),
                     "--port",
                     str(self.port),
                     "--learn-interval",
@@ -192,9 +194,9 @@ def _load(
 def _check_store(db: Path, ledger: Ledger) -> int:
     """Every acknowledged decision (its served variant and propensity) and every acknowledged
     reward is in the store; returns the decisions checked."""
-    from copyloop.serve.store import SQLiteStore
+    from copyloop.serve.store import open_store
 
-    store = SQLiteStore(db)
+    store = open_store(store_url(db))
     try:
         missing = []
         wrong = []
@@ -223,7 +225,7 @@ def _check_store(db: Path, ledger: Ledger) -> int:
 
 @pytest.fixture
 def keys(tmp_path: Path) -> tuple[str, str]:
-    url = f"sqlite:///{tmp_path / 's.db'}"
+    url = store_url(tmp_path / "s.db")
     return _key(url, "admin"), _key(url, "client")
 
 
@@ -522,19 +524,16 @@ def test_replicas_and_learner_kill_9_under_load(tmp_path: Path, keys: tuple[str,
         assert len(ledger.decisions) >= 100, "too little load reached the replicas"
         _check_store(db, ledger)
         # the restarted learner joins every rewarded decision (earliest: at the first reward)
-        con = sqlite3.connect(db)
-        try:
-            deadline = time.perf_counter() + 30.0
-            while True:
-                open_, total, distinct = con.execute(
-                    "SELECT sum(has_reward=1 AND joined=0), count(*), count(DISTINCT event_id) "
-                    "FROM decisions"
-                ).fetchone()
-                if open_ == 0 or time.perf_counter() > deadline:
-                    break
-                time.sleep(0.2)
-        finally:
-            con.close()
+        deadline = time.perf_counter() + 30.0
+        while True:
+            ((open_, total, distinct),) = raw_sql(
+                learner.url,
+                "SELECT sum(CASE WHEN has_reward=1 AND joined=0 THEN 1 ELSE 0 END), count(*), "
+                "count(DISTINCT event_id) FROM decisions",
+            )
+            if open_ == 0 or time.perf_counter() > deadline:
+                break
+            time.sleep(0.2)
         assert open_ == 0, f"{open_} rewarded decisions not joined 30 s after the load"
         assert total == distinct >= len(ledger.decisions)
         # the replica that lived through both kills serves the restarted learner's snapshots
