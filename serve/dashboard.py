@@ -136,7 +136,7 @@ def render(
     ]
     snaps = store.snapshots(rt.model.model_id)[-10:][::-1]
     env = Environment(autoescape=True)
-    template = files("copyloop.serve").joinpath("templates/dashboard.html").read_text()
+    template = files("copyloop.serve").joinpath("dashboard.html").read_text()
     return env.from_string(template).render(
         campaign=campaign_id,
         campaigns=list(svc.runtimes),

@@ -166,17 +166,17 @@ class _World:
         # copy outside the catalog: its true CTR for each request of its campaign
         self.extra: dict[str, npt.NDArray[np.float32]] = {}
         by_campaign: dict[str, list[tuple[str, str]]] = {}
-        for v, (c, text) in cfg.extra_copy.items():
-            if c not in ids:
-                raise ValueError(f"`extra_copy` {v!r}: campaign {c!r} is not in the market")
-            by_campaign.setdefault(c, []).append((v, text))
+        for vid_x, (cid, text) in cfg.extra_copy.items():
+            if cid not in ids:
+                raise ValueError(f"`extra_copy` {vid_x!r}: campaign {cid!r} is not in the market")
+            by_campaign.setdefault(cid, []).append((vid_x, text))
         camp_arr = np.asarray(camps)
-        for c, lines in by_campaign.items():
-            rows_c = np.flatnonzero(camp_arr == ids.index(c))
+        for cid, lines in by_campaign.items():
+            rows_c = np.flatnonzero(camp_arr == ids.index(cid))
             ctr = np.full((cfg.requests, len(lines)), np.nan, np.float32)
             if rows_c.size:
                 texts = [t for _, t in lines]
-                ctr[rows_c] = market.world.ctr_of_texts(texts, ids.index(c), self.users[rows_c])
+                ctr[rows_c] = market.world.ctr_of_texts(texts, ids.index(cid), self.users[rows_c])
             for m, (v, _) in enumerate(lines):
                 self.extra[v] = ctr[:, m]
 
