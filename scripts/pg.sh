@@ -3,6 +3,7 @@
 #
 #   bash scripts/pg.sh start    # init (once) and start; prints the URL
 #   bash scripts/pg.sh url      # the URL of the running cluster
+#   bash scripts/pg.sh status   # running or not (exit status 0 / 3)
 #   bash scripts/pg.sh stop     # stop the cluster this script started (its data folder stays)
 #
 # initdb refuses to run as root, so as root the cluster belongs to the `postgres` user, in a
@@ -45,11 +46,19 @@ case "${1:-}" in
     echo "$URL"
     ;;
   url) echo "$URL" ;;
+  status)
+    B=$(bin)
+    if [ -f "$DIR/data/PG_VERSION" ] && as_owner "$B/pg_ctl -D $DIR/data status" >/dev/null 2>&1; then
+      echo "running: $URL (data in $DIR)"
+    else
+      echo "stopped"; exit 3
+    fi
+    ;;
   stop)
     B=$(bin)
     if [ -f "$DIR/data/PG_VERSION" ] && as_owner "$B/pg_ctl -D $DIR/data status" >/dev/null 2>&1; then
       as_owner "$B/pg_ctl -D $DIR/data -m fast -w stop" >/dev/null
     fi
     ;;
-  *) echo "usage: bash scripts/pg.sh start|url|stop" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/pg.sh start|url|status|stop" >&2; exit 2 ;;
 esac

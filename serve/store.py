@@ -19,6 +19,7 @@ import hmac
 import json
 import os
 import queue
+import random
 import secrets
 import sqlite3
 import sys
@@ -527,6 +528,13 @@ class SQLiteStore:
     locks: PostgreSQL's ``FOR UPDATE``; SQLite's single writer serialises anyway)."""
     _BUCKET = "CAST(ts / ? AS INTEGER)"
     """A time bucket's index (truncation toward zero; ts > 0)."""
+    _RETRIES = 5
+    """Times a batch is rerun after a transient failure (:meth:`_transient`)."""
+
+    def _transient(self, e: BaseException) -> bool:
+        """Whether rerunning the whole batch may succeed (a deadlock between the row locks of
+        two processes' batches; SQLite has one writer, so never)."""
+        return False
 
     def _start(self, max_batch: int) -> None:
         """The state every backend shares: tables, join watermark, the writer thread."""
@@ -613,18 +621,25 @@ class SQLiteStore:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[tuple[_Op, Future[Any]]]) -> None:
         t0 = time.perf_counter()
-        try:
-            results = self._apply(conn, batch, isolate=False)
-            if results is None:  # a write failed: redo the batch, each write in a savepoint
-                results = self._apply(conn, batch, isolate=True)
-            assert results is not None
-            conn.execute("COMMIT")
-        except Exception as e:  # the commit itself failed: nothing of the batch is durable
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            for _, fut in batch:
-                fut.set_exception(e)
-            return
+        results: list[tuple[bool, Any]] = []
+        for attempt in range(self._RETRIES + 1):
+            try:
+                applied = self._apply(conn, batch, isolate=False)
+                if applied is None:  # a write failed: redo the batch, each write in a savepoint
+                    applied = self._apply(conn, batch, isolate=True)
+                assert applied is not None
+                conn.execute("COMMIT")
+                results = applied
+                break
+            except Exception as e:  # the commit failed: nothing of the batch is durable
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if attempt < self._RETRIES and self._transient(e):
+                    time.sleep(random.uniform(0.0, 0.01 * 2**attempt))
+                    continue
+                for _, fut in batch:
+                    fut.set_exception(e)
+                return
         st = self._stats
         st.commits += 1
         st.ops += len(batch)
@@ -649,8 +664,10 @@ class SQLiteStore:
             if not isolate:
                 try:
                     results.append((True, op(conn)))
-                except Exception:
+                except Exception as e:
                     conn.execute("ROLLBACK")
+                    if self._transient(e):
+                        raise
                     return None
                 continue
             conn.execute("SAVEPOINT op")
@@ -658,6 +675,8 @@ class SQLiteStore:
                 results.append((True, op(conn)))
                 conn.execute("RELEASE op")
             except Exception as e:
+                if self._transient(e):  # the locks the batch holds are the problem: retry it
+                    raise
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
                 results.append((False, e))
@@ -871,16 +890,20 @@ class SQLiteStore:
         rows = [(j.reward, j.source, int(j.learned), j.event_id) for j in joined]
 
         def op(c: sqlite3.Connection) -> int:
-            seq = self._join_seq + 1
+            seq = self._next_join_seq(c)
             c.executemany(
                 f"UPDATE decisions SET joined=1, reward=?, reward_source=?, learned=?, "
                 f"join_seq={seq} WHERE event_id=? AND joined=0",
                 rows,
             )
-            self._join_seq = seq
             return seq
 
         return self._submit(op)
+
+    def _next_join_seq(self, c: Any) -> int:
+        """The next join sequence number (SQLite: this process is the file's only writer)."""
+        self._join_seq += 1
+        return int(self._join_seq)
 
     def record_snapshot(self, snapshot: SnapshotRecord) -> Future[None]:
         def op(c: sqlite3.Connection) -> None:

@@ -202,3 +202,10 @@ class PostgresStore(SQLiteStore):
         # the decisions, and a restarted learner continues the sequence
         (seq,) = c.execute("SELECT nextval('join_seq')").fetchone()
         return int(seq)
+
+    def _transient(self, e: BaseException) -> bool:
+        import psycopg
+
+        # two processes' batches lock decision rows in different orders; PostgreSQL aborts one
+        # (the locks it already holds stay until ROLLBACK, so the whole batch is rerun)
+        return isinstance(e, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure)
