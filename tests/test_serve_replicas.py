@@ -94,9 +94,7 @@ def test_admin_changes_reach_every_process(trio: tuple[Harness, Harness, Harness
     assert r.status_code == 200, r.text
     r = b.client.post("/v1/admin/campaigns/c1/variants/v0/retire", headers=b.admin)
     assert r.status_code == 200, r.text
-    r = b.client.patch(
-        "/v1/admin/campaigns/c1", json={"exploration_floor": 0.05}, headers=b.admin
-    )
+    r = b.client.patch("/v1/admin/campaigns/c1", json={"exploration_floor": 0.05}, headers=b.admin)
     assert r.status_code == 200, r.text
     _follow(learner, a)
     for h in (learner, a):
