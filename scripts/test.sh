@@ -25,7 +25,7 @@ if [ "$#" -eq 0 ]; then set -- -m "not slow or ci_slow"; fi
 # scripts/pg.sh): the same tests, every store a fresh database.
 if [ -n "${COPYLOOP_TEST_PG_URL:-}" ]; then
   echo "== the serve suites on PostgreSQL ($COPYLOOP_TEST_PG_URL)"
-  .venv/bin/python -m pytest -q -m "not slow or ci_slow" tests/test_serve.py \
+  COPYLOOP_SERVE_ON_PG=1 .venv/bin/python -m pytest -q -m "not slow or ci_slow" tests/test_serve.py \
     tests/test_serve_replicas.py tests/test_serve_candidates.py tests/test_autopilot.py \
     tests/test_serve_crash.py
 fi

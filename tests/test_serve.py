@@ -50,9 +50,12 @@ class Clock:
         return self.now
 
 
-PG_URL = os.environ.get("COPYLOOP_TEST_PG_URL", "")
-"""Set (``bash scripts/test.sh`` does, with the cluster of ``scripts/pg.sh``): the serve suites
-run a second time on PostgreSQL, a fresh database per store, instead of SQLite files."""
+PG_URL = (
+    os.environ.get("COPYLOOP_TEST_PG_URL", "") if os.environ.get("COPYLOOP_SERVE_ON_PG") else ""
+)
+"""With ``COPYLOOP_SERVE_ON_PG=1`` and a server in ``COPYLOOP_TEST_PG_URL`` (``scripts/test.sh``
+sets both for its second pass, on the cluster of ``scripts/pg.sh``): the serve suites run on
+PostgreSQL, a fresh database per store, instead of SQLite files."""
 
 sqlite_only = pytest.mark.skipif(bool(PG_URL), reason="reads or writes the SQLite file itself")
 
