@@ -99,6 +99,8 @@ def serve(
         return
     if not 0 < port < 65536:
         raise ValueError(f"`port` must be in 1..65535, got {port}")
+    if role not in ("all", "api", "learner"):  # before the store or the market is touched
+        raise ValueError(f"`role` must be one of all, api, learner, got {role!r}")
     if role == "api" and demo:
         raise ValueError(
             "`--demo` with `--role api`: a replica registers nothing — start the learner with "

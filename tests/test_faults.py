@@ -506,6 +506,65 @@ CASES += [
         ("r.json",),
         ("copyloop serve --demo",),
     ),
+    # `copyloop autopilot` and the service's roles: refused before anything starts
+    Case("autopilot: no key", lambda f, t: ["autopilot", "--url", _DOWN, "--key", ""], 2, "--key"),
+    Case(
+        "autopilot: no service there",
+        lambda f, t: ["autopilot", "--url", _DOWN, "--key", "k"],
+        2,
+        "no service at http://127.0.0.1:9",
+    ),
+    Case(
+        "autopilot: alpha out of range",
+        lambda f, t: ["autopilot", "--url", _DOWN, "--key", "k", "--alpha", "1.5"],
+        2,
+        "alpha",
+    ),
+    Case(
+        "autopilot: last look before the first",
+        lambda f, t: [
+            "autopilot",
+            "--url",
+            _DOWN,
+            "--key",
+            "k",
+            "--min-impressions",
+            "500",
+            "--max-impressions",
+            "100",
+        ],
+        2,
+        "--max-impressions",
+    ),
+    Case(
+        "serve: a replica with --demo",
+        lambda f, t: ["serve", "--role", "api", "--demo", "--store", f"sqlite:///{t / 's.db'}"],
+        2,
+        "a replica registers nothing",
+        ("s.db",),
+    ),
+    Case(
+        "serve: unknown role",
+        lambda f, t: ["serve", "--role", "replica", "--store", f"sqlite:///{t / 's.db'}"],
+        2,
+        "--role must be one of all, api, learner",
+        ("s.db",),
+    ),
+    Case(
+        "serve: unreachable PostgreSQL",
+        lambda f, t: [
+            "serve",
+            "export",
+            "--store",
+            "postgresql://nobody@127.0.0.1:9/x",
+            "--out",
+            str(t / "x.parquet"),
+        ],
+        2,
+        "cannot reach the PostgreSQL store",
+        ("x.parquet",),
+        ("bash scripts/pg.sh start",),
+    ),
 ]
 
 
@@ -595,8 +654,12 @@ def _big_csv(path: Path, rows: int) -> Path:
             m = min(100_000, rows - start)
             ages = rng.integers(18, 80, m)
             clicks = rng.random(m) < 0.1
-            fh.write("".join(f"{'ab'[i % 2]},{int(c)},0.5,{a}\n" for i, (c, a) in
-                             enumerate(zip(clicks, ages, strict=True))))  # fmt: skip
+            fh.write(
+                "".join(
+                    f"{'ab'[i % 2]},{int(c)},0.5,{a}\n"
+                    for i, (c, a) in enumerate(zip(clicks, ages, strict=True))
+                )
+            )
     return path
 
 
