@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         "--prompts-out", default=None, help="write the rendered prompts (JSON) for --batches; exit"
     )
     ap.add_argument(
+        "--sampler",
+        default="auto",
+        choices=["auto", "sort", "rejection"],
+        help="top-p sampler (SamplingConfig.sampler; auto: rejection on CUDA, sort on CPU)",
+    )
+    ap.add_argument(
         "--random-weights",
         action="store_true",
         help="--model is a folder with config.json + tokenizer: random weights, same architecture",
@@ -100,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             print("--compile is for CUDA (CUDA graphs); ignored on CPU", file=sys.stderr)
         else:
             lm.model.forward = torch.compile(lm.model.forward, mode="reduce-overhead")
-    cfg = SamplingConfig(max_new_tokens=args.new_tokens, ignore_eos=True)
+    cfg = SamplingConfig(max_new_tokens=args.new_tokens, ignore_eos=True, sampler=args.sampler)
+    sampler = args.sampler if args.sampler != "auto" else ("rejection" if cuda else "sort")
     rows = []
     for b in batches:
         n = min(args.n, b)
@@ -170,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(),
         "device": torch.cuda.get_device_name() if cuda else cpu_model(),
         "torch_threads": torch.get_num_threads(),
+        "sampler": sampler,
         "load_average_at_end": __import__("os").getloadavg(),
         "cpus": __import__("os").cpu_count(),
         "python": platform.python_version(),

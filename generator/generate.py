@@ -27,6 +27,8 @@ from copyloop.generator.filters import CopyFilter, FilterConfig, FilterReport, c
 from copyloop.generator.models import LoadedModel
 from copyloop.generator.prompts import CopyRequest, build_messages, render_prompt
 
+SAMPLERS = ("auto", "sort", "rejection")
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -39,6 +41,12 @@ class SamplingConfig:
         batch_size: most sequences decoded together.
         stop_at_newline: a token containing a newline ends a completion (the ad is one line).
         ignore_eos: never stop early: every row gets exactly ``max_new_tokens`` (benchmarks).
+        sampler: how a token is drawn from the nucleus. ``"sort"`` sorts each row's vocabulary
+            (the textbook top-p filter); ``"rejection"`` draws from the whole distribution and
+            rejects draws outside the nucleus, raising a pivot each time (no sort: a few passes
+            over the logits, the fast path on a GPU at large batches); both draw from the same
+            distribution, not the same tokens for a seed. ``"auto"`` (default): rejection on
+            CUDA, sort elsewhere (so CPU results stay token-for-token reproducible).
     """
 
     max_new_tokens: int = 24
@@ -47,8 +55,11 @@ class SamplingConfig:
     batch_size: int = 64
     stop_at_newline: bool = True
     ignore_eos: bool = False
+    sampler: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}")
         if not self.temperature > 0:
@@ -121,6 +132,57 @@ def _filter_top_p(logits: Any, top_p: float) -> Any:
     return torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
 
 
+def _draw_rejection(logits: Any, top_p: float, gen: Any, max_rounds: int = 64) -> Any:
+    """One token per row from the top-p nucleus of ``softmax(logits)``, without sorting.
+
+    A token is in the nucleus when the mass of the tokens strictly more probable than it is at
+    most ``top_p`` (the sort filter's rule, up to ties). Each round draws every pending row's
+    token from its distribution restricted to tokens above the row's pivot (an exponential race:
+    ``argmax p / E``, ``E ~ Exp(1)``), accepts it when it is in the nucleus, and otherwise raises
+    the pivot to its probability: every token no more probable than a rejected one is outside
+    the nucleus, so the proposal always contains the nucleus and the accepted draw is an exact
+    draw from the renormalised nucleus (rejection sampling). The first round accepts with
+    probability >= ``top_p``; rows still pending after ``max_rounds`` fall back to the sort filter.
+    """
+    import torch
+
+    probs = torch.softmax(logits, dim=-1)
+    b = probs.shape[0]
+    out = torch.empty(b, dtype=torch.long, device=probs.device)
+    rows = torch.arange(b, device=probs.device)
+    pivot = torch.zeros((b, 1), dtype=probs.dtype, device=probs.device)
+    p = probs
+    for _ in range(max_rounds):
+        prop = torch.where(p > pivot, p, 0.0)
+        race = torch.empty_like(prop).exponential_(generator=gen)
+        tok = torch.div(prop, race, out=race).argmax(-1)
+        p_tok = p.gather(1, tok[:, None])
+        above = torch.where(p > p_tok, p, 0.0).sum(-1)
+        ok = above <= top_p
+        out[rows[ok]] = tok[ok]
+        keep = ~ok
+        if not bool(keep.any()):
+            return out
+        rows, pivot, p = rows[keep], p_tok[keep], p[keep]
+    rest = torch.softmax(_filter_top_p(logits[rows], top_p), dim=-1)
+    out[rows] = torch.multinomial(rest, 1, generator=gen).squeeze(1)
+    return out
+
+
+def _draw(logits: Any, cfg: SamplingConfig, gen: Any) -> Any:
+    """One token per row (temperature, then top-p with the configured sampler)."""
+    import torch
+
+    scaled = logits / cfg.temperature
+    sampler = cfg.sampler
+    if sampler == "auto":
+        sampler = "rejection" if scaled.device.type == "cuda" else "sort"
+    if sampler == "rejection" and cfg.top_p < 1.0:
+        return _draw_rejection(scaled, cfg.top_p, gen)
+    probs = torch.softmax(_filter_top_p(scaled, cfg.top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+
+
 def sample(
     lm: LoadedModel,
     prompts: Sequence[str],
@@ -175,7 +237,11 @@ def sample(
 
             cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + steps)
         cache_kw = cache_keyword(model)
-        out = model(
+        # A torch.compile-d forward (CUDA graphs) runs the decode steps only: the prefill runs
+        # the original forward, so the static cache's tensors are created outside any graph.
+        forward = getattr(model.forward, "_torchdynamo_orig_callable", None)
+        compiled = forward is not None
+        out = (forward if compiled else model)(
             input_ids=ids,
             attention_mask=attn,
             position_ids=pos,
@@ -197,9 +263,7 @@ def sample(
         done = torch.zeros(b, dtype=torch.bool, device=dev)
         width = ids.shape[1]
         for t in range(steps):
-            scaled = _filter_top_p(logits / cfg.temperature, cfg.top_p)
-            probs = torch.softmax(scaled, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+            nxt = _draw(logits, cfg, gen)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             comp[:, t] = nxt
             cmask[:, t] = (~done).long()
@@ -207,9 +271,12 @@ def sample(
             if bool(done.all()) or t == steps - 1:
                 break
             attn_all[:, width + t] = 1
+            if compiled:
+                torch.compiler.cudagraph_mark_step_begin()
             out = model(
                 input_ids=nxt[:, None],
-                attention_mask=attn_all[:, : width + t + 1],
+                # a static cache keeps every shape fixed (one graph); the future is masked off
+                attention_mask=attn_all if static_cache else attn_all[:, : width + t + 1],
                 position_ids=next_pos,
                 use_cache=True,
                 **{cache_kw: past},
