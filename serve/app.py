@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from copyloop.serve.service import Service, ServiceConfig, ServiceError
 from copyloop.serve.store import CampaignConfig
@@ -186,6 +187,53 @@ class VerdictOut(Strict):
     reason: str
 
 
+class PolicyIn(Strict):
+    """An agent setting: a kind of ``copyloop.agents.POLICIES`` and its constructor arguments."""
+
+    agent: Annotated[str, Field(min_length=1, max_length=64)]
+    params: dict[str, Any] = {}
+
+
+class JudgePoliciesIn(Strict):
+    """Candidate agent settings and the gate's settings (``copyloop.serve.policies``)."""
+
+    policies: Annotated[list[PolicyIn], Field(min_length=1, max_length=16)]
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    warm: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    chunks: Annotated[int, Field(ge=1, le=64)] = 4
+    min_rows: Annotated[int, Field(ge=10)] = 2000
+
+
+class PolicyVerdictOut(Strict):
+    model_id: str
+    candidate: str
+    agent: str
+    params: dict[str, Any]
+    action: Literal["promote", "hold"]
+    rows: int
+    candidate_estimate: float | None
+    online_estimate: float | None
+    difference: float | None
+    lower: float | None
+    upper: float | None
+    alpha: float | None
+    ess: float | None
+    reason: str
+
+
+class AdoptIn(Strict):
+    """The agent setting to serve from now on, and the evidence for the audit log."""
+
+    agent: Annotated[str, Field(min_length=1, max_length=64)]
+    params: dict[str, Any] = {}
+    evidence: dict[str, Any] = {}
+
+
+class AdoptOut(Strict):
+    snapshot_version: int
+    variant_sets: list[int]
+
+
 class RollbackIn(Strict):
     variant_set: Annotated[int, Field(ge=1)]
 
@@ -268,6 +316,57 @@ SvcDep = Annotated[Service, Depends(get_service)]
 ApiKey = Annotated[str | None, Header()]
 Client = Annotated[str, Depends(require("client"))]
 Admin = Annotated[str, Depends(require("admin"))]
+
+
+# ---- the hot routes -----------------------------------------------------------------------------
+def _is_json(content_type: str | None) -> bool:
+    """FastAPI's test for a JSON body (``application/json`` or ``application/*+json``)."""
+    if not content_type:
+        return False
+    kind = content_type.split(";", 1)[0].strip().lower()
+    main, _, sub = kind.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+def parse_body(model: type[BaseModel], raw: bytes, content_type: str | None) -> Any:
+    """``raw`` validated as ``model`` in one pass (pydantic parses the JSON itself), or a
+    :class:`RequestValidationError` located under ``body`` as FastAPI words it."""
+    try:
+        if not raw:
+            raise RequestValidationError(
+                [{"type": "missing", "loc": ("body",), "msg": "Field required"}]
+            )
+        if not _is_json(content_type):  # FastAPI's strict content type: the bytes, not JSON
+            return model.model_validate(raw)
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        errors = e.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in errors]
+        ) from None
+
+
+class HotRoute(APIRoute):
+    """A route whose endpoint is ``endpoint(request, body, **path_params)``: FastAPI builds its
+    OpenAPI operation from the signature as for any route (body model, header, path
+    parameters, response model, 422), but a request skips FastAPI's per-request dependency
+    resolution and its JSON decode-then-validate (about 100 µs of event-loop CPU per
+    rank+reward pair, measured in-process with the service stubbed: 243 → 139 µs). The body is
+    validated by :func:`parse_body` against the same strict model; path parameters must be
+    plain ``str``."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        assert self.body_field is not None, "a HotRoute takes a JSON body"
+        model = self.body_field.field_info.annotation
+        endpoint = self.endpoint
+
+        async def handler(request: Request) -> Response:
+            raw = await request.body()
+            body = parse_body(model, raw, request.headers.get("content-type"))
+            response: Response = await endpoint(request, body, **request.path_params)
+            return response
+
+        return handler
 
 
 # ---- middleware (pure ASGI: no per-request task overhead) --------------------------------------
@@ -423,11 +522,13 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
 
     # rank and reward write their JSON themselves: the models above stay the documented (and
-    # fuzz-tested) contract, without re-validating every response on the hot path.
-    @app.post("/v1/rank", response_model=RankResponse, responses=ERRORS)
-    # The hot endpoints declare the key header for the schema; the middleware has checked it
-    # (every valid key holds the client scope). FastAPI's dependency resolution was a fifth of
-    # the event loop's time per request.
+    # fuzz-tested) contract, without re-validating every response on the hot path. They are
+    # HotRoutes: FastAPI documents them from the signature, and a request skips its dependency
+    # resolution. They declare the key header for the schema; the middleware has checked it
+    # (every valid key holds the client scope).
+    hot = APIRouter(route_class=HotRoute)
+
+    @hot.post("/v1/rank", response_model=RankResponse, responses=ERRORS)
     async def rank(request: Request, body: RankRequest, x_api_key: ApiKey = None) -> Response:
         svc: Service = request.app.state.service
         rec, agent = await svc.rank(
@@ -449,15 +550,17 @@ def create_app(config: ServiceConfig) -> FastAPI:
         }
         return Response(json.dumps(out), media_type="application/json")
 
-    @app.post("/v1/events/{event_id}/reward", response_model=RewardResponse, responses=ERRORS)
+    @hot.post("/v1/events/{event_id}/reward", response_model=RewardResponse, responses=ERRORS)
     async def reward(
-        request: Request, event_id: str, body: RewardRequest, x_api_key: ApiKey = None
+        request: Request, body: RewardRequest, event_id: str, x_api_key: ApiKey = None
     ) -> Response:
         svc: Service = request.app.state.service
         out = await svc.reward(event_id, body.reward_id, body.value)
         status = "duplicate" if out.status == "duplicate" else "accepted"
         body_ = {"event_id": event_id, "status": status, "late": out.late}
         return Response(json.dumps(body_), media_type="application/json")
+
+    app.include_router(hot)
 
     @app.post("/v1/events/{event_id}/activate", response_model=Ok, responses=ERRORS)
     async def activate(event_id: str, svc: SvcDep, _: Client) -> Ok:
@@ -548,6 +651,42 @@ def create_app(config: ServiceConfig) -> FastAPI:
             raise ServiceError(422, str(e)) from None
         verdicts = await run_in_threadpool(judge_campaign, svc, campaign_id, settings)
         return [VerdictOut(**v.evidence(), action=v.action) for v in verdicts]
+
+    @app.post(
+        "/v1/admin/campaigns/{campaign_id}/policies/judge",
+        response_model=list[PolicyVerdictOut],
+        responses=ERRORS,
+    )
+    async def judge_policies(
+        campaign_id: str, body: JudgePoliciesIn, svc: SvcDep, _: Admin
+    ) -> list[PolicyVerdictOut]:
+        """Each candidate agent setting judged against the campaign's model on its own log
+        (progressive validation; nothing is changed: adopt one with .../policy)."""
+        from copyloop.serve.policies import PolicyCandidate, PolicySettings
+
+        svc.runtime(campaign_id)
+        try:
+            settings = PolicySettings(**body.model_dump(exclude={"policies"}))
+            cands = [PolicyCandidate.checked(p.agent, p.params) for p in body.policies]
+        except ValueError as e:
+            raise ServiceError(422, str(e)) from None
+        verdicts = await run_in_threadpool(svc.judge_policies, campaign_id, cands, settings)
+        return [PolicyVerdictOut(**v.evidence()) for v in verdicts]
+
+    @app.post("/v1/admin/campaigns/{campaign_id}/policy", response_model=AdoptOut, responses=ERRORS)
+    async def adopt_policy(campaign_id: str, body: AdoptIn, svc: SvcDep, actor: Admin) -> AdoptOut:
+        """Serve and learn with another agent setting (it first learns every row the model has
+        learned); recorded with its evidence; rollback restores the earlier agent."""
+        from copyloop.serve.policies import PolicyCandidate
+
+        try:
+            c = PolicyCandidate.checked(body.agent, body.params)
+        except ValueError as e:
+            raise ServiceError(422, str(e)) from None
+        snap, sets = await run_in_threadpool(
+            svc.adopt_policy, campaign_id, c.agent, dict(c.params), body.evidence, actor
+        )
+        return AdoptOut(snapshot_version=snap, variant_sets=sets)
 
     @app.get(
         "/v1/admin/campaigns/{campaign_id}/variant-sets",
