@@ -4,8 +4,9 @@ Starts, on 127.0.0.1 and stopped at the end:
 
 1. **the floor**: a bare FastAPI hello-world (``GET /hello``) under the same uvicorn settings
    the service uses (one process, uvloop, httptools, no access log), loaded by the same
-   aiohttp client at the same concurrency — what this framework and server can do on this
-   machine with nothing behind the endpoint;
+   HTTP/1.1 client as ``copyloop traffic`` (:mod:`copyloop.serve.http1`) at the same
+   concurrency — what this framework and server can do on this machine with nothing behind
+   the endpoint;
 2. **the service**: ``copyloop serve --demo`` (the default market's 120 campaigns sharing one
    LinearTS model, SQLite WAL ``synchronous=FULL`` with group commit, the learner on), loaded
    by ``copyloop traffic`` (simulated users, one reward per decision, clicks from the world).
@@ -62,25 +63,26 @@ async def hello():
 """
 
 
-async def hammer(url: str, requests: int, concurrency: int) -> dict[str, Any]:
-    """``requests`` GETs of ``url`` from ``concurrency`` keep-alive connections (aiohttp)."""
-    import aiohttp
+async def hammer(url: str, path: str, requests: int, concurrency: int) -> dict[str, Any]:
+    """``requests`` GETs of ``path`` from ``concurrency`` keep-alive connections (the load
+    generator's own HTTP/1.1 client, :mod:`copyloop.serve.http1`)."""
+    from copyloop.serve.http1 import Pool
 
     lat: list[float] = []
     left = [requests]
 
-    async def worker(s: aiohttp.ClientSession) -> None:
+    async def worker(pool: Pool) -> None:
         while left[0] > 0:
             left[0] -= 1
             t0 = time.perf_counter()
-            async with s.get(url) as r:
-                await r.read()
+            status, _ = await pool.request("GET", path)
+            if status != 200:
+                raise RuntimeError(f"the floor answered {status}")
             lat.append((time.perf_counter() - t0) * 1e3)
 
-    conn = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=conn) as s:
+    async with Pool(url, limit=concurrency) as pool:
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(s) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(pool) for _ in range(concurrency)))
         secs = time.perf_counter() - t0
     a = np.asarray(lat)
     return {
@@ -105,9 +107,10 @@ def run_floor(tmp: Path, requests: int, concurrency: int) -> dict[str, Any]:
         wait_healthy(f"http://127.0.0.1:{port}/hello", proc)
         import uvloop
 
-        uvloop.run(hammer(f"http://127.0.0.1:{port}/hello", 1000, concurrency))  # warm-up
+        url = f"http://127.0.0.1:{port}"
+        uvloop.run(hammer(url, "/hello", 1000, concurrency))  # warm-up
         c0, me0 = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
-        out = uvloop.run(hammer(f"http://127.0.0.1:{port}/hello", requests, concurrency))
+        out = uvloop.run(hammer(url, "/hello", requests, concurrency))
         out["server_cpu_us_per_request"] = (cpu_seconds(proc.pid) - c0) / requests * 1e6
         out["client_cpu_us_per_request"] = (cpu_seconds(os.getpid()) - me0) / requests * 1e6
         return out
@@ -220,7 +223,7 @@ def render(report: dict[str, Any]) -> str:
         )
         + ".",
         f"- The load generator used {sv['client_cpu_us_per_pair']:.0f} µs of CPU per pair "
-        f"(aiohttp plus the world's clicks). With server and client on the same "
+        f"(HTTP client plus the world's clicks). With server and client on the same "
         f"{h['cpu_count']} cores, the box can carry at most "
         f"{report['cpu_bound_pairs_per_s']:,.0f} pairs/s at these CPU costs "
         f"({h['cpu_count']} × 10⁶ µs ÷ (server + client µs per pair)); the floor's bound: "

@@ -9,8 +9,9 @@ that trains it (clicks) and the yardstick of the report (the world's expected CT
 served, against uniform and the per-request oracle on the same users) differ.
 
 It is also the load generator of ``bench/serve.py``: requests go over keep-alive HTTP/1.1
-connections from aiohttp (``concurrency`` of them), the fastest maintained Python client we
-measured here (about 10,000 trivial requests/s against uvicorn, where httpx managed ~500).
+connections (``concurrency`` of them) from :mod:`copyloop.serve.http1`, a small client on
+httptools that costs a third of aiohttp's CPU per request here — CPU the service it loads,
+on the same cores, gets instead.
 
 Example:
     >>> report = run_traffic(TrafficConfig(url="http://127.0.0.1:8000", key=key), market)
@@ -204,7 +205,9 @@ class _World:
 async def _replay(
     cfg: TrafficConfig, world: _World, tick: Callable[[int], None] | None
 ) -> dict[str, Any]:
-    import aiohttp
+    from urllib.parse import quote
+
+    from copyloop.serve.http1 import HTTPError, Pool
 
     n = cfg.requests
     served = np.full(n, np.nan)  # the world's CTR of the served variant for the request
@@ -214,47 +217,46 @@ async def _replay(
     errors: dict[str, int] = {}
     state = {"next": 0, "rewards": 0, "done": 0}
     deadline = time.perf_counter() + cfg.max_seconds
-    headers = {"X-API-Key": cfg.key, "Content-Type": "application/json"}
     pending: set[asyncio.Task[None]] = set()
+    json_type = "application/json"
 
     def fail(what: str) -> None:
         errors[what] = errors.get(what, 0) + 1
 
-    async def post_reward(s: Any, eid: str, value: float) -> None:
+    async def post_reward(pool: Pool, eid: str, value: float) -> None:
         if cfg.reward_delay_s:
             await asyncio.sleep(cfg.reward_delay_s)
         t0 = time.perf_counter()
+        path = f"/v1/events/{quote(eid, safe='')}/reward"
         try:
-            async with s.post(
-                f"/v1/events/{eid}/reward", data=json.dumps({"value": value}), headers=headers
-            ) as r:
-                await r.read()
-                if r.status != 200:
-                    fail(f"reward {r.status}")
-                    return
-        except (TimeoutError, aiohttp.ClientError) as e:
+            status, _ = await pool.request(
+                "POST", path, json.dumps({"value": value}).encode(), json_type
+            )
+        except (TimeoutError, OSError, HTTPError) as e:
             fail(f"reward {type(e).__name__}")
+            return
+        if status != 200:
+            fail(f"reward {status}")
             return
         reward_ms.append((time.perf_counter() - t0) * 1e3)
         state["rewards"] += 1
 
-    async def worker(sessions: list[Any]) -> None:
-        r_count = len(sessions)
+    async def worker(pools: list[Pool]) -> None:
+        r_count = len(pools)
         while True:
             i = state["next"]
             if i >= n or time.perf_counter() > deadline:
                 return
             state["next"] = i + 1
-            s, s_reward = sessions[i % r_count], sessions[(i + 1) % r_count]
+            p, p_reward = pools[i % r_count], pools[(i + 1) % r_count]
             t0 = time.perf_counter()
             try:
-                async with s.post("/v1/rank", data=world.body(i), headers=headers) as r:
-                    raw = await r.read()
-                    if r.status != 200:
-                        fail(f"rank {r.status}")
-                        continue
-            except (TimeoutError, aiohttp.ClientError) as e:
+                status, raw = await p.request("POST", "/v1/rank", world.body(i), json_type)
+            except (TimeoutError, OSError, HTTPError) as e:
                 fail(f"rank {type(e).__name__}")
+                continue
+            if status != 200:
+                fail(f"rank {status}")
                 continue
             rank_ms[i] = (time.perf_counter() - t0) * 1e3
             out = json.loads(raw)
@@ -266,33 +268,29 @@ async def _replay(
             click = bool(world.uniform[i] < p_click)
             clicked[i] = click
             if cfg.reward_delay_s:
-                task = asyncio.create_task(post_reward(s_reward, out["event_id"], float(click)))
+                task = asyncio.create_task(post_reward(p_reward, out["event_id"], float(click)))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             else:
-                await post_reward(s_reward, out["event_id"], float(click))
+                await post_reward(p_reward, out["event_id"], float(click))
             state["done"] += 1
             if tick is not None and state["done"] % 500 == 0:
                 tick(state["done"])
 
-    timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
     async with contextlib.AsyncExitStack() as stack:
-        sessions = [
+        pools = [
             await stack.enter_async_context(
-                aiohttp.ClientSession(
-                    u,
-                    connector=aiohttp.TCPConnector(limit=cfg.concurrency, force_close=False),
-                    timeout=timeout,
-                )
+                Pool(u, limit=cfg.concurrency, headers={"X-API-Key": cfg.key},
+                     timeout_s=cfg.timeout_s)
             )
             for u in (cfg.url, *cfg.replicas)
-        ]
+        ]  # fmt: skip
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(sessions) for _ in range(cfg.concurrency)))
+        await asyncio.gather(*(worker(pools) for _ in range(cfg.concurrency)))
         if pending:
             await asyncio.gather(*pending)
         seconds = time.perf_counter() - t0
-        servers = [await _server_metrics(s) for s in sessions]
+        servers = [await _server_metrics(p) for p in pools]
     return {
         "served": served,
         "clicked": clicked,
@@ -306,15 +304,14 @@ async def _replay(
     }
 
 
-async def _server_metrics(s: Any) -> dict[str, Any]:
+async def _server_metrics(pool: Any) -> dict[str, Any]:
     """The service's own counters after the run (``/metrics``): freshness histogram, group
     commit, joins. Empty if the endpoint cannot be read."""
     try:
-        async with s.get("/metrics") as r:
-            text = await r.text() if r.status == 200 else ""
+        status, body = await pool.request("GET", "/metrics")
     except Exception:  # the report stands without the server's view
         return {}
-    return parse_metrics(text)
+    return parse_metrics(body.decode() if status == 200 else "")
 
 
 def parse_metrics(text: str) -> dict[str, Any]:
@@ -365,7 +362,7 @@ def run_traffic(
     """Replay ``cfg.requests`` simulated users of ``market`` against the service at
     ``cfg.url`` and report throughput, latency and the served CTR over time."""
     try:
-        import aiohttp  # noqa: F401
+        import httptools  # noqa: F401
     except ImportError as e:
         raise ValueError(f"{e} (pip install 'copyloop[serve]')") from None
     world = _World(market, cfg)
