@@ -240,11 +240,26 @@ def fit_policy(
     Raises:
         ValueError: see :func:`check_learnable`, :func:`make_policy`.
     """
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
     policy = make_policy(name, params)
     check_learnable(policy, log, store)
     policy.attach(store)
+    return teach(policy, log, store, batch_size=batch_size, progress=progress)
+
+
+def teach(
+    policy: Policy,
+    log: DecisionLog,
+    store: VariantStore,
+    *,
+    batch_size: int = 4096,
+    progress: Callable[[int], None] | None = None,
+) -> Policy:
+    """Teach ``policy`` (already attached to ``store``) ``log``'s rows with an observed reward,
+    in order, through :meth:`~copyloop.agents.Policy.learn_log` — :func:`fit_policy`'s step,
+    also for a policy that keeps learning after being judged on a block of rows (progressive
+    validation). Returns ``policy``."""
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
     weights = log_weights(policy, log)
     seen = ~np.isnan(log.reward)
     rows = log.table.filter(pa.array(seen))
@@ -586,4 +601,5 @@ __all__ = [
     "split_log",
     "split_order",
     "store_for",
+    "teach",
 ]

@@ -318,12 +318,32 @@ def autopilot(
         float, typer.Option(help="Seconds between rounds; 0 runs one round and exits.")
     ] = 0.0,
     rounds: Annotated[int, typer.Option(help="Most rounds (with --every).")] = 1_000_000,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A candidate agent setting, kind[:key=value,...] (repeatable), e.g. "
+            "logistic_ts:alpha=0.5: judged on the model's log each round, the best one whose "
+            "lower bound beats the online policy is adopted."
+        ),
+    ] = None,
+    policy_campaigns: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated campaigns whose models --policy judges, one per model "
+            "(default: the first campaign; campaigns naming the same model share its agent)."
+        ),
+    ] = None,
+    policy_min_rows: Annotated[
+        int, typer.Option(help="Joined rows a model needs before --policy is judged.")
+    ] = 2000,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Promote or reject the candidates on trial from the service's own log: the OPE gate
     (the agent with the candidate vs without) at fixed looks (impressions min·2^k up to max,
     alpha split over the looks); verdicts are settled through the admin API, with their
-    numbers, into the audit log."""
+    numbers, into the audit log. With --policy, candidate agent settings are judged too
+    (progressive validation on the model's log, alpha split over the candidates, each round)
+    and the best one that beats the online policy by its lower bound is adopted."""
     import time
 
     from copyloop.cli_common import split_list
@@ -338,9 +358,12 @@ def autopilot(
     try:
         from copyloop.serve.autopilot import GateSettings, run_once
         from copyloop.serve.client import Client
+        from copyloop.serve.policies import PolicyCandidate, PolicySettings, adopt_best
     except ImportError as e:
         raise ValueError(f"{e} (pip install 'copyloop[serve]')") from None
     settings = GateSettings(alpha, min_impressions, max_impressions)
+    policies = [PolicyCandidate.parse(p) for p in policy or []]
+    policy_settings = PolicySettings(alpha=alpha, min_rows=policy_min_rows)
     base = url.rstrip("/")
     _check_service(base, key)
     with Client(base, key, timeout=600.0) as client:
@@ -355,6 +378,13 @@ def autopilot(
                 return client.judge(cid, **asdict(settings))
 
             _print_verdicts(run_once(judge, client.settle_candidate, names), as_json)
+            if policies:
+                on = (
+                    list(split_list(policy_campaigns))
+                    if policy_campaigns is not None
+                    else [c.campaign_id for c in client.campaigns()][:1]
+                )
+                _print_policy_verdicts(adopt_best(client, on, policies, policy_settings), as_json)
             if every == 0 or i + 1 >= rounds:
                 break
             time.sleep(every)
@@ -379,6 +409,28 @@ def _print_verdicts(verdicts: list[Any], as_json: bool) -> None:
             "-" if v.incumbent is None else f"{v.incumbent['estimate']:.4f}",
         )
     console.print(t if verdicts else "no candidates on trial")
+
+
+def _print_policy_verdicts(verdicts: list[Any], as_json: bool) -> None:
+    if as_json:
+        print_json([v.evidence() for v in verdicts])
+        return
+    from rich.table import Table
+
+    t = Table(title="autopilot: candidate agent settings")
+    for c in ("model", "setting", "verdict", "rows", "candidate", "online", "gain LCB", "ESS"):
+        t.add_column(c, justify="right" if c not in ("model", "setting") else "left")
+    for v in verdicts:
+        t.add_row(
+            v.model_id,
+            v.candidate,
+            v.action,
+            f"{v.rows:,}",
+            *("-" if x is None else f"{x:.4f}" for x in (v.candidate_estimate, v.online_estimate)),
+            "-" if v.lower is None else f"{v.lower:+.4f}",
+            "-" if v.ess is None else f"{v.ess:,.0f}",
+        )
+    console.print(t if verdicts else "no agent settings judged")
 
 
 def _check_service(url: str, key: str) -> None:

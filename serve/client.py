@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from copyloop.serve.autopilot import Verdict
+from copyloop.serve.policies import PolicyCandidate, PolicyVerdict
 
 Mode = Literal["online", "shadow", "logging"]
 Aggregation = Literal["earliest", "sum", "max"]
@@ -125,6 +126,15 @@ class VariantSet:
     explore_share: float
     snapshot_version: int | None
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """An agent setting made the model's (see ``adopt_policy``): its snapshot, and the new
+    variant-set version of each campaign sharing the model (where the change is recorded)."""
+
+    snapshot_version: int
+    variant_sets: list[int]
 
 
 @dataclass(frozen=True)
@@ -270,6 +280,37 @@ def _settle_call(
 
 def _judge_call(campaign_id: str, settings: Mapping[str, Any]) -> _Call:
     return _Call("POST", f"/v1/admin/campaigns/{_seg(campaign_id)}/judge", dict(settings))
+
+
+def _policy_body(p: str | Mapping[str, Any]) -> dict[str, Any]:
+    """``"logistic_ts:alpha=0.5"`` (checked and typed here) or ``{"agent": …, "params": …}``."""
+    if isinstance(p, str):
+        c = PolicyCandidate.parse(p)
+        p = {"agent": c.agent, "params": dict(c.params)}
+    params = {k: list(v) if isinstance(v, tuple) else v for k, v in p.get("params", {}).items()}
+    return {"agent": p["agent"], "params": params}
+
+
+def _judge_policies_call(
+    campaign_id: str, policies: Sequence[str | Mapping[str, Any]], settings: Mapping[str, Any]
+) -> _Call:
+    path = f"/v1/admin/campaigns/{_seg(campaign_id)}/policies/judge"
+    return _Call("POST", path, {"policies": [_policy_body(p) for p in policies], **settings})
+
+
+def _adopt_call(
+    campaign_id: str, policy: str | Mapping[str, Any], evidence: Mapping[str, Any] | None
+) -> _Call:
+    body = _policy_body(policy) | {"evidence": dict(evidence or {})}
+    return _Call("POST", f"/v1/admin/campaigns/{_seg(campaign_id)}/policy", body)
+
+
+def _policy_verdicts(d: Sequence[Mapping[str, Any]]) -> list[PolicyVerdict]:
+    return [PolicyVerdict(**v) for v in d]
+
+
+def _adoption(d: Mapping[str, Any]) -> Adoption:
+    return Adoption(int(d["snapshot_version"]), [int(v) for v in d["variant_sets"]])
 
 
 def _verdicts(campaign_id: str, d: Sequence[Mapping[str, Any]]) -> list[Verdict]:
@@ -561,6 +602,24 @@ class Client:
         ``max_impressions``, ``estimator``; see ``GateSettings``); changes nothing."""
         return _verdicts(campaign_id, self._do(_judge_call(campaign_id, settings)))
 
+    def judge_policies(
+        self, campaign_id: str, policies: Sequence[str | Mapping[str, Any]], **settings: Any
+    ) -> list[PolicyVerdict]:
+        """Each candidate agent setting (``"logistic_ts:alpha=0.5"`` or ``{"agent", "params"}``)
+        judged against the campaign's model on its own log (``alpha``, ``warm``, ``chunks``,
+        ``min_rows``; see ``copyloop.serve.policies``); changes nothing."""
+        return _policy_verdicts(self._do(_judge_policies_call(campaign_id, policies, settings)))
+
+    def adopt_policy(
+        self,
+        campaign_id: str,
+        policy: str | Mapping[str, Any],
+        evidence: Mapping[str, Any] | None = None,
+    ) -> Adoption:
+        """Serve and learn with another agent setting (it first learns every row the model
+        has learned), with the evidence kept in the audit log; send it to the learner."""
+        return _adoption(self._do(_adopt_call(campaign_id, policy, evidence)))
+
     def variant_sets(self, campaign_id: str) -> list[VariantSet]:
         """Every version of the campaign's variant set, oldest first."""
         call = _Call("GET", f"/v1/admin/campaigns/{_seg(campaign_id)}/variant-sets")
@@ -759,6 +818,22 @@ class AsyncClient:
         """See :meth:`Client.judge`."""
         return _verdicts(campaign_id, await self._do(_judge_call(campaign_id, settings)))
 
+    async def judge_policies(
+        self, campaign_id: str, policies: Sequence[str | Mapping[str, Any]], **settings: Any
+    ) -> list[PolicyVerdict]:
+        """See :meth:`Client.judge_policies`."""
+        call = _judge_policies_call(campaign_id, policies, settings)
+        return _policy_verdicts(await self._do(call))
+
+    async def adopt_policy(
+        self,
+        campaign_id: str,
+        policy: str | Mapping[str, Any],
+        evidence: Mapping[str, Any] | None = None,
+    ) -> Adoption:
+        """See :meth:`Client.adopt_policy`."""
+        return _adoption(await self._do(_adopt_call(campaign_id, policy, evidence)))
+
     async def variant_sets(self, campaign_id: str) -> list[VariantSet]:
         """See :meth:`Client.variant_sets`."""
         call = _Call("GET", f"/v1/admin/campaigns/{_seg(campaign_id)}/variant-sets")
@@ -772,6 +847,7 @@ class AsyncClient:
 
 __all__ = [
     "APIError",
+    "Adoption",
     "AgentChoice",
     "AsyncClient",
     "Campaign",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,6 +31,7 @@ from copyloop.serve.store import JoinedRow, SnapshotRecord, join_reward, to_log
 
 if TYPE_CHECKING:
     from copyloop.serve.service import ModelRuntime, Service
+    from copyloop.serve.store import CampaignConfig
 
 
 def prepared(policy: Policy, m: ModelRuntime) -> Policy:
@@ -293,6 +295,29 @@ class Learner(_Ticker):
                 pol._updates = m.learner_policy._updates + 1  # a new, unique model version
                 m.learner_policy = pol
                 m.policy = prepared(pol.trained_copy(), m)
+                m.published_at = time.monotonic()
+                m.unpublished.clear()
+                m.rows_since_save = 0
+                self._save(m)
+                m.saved_at = time.monotonic()
+            return m.snapshot_version
+
+    def adopt(self, m: ModelRuntime, policy: Policy, cfg: CampaignConfig) -> int:
+        """Serve and learn with ``policy`` (a fresh agent of new settings ``cfg``) from now on:
+        it first learns every row the model has learned, in the order they were taught (the
+        catch-up path), then becomes the learner's and the serving copy and is saved as a new
+        snapshot. Its model version continues after the one it replaces. Returns the new
+        snapshot version."""
+        with self._step_lock:
+            old = m.learner_policy
+            policy.attach(m.variants)
+            shadow = replace(m, learner_policy=policy, through_join=0, rows_since_save=0)
+            self.catch_up(shadow)  # joins are paused (step lock): it ends at m.through_join
+            policy._updates = max(policy._updates, old._updates) + 1  # a new, unique version
+            with m.lock:
+                m.cfg = cfg
+                m.learner_policy = policy
+                m.policy = prepared(policy.trained_copy(), m)
                 m.published_at = time.monotonic()
                 m.unpublished.clear()
                 m.rows_since_save = 0

@@ -243,6 +243,8 @@ class CampaignRuntime:
 _SHARED = ("agent", "agent_params", "context_width", "exploration_floor")
 _ROLLBACK_FIELDS = ("candidates", "control", "explore_share")
 """What a rollback restores of the config besides the active set (the serving settings stay)."""
+_AGENT_FIELDS = ("agent", "agent_params")
+"""Restored too when the snapshot rolled back to holds another agent (a promoted setting)."""
 
 
 class Service:
@@ -799,11 +801,129 @@ class Service:
             snap = None
             if old.snapshot_version:
                 snap = self.learner.rollback(rt.model, old.snapshot_version)
-            cfg = replace(rt.cfg, **{k: getattr(old.config, k) for k in _ROLLBACK_FIELDS})
+            restore = {k: getattr(old.config, k) for k in _ROLLBACK_FIELDS}
             detail = {"to_variant_set": version, "to_snapshot": old.snapshot_version}
             if snap is not None:
                 detail["new_snapshot"] = snap
+            agent = {k: getattr(old.config, k) for k in _AGENT_FIELDS}
+            m = rt.model
+            if agent != {k: getattr(m.cfg, k) for k in _AGENT_FIELDS}:
+                # the earlier agent setting comes back: from the snapshot restored, or — a set
+                # recorded before any snapshot — as a fresh agent of that setting that learns
+                # every row the model has learned; the model's settings follow, for every
+                # campaign that shares the model
+                if snap is None:
+                    cfg_old = replace(m.cfg, **agent)
+                    snap = self.learner.adopt(m, new_policy(cfg_old), cfg_old)
+                    detail["new_snapshot"] = snap
+                with m.lock:
+                    m.cfg = replace(m.cfg, **agent)
+                for r in self.runtimes.values():
+                    if r.model is m and r is not rt:
+                        self._set_variants(
+                            r, replace(r.cfg, **agent), r.active, actor, "policy.rollback", detail
+                        )
+                restore |= agent
+            cfg = replace(rt.cfg, **restore)
             return self._set_variants(rt, cfg, old.active, actor, "rollback", detail)
+
+    # ---- new learning settings ---------------------------------------------------------------
+    def _learning_process(self, what: str) -> None:
+        if self.config.role == "api":
+            raise ServiceError(
+                409,
+                f"{what} needs the model's learner: send it to the learner process (role learner)",
+            )
+
+    def model_log(self, m: ModelRuntime, path: Path, now: float | None = None) -> Any:
+        """The joined log of every campaign that shares model ``m``, written to ``path``
+        (a DecisionLog with its variants table) and read back; None when it has no rows."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from copyloop.agents.offline import read_log
+        from copyloop.contract import DecisionLog, read_variants_for
+
+        if self.store.export_log(path, now=now).rows == 0:
+            return None
+        log = read_log(path, read_variants_for(path))
+        mine = [c for c, r in self.runtimes.items() if r.model is m]
+        keep = pc.is_in(log.table.column("campaign_id"), value_set=pa.array(mine))
+        log = DecisionLog(log.table.filter(keep), variants=log.variants)
+        return log if log.n_rows else None
+
+    def judge_policies(
+        self, campaign_id: str, candidates: Sequence[Any], settings: Any, now: float | None = None
+    ) -> list[Any]:
+        """Each candidate agent setting's verdict against ``campaign_id``'s model as it serves,
+        on the joined log of every campaign sharing that model
+        (:func:`copyloop.serve.policies.judge_policies`). Runs in the learning process."""
+        import tempfile
+
+        from copyloop.serve.policies import hold_verdict, judge_policies
+
+        self._learning_process("judging agent settings")
+        m = self.runtime(campaign_id).model
+        for c in candidates:
+            try:
+                check_model_size(
+                    replace(m.cfg, agent=c.agent, agent_params=dict(c.params)),
+                    self.config.featurizer.dim,
+                )
+            except ValueError as e:
+                raise ServiceError(422, f"policy {c.label!r}: {e}") from None
+        with tempfile.TemporaryDirectory(prefix="copyloop-policies-") as d:
+            log = self.model_log(m, Path(d) / "log.parquet", now)
+            if log is None:
+                return [
+                    hold_verdict(m.model_id, c, 0, "no joined decisions yet") for c in candidates
+                ]
+            return judge_policies(
+                log, m.variants, candidates, settings, model_id=m.model_id,
+                exploration_floor=m.cfg.exploration_floor,
+            )  # fmt: skip
+
+    def adopt_policy(
+        self,
+        campaign_id: str,
+        agent: str,
+        params: dict[str, Any],
+        evidence: dict[str, Any],
+        actor: str,
+    ) -> tuple[int, list[int]]:
+        """Make ``agent`` with ``params`` the learning and serving agent of ``campaign_id``'s
+        model (shared by its other campaigns): a fresh agent learns every row the model has
+        learned, in order, and replaces it; the change is recorded — with ``evidence``, the
+        gate's numbers — as a new variant-set version of each campaign of the model, and the
+        agent as a new snapshot. :meth:`rollback` to an earlier version restores the earlier
+        agent. Returns ``(snapshot version, variant-set versions)``."""
+        self._learning_process("changing the agent")
+        with self._admin_lock:
+            rt = self.runtime(campaign_id)
+            m = rt.model
+            try:
+                cfg = replace(m.cfg, agent=agent, agent_params=dict(params))
+                check_model_size(cfg, self.config.featurizer.dim)
+                policy = new_policy(cfg)
+            except ValueError as e:
+                raise ServiceError(422, str(e)) from None
+            before = {"agent": m.cfg.agent, "agent_params": dict(m.cfg.agent_params)}
+            snap = self.learner.adopt(m, policy, cfg)
+            detail = {"from": before, "to": {"agent": agent, "agent_params": dict(params)},
+                      "snapshot": snap, "evidence": evidence}  # fmt: skip
+            sets = [
+                self._set_variants(
+                    r,
+                    replace(r.cfg, agent=agent, agent_params=dict(params)),
+                    r.active,
+                    actor,
+                    "policy.promote",
+                    detail,
+                )
+                for r in self.runtimes.values()
+                if r.model is m
+            ]
+            return snap, sets
 
     # ---- keys ---------------------------------------------------------------------------------
     def cached_scope(self, key: str) -> str | None:
