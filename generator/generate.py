@@ -241,7 +241,8 @@ def sample(
         # the original forward, so the static cache's tensors are created outside any graph.
         forward = getattr(model.forward, "_torchdynamo_orig_callable", None)
         compiled = forward is not None
-        out = (forward if compiled else model)(
+        prefill: Any = forward if forward is not None else model
+        out = prefill(
             input_ids=ids,
             attention_mask=attn,
             position_ids=pos,
