@@ -521,6 +521,18 @@ CASES += [
         "alpha",
     ),
     Case(
+        "autopilot: an agent setting that cannot learn from the log",
+        lambda f, t: ["autopilot", "--url", _DOWN, "--key", "k", "--policy", "ppo"],
+        2,
+        "cannot learn from log rows",
+    ),
+    Case(
+        "autopilot: an agent setting with a parameter it does not have",
+        lambda f, t: ["autopilot", "--url", _DOWN, "--key", "k", "--policy", "linear_ts:bogus=1"],
+        2,
+        "no such parameter",
+    ),
+    Case(
         "autopilot: last look before the first",
         lambda f, t: [
             "autopilot",
