@@ -149,22 +149,32 @@ class Learner(_Ticker):
         self._start(self.service.config.learn_interval_s)
 
     def step(self) -> int:
-        """Join every settled decision, learn, publish and save when due; returns the rows
-        joined (none on an API replica: the learner process joins for every replica)."""
+        """For each model whose hand-over is due (``publish_interval_s`` since the last one):
+        join every settled decision, learn, publish, and save when due; returns the rows
+        joined (none on an API replica: the learner process joins for every replica).
+
+        Rows are joined and taught once per hand-over, in one batch, not every tick: the
+        serving path would not see them sooner, and the fixed cost of a join (its queries,
+        the DecisionLog, the agent's update call) is paid once for the batch — 213 → 92 µs
+        of learner CPU per row from 25-row to 100-row joins, measured on the default market.
+        """
         if self.service.config.role == "api":
             return 0
         with self._step_lock:
             svc = self.service
             now = svc.clock()
-            lag = 0.0
+            mono = time.monotonic()
+            lag: float | None = None
             total = 0
             for m in list(svc.models.values()):
+                if mono - m.published_at < svc.config.publish_interval_s:
+                    continue
                 n, oldest = self._join(m, now)
                 total += n
-                if oldest is not None:
-                    lag = max(lag, now - oldest)
+                lag = max(lag or 0.0, 0.0 if oldest is None else now - oldest)
                 self._publish(m)
-            svc.metrics.learner_lag.set(lag)
+            if lag is not None:  # the models joined now (the others' lag is unchanged)
+                svc.metrics.learner_lag.set(lag)
             return total
 
     def _join(self, m: ModelRuntime, now: float) -> tuple[int, float | None]:
