@@ -336,6 +336,21 @@ def autopilot(
     policy_min_rows: Annotated[
         int, typer.Option(help="Joined rows a model needs before --policy is judged.")
     ] = 2000,
+    propose: Annotated[
+        int,
+        typer.Option(
+            help="Keep this many generator-written lines on trial in every campaign with an "
+            "exploration slice (explore_share > 0): each round tops them up (0: off)."
+        ),
+    ] = 0,
+    generator: Annotated[
+        str | None,
+        typer.Option(help="The generator for --propose (a model folder; default: SmolLM2)."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="The market config the service was started with (for --propose)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Promote or reject the candidates on trial from the service's own log: the OPE gate
@@ -343,7 +358,9 @@ def autopilot(
     alpha split over the looks); verdicts are settled through the admin API, with their
     numbers, into the audit log. With --policy, candidate agent settings are judged too
     (progressive validation on the model's log, alpha split over the candidates, each round)
-    and the best one that beats the online policy by its lower bound is adopted."""
+    and the best one that beats the online policy by its lower bound is adopted. With
+    --propose K, each round first tops up every campaign with an exploration slice to K lines
+    on trial, written by the generator (--generator) for the campaign's product."""
     import time
 
     from copyloop.cli_common import split_list
@@ -362,12 +379,20 @@ def autopilot(
     except ImportError as e:
         raise ValueError(f"{e} (pip install 'copyloop[serve]')") from None
     settings = GateSettings(alpha, min_impressions, max_impressions)
+    if propose < 0:
+        raise ValueError(f"`propose` must be >= 0 lines, got {propose}")
     policies = [PolicyCandidate.parse(p) for p in policy or []]
     policy_settings = PolicySettings(alpha=alpha, min_rows=policy_min_rows)
     base = url.rstrip("/")
     _check_service(base, key)
+    proposer: list[Any] = []  # the generator, loaded at the first round that needs it
     with Client(base, key, timeout=600.0) as client:
         for i in range(max(rounds, 1)):
+            if propose:
+                _print_proposals(
+                    top_up(client, proposer, propose, generator, config, campaigns, seed=i),
+                    as_json,
+                )
             names = (
                 list(split_list(campaigns))
                 if campaigns is not None
@@ -409,6 +434,65 @@ def _print_verdicts(verdicts: list[Any], as_json: bool) -> None:
             "-" if v.incumbent is None else f"{v.incumbent['estimate']:.4f}",
         )
     console.print(t if verdicts else "no candidates on trial")
+
+
+def top_up(
+    client: Any,
+    proposer: list[Any],
+    keep: int,
+    generator: str | None,
+    config: Path | None,
+    campaigns: str | None,
+    seed: int,
+) -> list[Any]:
+    """Add generator-written candidates to every campaign with an exploration slice (among
+    ``campaigns``, if given) that has fewer than ``keep`` on trial; returns what was added."""
+    from copyloop.cli_common import split_list
+    from copyloop.generator.propose import propose as propose_lines
+
+    wanted = set(split_list(campaigns)) if campaigns is not None else None
+    camps = [
+        c
+        for c in client.campaigns()
+        if c.explore_share > 0
+        and len(c.candidates) < keep
+        and (wanted is None or c.campaign_id in wanted)
+    ]
+    if not camps:
+        return []
+    if not proposer:
+        from copyloop.generator.generate import CopyGenerator
+        from copyloop.generator.models import load_model
+
+        with err.status("loading the generator…"):
+            proposer.append(CopyGenerator(load_model(generator), market(config)))
+    need = {c.campaign_id: keep - len(c.candidates) for c in camps}
+    have = {c.campaign_id: {*c.active_variants, *c.candidates} for c in camps}
+    with err.status(f"writing copy for {len(camps)} campaign(s)…"):
+        lines = propose_lines(proposer[0], list(need), max(need.values()), seed=seed, exclude=have)
+    added = []
+    for cid, n in need.items():
+        mine = [p for p in lines if p.campaign_id == cid][:n]
+        if mine:
+            client.add_candidates(cid, {p.variant_id: p.text for p in mine})
+            added += mine
+    return added
+
+
+def _print_proposals(added: list[Any], as_json: bool) -> None:
+    if as_json:
+        print_json([asdict(p) for p in added])
+        return
+    if not added:
+        return
+    from rich.table import Table
+
+    t = Table(title=f"autopilot: new copy on trial (written by {added[0].model})")
+    for c in ("campaign", "candidate", "segment", "text"):
+        t.add_column(c)
+    for p in added:
+        t.add_row(p.campaign_id, p.variant_id, str(p.segment), p.text)
+    console.print(t)
 
 
 def _print_policy_verdicts(verdicts: list[Any], as_json: bool) -> None:

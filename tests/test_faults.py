@@ -533,6 +533,12 @@ CASES += [
         "no such parameter",
     ),
     Case(
+        "autopilot: a negative number of proposals",
+        lambda f, t: ["autopilot", "--url", _DOWN, "--key", "k", "--propose", "-1"],
+        2,
+        "propose",
+    ),
+    Case(
         "autopilot: last look before the first",
         lambda f, t: [
             "autopilot",
