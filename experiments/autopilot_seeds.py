@@ -122,17 +122,18 @@ def replay(svc: Any, world: Any, n: int) -> tuple[float, int]:
 
 
 def true_gain(
-    svc: Any, m: Any, cid: str, vid: str, text: str, seed: int, users: int
+    svc: Any, m: Any, cid: str, vid: str, trial: dict[str, tuple[str, str]], seed: int, users: int
 ) -> dict[str, float]:
     """World truth: on ``users`` fresh users of campaign ``cid``, expected CTR of the agent
-    choosing among the active lines with ``vid`` minus without it."""
+    choosing among the active lines with ``vid`` minus without it (``trial``: every line on
+    trial, some maybe promoted into the active set already, for the world to score)."""
     from copyloop.serve.traffic import TrafficConfig, _World
 
     w = _World(
         m,
         TrafficConfig(
             url="http://in-process", key="-", requests=users, seed=seed, campaigns=(cid,),
-            extra_copy={vid: (cid, text)},
+            extra_copy={v: ct for v, ct in trial.items() if ct[0] == cid},
         ),
     )  # fmt: skip
     rt = svc.runtime(cid)
@@ -218,7 +219,7 @@ def one_run(m: Any, seed: int, args: argparse.Namespace, d: Path) -> dict[str, A
                     }
                     if v.action == "promote":
                         rec["truth"] = true_gain(
-                            svc, m, cid, v.variant_id, trial[v.variant_id][1],
+                            svc, m, cid, v.variant_id, trial,
                             seed=99_000 + 100 * seed + k, users=args.truth_users,
                         )  # fmt: skip
                         promotions.append(rec)
