@@ -449,6 +449,7 @@ def top_up(
     ``campaigns``, if given) that has fewer than ``keep`` on trial; returns what was added."""
     from copyloop.cli_common import split_list
     from copyloop.generator.propose import propose as propose_lines
+    from copyloop.serve.client import APIError
 
     wanted = set(split_list(campaigns)) if campaigns is not None else None
     camps = [
@@ -472,10 +473,14 @@ def top_up(
         lines = propose_lines(proposer[0], list(need), max(need.values()), seed=seed, exclude=have)
     added = []
     for cid, n in need.items():
-        mine = [p for p in lines if p.campaign_id == cid][:n]
-        if mine:
-            client.add_candidates(cid, {p.variant_id: p.text for p in mine})
-            added += mine
+        for p in [p for p in lines if p.campaign_id == cid][:n]:
+            try:
+                client.add_candidates(cid, {p.variant_id: p.text})
+            except APIError as e:
+                if e.status != 409:  # 409: the campaign has this line already (another id)
+                    raise
+                continue
+            added.append(p)
     return added
 
 

@@ -13,6 +13,7 @@ gives the same id and the service refuses it as a duplicate instead of trying it
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
@@ -33,9 +34,15 @@ class Proposal:
     model: str
 
 
-def proposal_id(campaign_id: str, text: str) -> str:
-    """The id a proposed line gets: stable for the same campaign and text."""
-    return f"{campaign_id}~gen-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+ID = re.compile(r"^(?P<campaign>.+)~gen(?P<segment>\d+)-[0-9a-f]{10}$")
+"""A proposal's variant id: ``<campaign>~gen<segment>-<hash of the text>``."""
+
+
+def proposal_id(campaign_id: str, text: str, segment: int) -> str:
+    """The id a proposed line gets: stable for the same campaign, text and segment, and
+    carrying the segment it was written for (the service's log then says which prompt wrote
+    each line, :mod:`copyloop.generator.service_pool`)."""
+    return f"{campaign_id}~gen{segment}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 
 def propose(
@@ -76,12 +83,14 @@ def propose(
         c = index[cid]
         by_segment = [[v for v in out.kept if v.campaign == c and v.segment == s] for s in segments]
         seen = set((exclude or {}).get(cid, ()))
+        texts: set[str] = set()
         mine: list[Proposal] = []
         for v in (v for group in zip_longest(*by_segment) for v in group if v is not None):
-            vid = proposal_id(cid, v.text)
-            if vid in seen:
+            vid = proposal_id(cid, v.text, v.segment)
+            if vid in seen or v.text in texts:
                 continue
             seen.add(vid)
+            texts.add(v.text)
             mine.append(Proposal(cid, vid, v.text, v.segment, model))
             if len(mine) == per_campaign:
                 break
@@ -89,4 +98,4 @@ def propose(
     return proposals
 
 
-__all__ = ["Proposal", "proposal_id", "propose"]
+__all__ = ["ID", "Proposal", "proposal_id", "propose"]

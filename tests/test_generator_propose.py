@@ -13,6 +13,7 @@ from copyloop.cli_serve import top_up
 from copyloop.generator.generate import CopyGenerator, SamplingConfig
 from copyloop.generator.models import tiny_model
 from copyloop.generator.propose import proposal_id, propose
+from copyloop.serve.client import APIError
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def test_proposals_per_campaign_with_stable_ids(gen) -> None:
     for cid in ids:
         mine = [p for p in got if p.campaign_id == cid]
         assert 1 <= len(mine) <= 3
-        assert all(p.variant_id == proposal_id(cid, p.text) for p in mine)
+        assert all(p.variant_id == proposal_id(cid, p.text, p.segment) for p in mine)
         assert len({p.variant_id for p in mine}) == len(mine)
         assert len({p.segment for p in mine}) == len(mine)  # interleaved across segments
     assert got == propose(gen, ids, 3, seed=1)  # seeded
@@ -67,14 +68,16 @@ class _Camp:
 class _FakeService:
     """The two admin calls the top-up makes, recorded."""
 
-    def __init__(self, camps: list[_Camp]) -> None:
-        self.camps, self.added = camps, {}
+    def __init__(self, camps: list[_Camp], refuse: tuple[str, ...] = ()) -> None:
+        self.camps, self.added, self.refuse = camps, {}, refuse
 
     def campaigns(self) -> list[_Camp]:
         return self.camps
 
     def add_candidates(self, cid: str, variants: dict[str, str]) -> list[str]:
-        self.added[cid] = variants
+        if any(t in self.refuse for t in variants.values()):
+            raise APIError(409, "a variant with that id (or text) already exists", None, "POST", "")
+        self.added.setdefault(cid, {}).update(variants)
         return list(variants)
 
 
@@ -94,3 +97,8 @@ def test_top_up_fills_only_campaigns_with_a_slice(gen) -> None:
     svc2 = _FakeService([_Camp(c[0], 0.1, []), _Camp(c[1], 0.1, [])])
     top_up(svc2, [gen], 1, None, None, c[1], seed=0)  # --campaigns narrows it
     assert list(svc2.added) == [c[1]]
+    # a line the campaign has under another id (409) is skipped, the rest still go in
+    first = propose(gen, [c[0]], 2, seed=0)[0].text  # what the top-up below writes first
+    svc3 = _FakeService([_Camp(c[0], 0.1, [])], refuse=(first,))
+    got = top_up(svc3, [gen], 2, None, None, None, seed=0)
+    assert first not in svc3.added.get(c[0], {}).values() and len(got) == 1
