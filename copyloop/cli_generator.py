@@ -479,6 +479,53 @@ def pool_cmd(
     )
 
 
+@generator_app.command("pool-from-log")
+def pool_from_log_cmd(
+    logs: Annotated[
+        Path, typer.Option(help="The service's exported log (copyloop serve export --out).")
+    ],
+    out: Annotated[Path, typer.Option(help="Parquet file of the pool (for generator tune).")],
+    model: ModelOpt = None,
+    min_impressions: Annotated[
+        int, typer.Option(help="Fewest impressions on trial a line needs to be scored.")
+    ] = 50,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The click recipe's pool from a live service's own log: the lines `copyloop autopilot
+    --propose` put on trial, grouped by the prompt (campaign, segment) that wrote them and
+    scored by their clicks and impressions while on trial, for `generator tune --mode dpo
+    --pool`. --model is the generator that wrote them (its prompts are re-rendered)."""
+    from copyloop.agents.offline import read_log
+    from copyloop.contract import check_output_path, read_variants_for
+    from copyloop.generator.generate import CopyGenerator
+    from copyloop.generator.prompts import CopyRequest
+    from copyloop.generator.service_pool import pool_from_log
+
+    check_output_path(out, "--out")
+    log = read_log(logs, read_variants_for(logs))
+    market = _market(config)
+    lm = _load(model)
+    gen = CopyGenerator(lm, market)
+    index = {cid: i for i, cid in enumerate(market.catalog.campaign_ids)}
+    pool = pool_from_log(
+        log,
+        index,
+        lambda c, s: gen.prompt(CopyRequest(c, s)),
+        model=f"{lm.name}@{lm.version}",
+        min_impressions=min_impressions,
+    )
+    pool.save(out)
+    s = pool.summary()
+    if as_json:
+        print_json({"out": str(out), **s, "provenance": pool.meta.get("provenance")})
+        return
+    console.print(
+        f"wrote {out}: {int(s['lines'])} lines for {int(s['prompts'])} prompts, "
+        f"{int(s['clicks']):,} clicks on {int(s['impressions']):,} impressions on trial"
+    )
+
+
 @generator_app.command("compare")
 def compare(
     tuned: Annotated[str, typer.Option(help="Tuned model version folder.")],

@@ -533,6 +533,19 @@ CASES += [
         "no such parameter",
     ),
     Case(
+        "generator pool-from-log: no such log",
+        lambda f, t: [
+            "generator",
+            "pool-from-log",
+            "--logs",
+            str(t / "nope.parquet"),
+            "--out",
+            str(t / "pool.parquet"),
+        ],  # fmt: skip
+        2,
+        "does not exist",
+    ),
+    Case(
         "autopilot: a negative number of proposals",
         lambda f, t: ["autopilot", "--url", _DOWN, "--key", "k", "--propose", "-1"],
         2,
