@@ -541,7 +541,7 @@ CASES += [
             str(t / "nope.parquet"),
             "--out",
             str(t / "pool.parquet"),
-        ],  # fmt: skip
+        ],
         2,
         "does not exist",
     ),
