@@ -301,16 +301,25 @@ class Learner(_Ticker):
                 ) from None
             pol.exploration_floor = m.cfg.exploration_floor
             pol.attach(m.variants)
-            with m.lock:
-                pol._updates = m.learner_policy._updates + 1  # a new, unique model version
-                m.learner_policy = pol
-                m.policy = prepared(pol.trained_copy(), m)
-                m.published_at = time.monotonic()
-                m.unpublished.clear()
-                m.rows_since_save = 0
-                self._save(m)
-                m.saved_at = time.monotonic()
-            return m.snapshot_version
+            return self._install(m, pol)
+
+    def _install(self, m: ModelRuntime, pol: Policy, cfg: CampaignConfig | None = None) -> int:
+        """Make ``pol`` the learner's copy and the serving copy of ``m`` (and ``cfg`` its
+        settings), with a model version after the one it replaces (versions stay unique and
+        increasing in the log), saved as a new snapshot; returns its version. The caller holds
+        the step lock."""
+        with m.lock:
+            pol._updates = max(pol._updates, m.learner_policy._updates) + 1
+            if cfg is not None:
+                m.cfg = cfg
+            m.learner_policy = pol
+            m.policy = prepared(pol.trained_copy(), m)
+            m.published_at = time.monotonic()
+            m.unpublished.clear()
+            m.rows_since_save = 0
+            self._save(m)
+            m.saved_at = time.monotonic()
+        return m.snapshot_version
 
     def adopt(self, m: ModelRuntime, policy: Policy, cfg: CampaignConfig) -> int:
         """Serve and learn with ``policy`` (a fresh agent of new settings ``cfg``) from now on:
@@ -319,21 +328,10 @@ class Learner(_Ticker):
         snapshot. Its model version continues after the one it replaces. Returns the new
         snapshot version."""
         with self._step_lock:
-            old = m.learner_policy
             policy.attach(m.variants)
             shadow = replace(m, learner_policy=policy, through_join=0, rows_since_save=0)
             self.catch_up(shadow)  # joins are paused (step lock): it ends at m.through_join
-            policy._updates = max(policy._updates, old._updates) + 1  # a new, unique version
-            with m.lock:
-                m.cfg = cfg
-                m.learner_policy = policy
-                m.policy = prepared(policy.trained_copy(), m)
-                m.published_at = time.monotonic()
-                m.unpublished.clear()
-                m.rows_since_save = 0
-                self._save(m)
-                m.saved_at = time.monotonic()
-            return m.snapshot_version
+            return self._install(m, policy, cfg)
 
     # ---- recovery ------------------------------------------------------------------------------
     def catch_up(self, m: ModelRuntime) -> int:
