@@ -838,19 +838,13 @@ class Service:
     def model_log(self, m: ModelRuntime, path: Path, now: float | None = None) -> Any:
         """The joined log of every campaign that shares model ``m``, written to ``path``
         (a DecisionLog with its variants table) and read back; None when it has no rows."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         from copyloop.agents.offline import read_log
-        from copyloop.contract import DecisionLog, read_variants_for
+        from copyloop.contract import read_variants_for
 
-        if self.store.export_log(path, now=now).rows == 0:
-            return None
-        log = read_log(path, read_variants_for(path))
         mine = [c for c, r in self.runtimes.items() if r.model is m]
-        keep = pc.is_in(log.table.column("campaign_id"), value_set=pa.array(mine))
-        log = DecisionLog(log.table.filter(keep), variants=log.variants)
-        return log if log.n_rows else None
+        if self.store.export_log(path, now=now, campaign_ids=mine).rows == 0:
+            return None
+        return read_log(path, read_variants_for(path))
 
     def judge_policies(
         self, campaign_id: str, candidates: Sequence[Any], settings: Any, now: float | None = None

@@ -385,6 +385,7 @@ class Store(Protocol):
         *,
         campaign_id: str | None = None,
         now: float | None = None,
+        campaign_ids: Sequence[str] | None = None,
     ) -> ExportSummary: ...
 
     @property
@@ -1119,8 +1120,10 @@ class SQLiteStore:
         *,
         campaign_id: str | None = None,
         now: float | None = None,
+        campaign_ids: Sequence[str] | None = None,
     ) -> ExportSummary:
-        """Write the joined decisions as a DecisionLog (and its variants table, alongside).
+        """Write the joined decisions as a DecisionLog (and its variants table, alongside):
+        every campaign's, ``campaign_id``'s, or those of ``campaign_ids`` (a model's).
 
         A decision is exported when its reward is settled (window closed, or with ``earliest``
         aggregation a reward in) and it was activated; its reward is the campaign's aggregation
@@ -1134,10 +1137,12 @@ class SQLiteStore:
         from copyloop.contract import DecisionLog, DecisionLogWriter, VariantsTable
 
         cfgs = {c.campaign_id: c for c in self.campaigns()}
-        if campaign_id is not None:
-            if campaign_id not in cfgs:
-                raise ValueError(f"`campaign_id` {campaign_id!r} is not a campaign of the store")
-            cfgs = {campaign_id: cfgs[campaign_id]}
+        wanted = [campaign_id] if campaign_id is not None else campaign_ids
+        if wanted is not None:
+            unknown = [c for c in wanted if c not in cfgs]
+            if unknown:
+                raise ValueError(f"`campaign_id` {unknown[0]!r} is not a campaign of the store")
+            cfgs = {c: cfgs[c] for c in wanted}
         if not cfgs:
             raise ValueError("the store has no campaigns — nothing to export")
         widths = {c.context_width for c in cfgs.values()}
