@@ -6,12 +6,14 @@
   process, and no generator state is shared or mutated.
 - **Exact propensities in K dimensions.** For a Gaussian posterior over a linear head, the K
   candidates' sampled scores are jointly Gaussian, ``N(m, S)`` with ``m = Xμ`` and
-  ``S = XΣXᵀ`` (K×K). :func:`gaussian_win_probs` integrates each candidate's chance to win over
-  a fixed bank of scrambled-Sobol normal points pushed through ``m + chol(S) z``, with one
-  coordinate integrated in closed form (see there); the action is then drawn from those
-  probabilities, so the logged propensity is exactly the probability with which the action was
-  chosen. The bank (``REQUEST_DRAWS`` points) only sets the distance to idealised Thompson
-  sampling, measured by ``bench/serve_agents.py`` against 100k fresh draws.
+  ``S = XΣXᵀ`` (K×K). :func:`gaussian_win_probs` computes each candidate's chance to win:
+  by one-dimensional quadrature where the scores are independent up to a common shift (or
+  nearly: a first-order correction takes the rest), else over a fixed bank of scrambled-Sobol
+  normal points pushed through ``m + chol(S) z``, with one coordinate integrated in closed
+  form (see there). The action is then drawn from those probabilities, so the logged
+  propensity is exactly the probability with which the action was chosen; the method only
+  sets the distance to idealised Thompson sampling, measured by ``bench/serve_agents.py``
+  against 100k fresh draws.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import math
 import threading
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -164,21 +167,43 @@ def gaussian_win_probs(
 ) -> npt.NDArray[np.float64]:
     """P(candidate k has the highest score) under scores ~ N(mean, cov), (K,).
 
-    A deterministic function of (mean, cov). The candidate with the highest mean is put last in
-    the Cholesky order, so its score is ``μ_c(z) + σ_c ε`` with ``ε`` its own independent
-    normal: given the other K − 1 scores (one point ``z`` of the fixed quasi-random bank), it
-    wins with probability ``Φ((μ_c(z) − M(z)) / σ_c)``, M the others' best, and the others'
-    best wins otherwise — one coordinate integrated exactly (Rao-Blackwellisation), which turns
-    the counting of a discontinuous indicator into a smooth average and needs ~4x fewer points
-    for the same error. 1 − Φ is :func:`_norm_sf` (within 1.8e-4). The bank's first points
-    decide whether the rest is needed (:data:`FIRST_PASS`, :data:`SPLIT_TOLERANCE`). A
-    covariance with no independent part left for that candidate (e.g. two identical
-    candidates) is counted over :data:`FALLBACK_DRAWS` plain points instead.
+    A deterministic function of (mean, cov), by one of two methods:
+
+    - **Quadrature** (:func:`_near_independent_win_probs`) where the scores are independent up
+      to a common shift, or nearly so (residual correlations ≤ :data:`NEAR_INDEPENDENT`, the
+      candidates' scales within 16x): a one-dimensional integral over the max's window,
+      within 1e-5 of the exact probabilities for independent scores and within ~1e-3 at
+      residual correlation 0.1 (first-order corrected). Disjoint-arm models with a shared
+      intercept (one-hot arms) are the exact case; K = 2 is closed form.
+    - **The quasi-random bank** (:func:`_sobol_win_probs`) for any other covariance.
     """
     k = mean.shape[0]
     if k == 1:
         return np.ones(1)
-    mean = np.asarray(mean, np.float64)
+    m = np.asarray(mean, np.float64)
+    quad = _near_independent_win_probs(m, cov)
+    if quad is not None:
+        return quad
+    return _sobol_win_probs(m, cov, n)
+
+
+def _sobol_win_probs(
+    mean: npt.NDArray[np.float64], cov: npt.NDArray[np.floating], n: int = REQUEST_DRAWS
+) -> npt.NDArray[np.float64]:
+    """:func:`gaussian_win_probs` over the quasi-random bank, for any covariance.
+
+    The candidate with the highest mean is put last in the Cholesky order, so its score is
+    ``μ_c(z) + σ_c ε`` with ``ε`` its own independent normal: given the other K − 1 scores
+    (one point ``z`` of the fixed quasi-random bank), it wins with probability
+    ``Φ((μ_c(z) − M(z)) / σ_c)``, M the others' best, and the others' best wins otherwise —
+    one coordinate integrated exactly (Rao-Blackwellisation), which turns the counting of a
+    discontinuous indicator into a smooth average and needs ~4x fewer points for the same
+    error. 1 − Φ is :func:`_norm_sf` (within 1.8e-4). The bank's first points decide whether
+    the rest is needed (:data:`FIRST_PASS`, :data:`SPLIT_TOLERANCE`). A covariance with no
+    independent part left for that candidate (e.g. two identical candidates) is counted over
+    :data:`FALLBACK_DRAWS` plain points instead.
+    """
+    k = mean.shape[0]
     order = _leader_last(mean)
     # Σ is symmetric: its permuted transpose is Fortran-ordered, which LAPACK factors in place
     # (a C-ordered one would be copied first); the lower factor comes back in the same array
@@ -204,6 +229,90 @@ def gaussian_win_probs(
     probs = np.empty(k)
     probs[order] = [p / total for p in ps]
     return probs
+
+
+NEAR_INDEPENDENT = 0.1
+"""Largest residual correlation |R_kl| / √(Λ_k Λ_l) (see :func:`_near_independent_win_probs`)
+for which the win probabilities come from one-dimensional quadrature with a first-order
+correction; above it, from the quasi-random bank. On random near-independent covariances
+(K = 3–10, residual correlations up to this value, standard deviations within 3x) the
+corrected quadrature's max abs error is 7e-4 against a 2¹³-point nested reference, 2e-5 at
+correlations ≤ 0.01 (``tests/test_win_probs.py``)."""
+_QUAD_WINDOW = 5.0
+"""Half-width of the integration window in standard deviations: the max of the scores lies
+outside it, and a candidate left out of it wins, with probability below K·Φ(−5) = K·3e-7."""
+_QUAD_NODES = ((3.0, 32), (6.0, 40), (8.0, 48), (16.0, 64))
+"""(largest ratio of the candidates' standard deviations, Gauss–Legendre nodes): each row
+keeps the error of independent scores' win probabilities below 1e-5 (max over 400 random
+cases per ratio, K = 2–10, against 6,000 nodes on a wider window); a wider spread of scales
+takes the quasi-random bank."""
+_KERNELS: Any = None
+_RULES: tuple[npt.NDArray[Any], ...] = ()
+
+
+def kernels() -> Any:
+    """The compiled kernels (:mod:`copyloop.agents._kernels`), imported on first use (with the
+    quadrature's Gauss–Legendre rules) and called once on tiny inputs, so that a process pays
+    numba's start (~1 s: import, cached kernels, dispatcher) at one known moment — a service
+    can call this at startup — never again per request."""
+    global _KERNELS, _RULES
+    if _KERNELS is None:
+        with _BANK_LOCK:
+            if _KERNELS is None:
+                from copyloop.agents import _kernels
+
+                width = max(n for _, n in _QUAD_NODES)
+                nodes = np.zeros((len(_QUAD_NODES), width))
+                weights = np.zeros((len(_QUAD_NODES), width))
+                for q, (_, n) in enumerate(_QUAD_NODES):
+                    nodes[q, :n], weights[q, :n] = np.polynomial.legendre.leggauss(n)
+                ratios = np.array([r for r, _ in _QUAD_NODES])
+                counts = np.array([n for _, n in _QUAD_NODES], np.int64)
+                _RULES = (ratios, counts, nodes, weights)
+                for dtype in (np.float64, np.float32):  # the serving posterior is float32
+                    m, c = np.zeros(3), np.eye(3, dtype=dtype)
+                    _kernels.win_probs(m, c, NEAR_INDEPENDENT, _QUAD_WINDOW, *_RULES, np.empty(3))
+                _kernels.rls_rows(
+                    np.eye(2, dtype=np.float32),
+                    np.zeros(2, np.float32),
+                    np.ones((1, 2)),
+                    np.ones(1),
+                    1.0,
+                )
+                _KERNELS = _kernels
+    return _KERNELS
+
+
+def _near_independent_win_probs(
+    mean: npt.NDArray[np.float64], cov: npt.NDArray[np.floating]
+) -> npt.NDArray[np.float64] | None:
+    """:func:`gaussian_win_probs` by one-dimensional quadrature where the scores are
+    (nearly) independent up to a common shift; None where they are not (the caller then uses
+    the quasi-random bank).
+
+    Who wins depends only on the differences of the scores, and adding one random scalar to
+    every score leaves those alone: a covariance ``S`` with off-diagonals ``b_k + b_l`` ranks
+    like independent scores with variances ``Λ_k = S_kk − 2 b_k``. (A disjoint-arm model with
+    a shared intercept is exactly that — e.g. a diagonal posterior over one-hot arms.) ``b`` is
+    fitted to the off-diagonals by least squares (closed form); for independent scores
+    ``P(k wins) = ∫ p_k(t) Π_{l≠k} Φ_l(t) dt``, one Gauss–Legendre rule over the window
+    where the max lives serving every k. What is left of the off-diagonals, ``R``, enters to
+    first order by Price's theorem (∂P/∂S_ij = ∂²P/∂m_i∂m_j), which the same nodes
+    integrate: the error is second order in ``R`` (see :data:`NEAR_INDEPENDENT`). Candidates
+    that cannot reach the window get 0. Compiled (numba): one call, ~K²·nodes flops.
+    """
+    k = mean.shape[0]
+    if k == 2:  # closed form: P(s₀ > s₁) = Φ((m₀ − m₁) / √Var(s₀ − s₁))
+        v = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
+        if not v > 1e-12 * float(cov[0, 0] + cov[1, 1]):  # identical candidates: counted
+            return None
+        p0 = 0.5 * math.erfc((float(mean[1]) - float(mean[0])) / math.sqrt(2.0 * v))
+        return np.array([p0, 1.0 - p0])
+    kern = _KERNELS if _KERNELS is not None else kernels()
+    out = np.empty(k)
+    if kern.win_probs(mean, cov, NEAR_INDEPENDENT, _QUAD_WINDOW, *_RULES, out):
+        return out
+    return None
 
 
 def _leader_last(mean: npt.NDArray[np.floating]) -> npt.NDArray[np.intp]:

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from scipy.linalg import cho_solve, cholesky, solve_triangular
-from scipy.linalg.blas import sger as _sger
 from scipy.optimize import minimize
 from scipy.special import expit
 
@@ -36,7 +35,7 @@ from copyloop.agents.features import (
     candidate_block,
     features,
 )
-from copyloop.agents.request import gaussian_win_probs
+from copyloop.agents.request import gaussian_win_probs, kernels
 
 
 def choose_from_draws(
@@ -873,19 +872,13 @@ class _Serving:
 
     def rank_one(self, x: npt.NDArray[np.float64], r: npt.NDArray[np.float64], v2: float) -> None:
         """Recursive least squares, row by row, in place: C ← C − Cx xᵀC/(v² + xᵀCx),
-        μ ← μ + k(r − xᵀμ) with C = v²Σ and k = Cx/(v² + xᵀCx). One BLAS rank-one update
-        (``sger``) over C per row, no d×d temporaries."""
-        xs = x.astype(np.float32)
+        μ ← μ + k(r − xᵀμ) with C = v²Σ and k = Cx/(v² + xᵀCx). One compiled call
+        (:func:`copyloop.agents._kernels.rls_rows`: two passes over C per row, no d×d
+        temporaries, releasing the GIL)."""
+        rls_rows = kernels().rls_rows
         with self.lock:
-            cov, mean = self.cov, self.mean
-            cov_f = cov.T  # C is symmetric: its transpose is a Fortran-ordered view
-            for i in range(xs.shape[0]):
-                xi = xs[i]
-                cx = cov @ xi
-                inv_den = 1.0 / (v2 + float(xi @ cx))
-                mean += cx * np.float32((float(r[i]) - float(xi @ mean)) * inv_den)
-                _sger(-inv_den, cx, cx, a=cov_f, overwrite_a=True)  # C − Cx (Cx)ᵀ / den
-            self.age += xs.shape[0]
+            rls_rows(self.cov, self.mean, x, r, v2)
+            self.age += x.shape[0]
 
 
 _LAST_C1: tuple[npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None] = (None, None)
