@@ -6,8 +6,10 @@ same service serving the catalog only, under the same replayed users.
    ``--campaigns`` campaigns (all six categories) a protected control (their first catalog
    line), an exploration slice (``--share``) and new lines on trial — ``--good`` hand-written
    lines per campaign (the world audit's "good" templates: the product's name, a benefit
-   from its description, a call to action) and ``--bad`` lines from a deliberately bad
-   generator (the same templates about a sibling product: off-product copy).
+   from its description, a call to action; or, with ``--proposer generator``, lines the
+   generator writes for the campaign's product, ``copyloop.generator.propose``) and ``--bad``
+   lines from a deliberately bad generator (the same templates about a sibling product:
+   off-product copy).
 2. ``copyloop traffic`` (the library call) replays the same users to both in ``--chunks``
    chunks; clicks are Bernoulli draws from the world's CTR of what each served (new lines
    scored by ``world.ctr_of_texts``). After each chunk ``copyloop autopilot``'s round runs on
@@ -76,6 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunks", type=int, default=20)
     ap.add_argument("--campaigns", type=int, default=6)
     ap.add_argument("--good", type=int, default=2, help="good lines on trial per campaign")
+    ap.add_argument(
+        "--proposer",
+        choices=("templates", "generator"),
+        default="templates",
+        help="who writes the --good lines: the audit's templates, or the generator "
+        "(copyloop.generator.propose, --generator model)",
+    )
+    ap.add_argument("--generator", default=None, help="model folder (default: SmolLM2)")
     ap.add_argument("--bad", type=int, default=2, help="off-product lines per campaign")
     ap.add_argument("--share", type=float, default=0.15, help="exploration slice")
     ap.add_argument("--alpha", type=float, default=0.05)
@@ -100,8 +110,20 @@ def main(argv: list[str] | None = None) -> None:
     lines = audit_lines(cat.products, chosen, seed=args.seed)
     trial: dict[str, tuple[str, str]] = {}
     kind_of: dict[str, str] = {}
+    if args.proposer == "generator":
+        from copyloop.generator.generate import CopyGenerator
+        from copyloop.generator.models import load_model
+        from copyloop.generator.propose import propose
+
+        gen = CopyGenerator(load_model(args.generator), m)
+        for p in propose(gen, ids, args.good, seed=args.seed):
+            trial[p.variant_id] = (p.campaign_id, p.text)
+            kind_of[p.variant_id] = "generated"
     for n, (c, cid) in enumerate(zip(chosen.tolist(), ids, strict=True)):
-        for kind, count in (("good", args.good), ("off_product", args.bad)):
+        kinds = [("off_product", args.bad)]
+        if args.proposer == "templates":
+            kinds.insert(0, ("good", args.good))
+        for kind, count in kinds:
             for k, text in enumerate(lines[kind][n][:count]):
                 vid = f"{cid}~{kind}{k}"
                 trial[vid] = (cid, text)
@@ -217,11 +239,11 @@ def main(argv: list[str] | None = None) -> None:
             "b": float(np.mean([c["b"] for c in chunks])),
         },
         promoted_by_kind={
-            k: sum(v["kind"] == k for v in promoted) for k in ("good", "off_product")
+            k: sum(v["kind"] == k for v in promoted) for k in ("good", "generated", "off_product")
         },
         rejected_by_kind={
             k: sum(v["kind"] == k and v["action"] == "reject" for v in verdicts)
-            for k in ("good", "off_product")
+            for k in ("good", "generated", "off_product")
         },
         seconds=time.perf_counter() - t0,
     )
