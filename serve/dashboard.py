@@ -47,6 +47,21 @@ def _iv(d: dict[str, Any] | None) -> str:
     return f"{_fmt(d.get('estimate'))} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
+def _setting(d: dict[str, Any] | None) -> str:
+    """``kind(key=value, …)`` of an agent setting (the seed left out: it is not a choice)."""
+    if not d:
+        return "-"
+    params = {k: v for k, v in (d.get("agent_params") or {}).items() if k != "seed"}
+    return f"{d.get('agent')}({', '.join(f'{k}={v}' for k, v in params.items())})"
+
+
+def _gain(ev: dict[str, Any]) -> str:
+    """A policy verdict's gain over the online policy and its one-sided bounds."""
+    if ev.get("difference") is None:
+        return "-"
+    return f"{ev['difference']:+.4f} [{_fmt(ev.get('lower'))}, {_fmt(ev.get('upper'))}]"
+
+
 def _concerns(entry: dict[str, Any], campaign_id: str, model_id: str) -> bool:
     """Whether an audit entry is about this campaign (or its model); meta writes are not."""
     d = entry["detail"]
@@ -134,6 +149,17 @@ def render(
         if a["action"] in ("candidates.promote", "candidates.reject")
         and a["detail"].get("campaign") == campaign_id
     ]
+    policies = [
+        {
+            "when": _when(a["ts"]),
+            "action": a["action"],
+            "change": f"{_setting(a['detail'].get('from'))} → {_setting(a['detail'].get('to'))}",
+            "gain": _gain(a["detail"].get("evidence") or {}),
+            "rows": (a["detail"].get("evidence") or {}).get("rows", "-"),
+        }
+        for a in audit
+        if a["action"] == "policy.promote" and a["detail"].get("campaign") == campaign_id
+    ]
     snaps = store.snapshots(rt.model.model_id)[-10:][::-1]
     env = Environment(autoescape=True)
     template = files("copyloop.serve").joinpath("dashboard.html").read_text()
@@ -158,6 +184,8 @@ def render(
         last_bucket=_when(buckets[-1]) if buckets else "",
         variants=variants,
         gates=gates[::-1],
+        agent=_setting({"agent": rt.cfg.agent, "agent_params": rt.cfg.agent_params}),
+        policies=policies[::-1],
         sets=[
             {
                 "version": s.version,

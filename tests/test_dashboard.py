@@ -42,7 +42,8 @@ def _chromium() -> str:
 
 
 class _Numbers(HTMLParser):
-    """``data-k`` values, keyed by the enclosing ``data-variant``/``data-gate`` row if any."""
+    """``data-k`` values, keyed by the enclosing ``data-variant``/``data-gate``/``data-policy``
+    row if any."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -53,7 +54,7 @@ class _Numbers(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
         if tag == "tr":
-            self._row = a.get("data-variant") or a.get("data-gate") or ""
+            self._row = a.get("data-variant") or a.get("data-gate") or a.get("data-policy") or ""
         self._key = a.get("data-k")
 
     def handle_data(self, data: str) -> None:
@@ -137,6 +138,11 @@ def test_dashboard_in_headless_chromium_matches_the_store(
 
         verdicts = run_once(judge, settle, ["spring"])
         assert [v.action for v in verdicts] == ["promote"], [v.reason for v in verdicts]
+        # an agent setting adopted with its evidence (the policy gate's numbers)
+        ev = {"difference": 0.01, "lower": 0.002, "upper": 0.018, "rows": 300}
+        body = {"agent": "logistic_ts", "params": {"seed": 1}, "evidence": ev}
+        r = c.post("/v1/admin/campaigns/spring/policy", json=body)
+        assert r.status_code == 200, r.text
         assert c.get("/dashboard?campaign=spring").status_code == 200
         assert c.get("/dashboard", headers={"X-API-Key": "cl_wrong"}).status_code == 401
 
@@ -166,5 +172,7 @@ def test_dashboard_in_headless_chromium_matches_the_store(
     for vid, n in stats["served"].items():
         assert int(got[vid, "decisions"]) == n, vid
     assert got["n1", "verdict"] == "promote"
+    assert got["", "agent"] == "logistic_ts()"
+    assert got["0", "gain"] == "+0.0100 [0.0020, 0.0180]"
     assert float(got["", "decisions_per_s"]) > 0
     assert re.fullmatch(r"\d+", got["", "model_version"])
