@@ -92,11 +92,11 @@ class ServiceConfig:
         encoder: text encoder for new variants' embeddings (default: the packaged MiniLM,
             loaded on first use); anything with ``encode(list[str]) -> (n, e)``.
         snapshot_dir: where snapshots go (default: ``<db>.snapshots/`` beside the database).
-        learn_interval_s: the learner's tick; None runs no learner thread (call
-            ``service.learner.step()`` yourself).
-        publish_interval_s: most often the learner hands a new model to the serving path (an
-            in-memory copy); a reward reaches rank probabilities within about
-            ``learn_interval_s + publish_interval_s``.
+        learn_interval_s: the learner's tick (how often it looks for a due hand-over); None
+            runs no learner thread (call ``service.learner.step()`` yourself).
+        publish_interval_s: most often the learner joins and learns a model's settled rows
+            and hands the new model to the serving path (an in-memory copy); a reward reaches
+            rank probabilities within about ``learn_interval_s + publish_interval_s``.
         snapshot_interval_s: most often a model is saved to disk (a restart loads the last
             snapshot and re-learns the rows joined after it, so this bounds restart work,
             not durability).
