@@ -243,6 +243,12 @@ def one_run(m: Any, seed: int, args: argparse.Namespace, d: Path) -> dict[str, A
 
 
 def summarise(runs: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
+    """Promotions by kind; the gate's realised risk — promotions of candidates that cannot
+    improve the policy (``null``: a copy of an active line; ``off_product``: worse) over those
+    candidates settled, with a Clopper–Pearson 95 % interval; and every promotion whose true
+    gain was below zero, with the largest such loss."""
+    from scipy.stats import beta
+
     proms = [p for r in runs for p in r["promotions"]]
     by_kind = {
         k: {
@@ -252,18 +258,31 @@ def summarise(runs: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
         for k in KINDS
     }
     harmful = [p for p in proms if p["truth"]["gain"] < 0]
-    judged = sum(v["promoted"] + v["rejected"] for v in by_kind.values())
+    no_gain = ("null", "off_product")
+    k = sum(by_kind[x]["promoted"] for x in no_gain)
+    n = sum(by_kind[x]["promoted"] + by_kind[x]["rejected"] for x in no_gain)
+    lo = float(beta.ppf(0.025, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(beta.ppf(0.975, k + 1, n - k)) if k < n else 1.0
+    settled = sum(v["promoted"] + v["rejected"] for v in by_kind.values())
+    gains = [p["truth"]["gain"] for p in proms]
     return {
         "runs": len(runs),
-        "candidates_settled": judged,
+        "candidates_settled": settled,
         "promotions": len(proms),
         "by_kind": by_kind,
-        "harmful_promotions": len(harmful),
-        "harmful_share_of_settled": len(harmful) / max(judged, 1),
+        "no_gain_candidates_settled": n,
+        "no_gain_promoted": k,
+        "no_gain_promotion_rate": k / max(n, 1),
+        "no_gain_promotion_rate_ci95": [lo, hi],
         "stated_risk_alpha": alpha,
         "off_product_promoted": by_kind["off_product"]["promoted"],
-        "mean_true_gain_of_promotions": float(np.mean([p["truth"]["gain"] for p in proms]))
-        if proms
+        "harmful_promotions": len(harmful),
+        "largest_true_loss": min(gains) if harmful else 0.0,
+        "mean_true_gain_of_promotions": float(np.mean(gains)) if proms else None,
+        "mean_true_gain_of_good_promotions": float(
+            np.mean([p["truth"]["gain"] for p in proms if p["kind"] == "good"])
+        )
+        if any(p["kind"] == "good" for p in proms)
         else None,
         "harmful": harmful,
     }
@@ -283,10 +302,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-impressions", type=int, default=2000)
     ap.add_argument("--truth-users", type=int, default=2000)
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "autopilot_seeds.json"))
+    ap.add_argument(
+        "--resummarise", action="store_true", help="recompute the summary of --out and exit"
+    )
     args = ap.parse_args(argv)
 
-    from copyloop.cli_common import market as load_market
     from copyloop.contract import atomic_path
+
+    if args.resummarise:
+        out = Path(args.out)
+        report = json.loads(out.read_text())
+        report["summary"] = summarise(report["runs"], report["args"]["alpha"])
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in report["summary"].items() if k != "harmful"}, indent=1))
+        return
+
+    from copyloop.cli_common import market as load_market
 
     m = load_market(CONFIG)
     runs = []
