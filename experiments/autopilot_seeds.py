@@ -277,6 +277,7 @@ def summarise(runs: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
         "stated_risk_alpha": alpha,
         "off_product_promoted": by_kind["off_product"]["promoted"],
         "harmful_promotions": len(harmful),
+        "harmful_rate_over_no_gain_candidates": len(harmful) / max(n, 1),
         "largest_true_loss": min(gains) if harmful else 0.0,
         "mean_true_gain_of_promotions": float(np.mean(gains)) if proms else None,
         "mean_true_gain_of_good_promotions": float(
