@@ -141,8 +141,8 @@ other than the leader and the runner-up hold more than this probability (where c
 the others errs most). Below it the race is the leader's against the runner-up, which the
 closed-form coordinate makes smooth: on 168 requests (10-arm stream and the default market)
 the max error against a 2²⁰-point reference is the whole bank's (0.007 / 0.006 / 0.003 /
-0.003), and one row at a time ~16 % (LinearTS) / ~42 % (LogisticTS) of stream requests need
-the rest."""
+0.003), and one row at a time ~16 % (LinearTS) / ~42 % (LogisticTS) of stream requests needed
+the rest (measured when every request took the bank; one-hot arms now take the quadrature)."""
 
 
 _PAGE = np.float32(0.044715 * math.pi / 2)
