@@ -269,9 +269,11 @@ def kernels() -> Any:
                 ratios = np.array([r for r, _ in _QUAD_NODES])
                 counts = np.array([n for _, n in _QUAD_NODES], np.int64)
                 _RULES = (ratios, counts, nodes, weights)
-                for dtype in (np.float64, np.float32):  # the serving posterior is float32
-                    m, c = np.zeros(3), np.eye(3, dtype=dtype)
-                    _kernels.win_probs(m, c, NEAR_INDEPENDENT, _QUAD_WINDOW, *_RULES, np.empty(3))
+                eye = np.eye(3)
+                for c in (eye, eye.astype(np.float32)):  # the serving posterior is float32
+                    _kernels.win_probs(
+                        np.zeros(3), c, NEAR_INDEPENDENT, _QUAD_WINDOW, *_RULES, np.empty(3)
+                    )
                 _kernels.rls_rows(
                     np.eye(2, dtype=np.float32),
                     np.zeros(2, np.float32),
