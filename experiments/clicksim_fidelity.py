@@ -160,6 +160,8 @@ def _agents(
 def render(result: dict[str, Any]) -> str:
     """The results as Markdown tables."""
     lines = [
+        f"Click world {result.get('world', 'v1')}.",
+        "",
         "| fit | rows | fit s | AUC | Bayes AUC | gap | ECE / CTR | ECE vs truth / CTR | "
         "cell r | min Spearman | value gap |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -216,6 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--agent-rounds", type=int, default=100_000)
     ap.add_argument("--eval-rounds", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--world",
+        choices=("v1", "v2"),
+        default="v1",
+        help="click-world version (v1 = as before; the --ceiling's features follow v1's cues)",
+    )
     ap.add_argument("--render-only", action="store_true", help="re-render OUT/results.json")
     ap.add_argument(
         "--reuse-agents", action="store_true", help="keep the agent runs of OUT/results.json"
@@ -230,7 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     logs = a.out / "logs"
     logs.mkdir(exist_ok=True)
-    market = Market.get(MarketConfig())
+    from copyloop.envs.world import WorldConfig
+
+    market = Market.get(MarketConfig(world=WorldConfig(version=a.world)))
     t0 = time.perf_counter()
 
     def log(name: str, policy: Any, rows: int, seed: int) -> Any:
@@ -286,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}), flush=True)
     fits["uniform"].save(a.out / "sim_uniform")
     result: dict[str, Any] = {
+        "world": a.world,
         "fidelity": rows,
         "skewed_min_propensity": pmin,
         "skewed_logged_ctr": float(skewed.reward.mean()),

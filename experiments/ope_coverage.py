@@ -121,6 +121,7 @@ class Setup:
     n_boot: int
     boot_reps: int
     n_boot_fixed: int = 999
+    world: str = "v1"
 
 
 # ---- world and policies -------------------------------------------------------------------------
@@ -128,10 +129,12 @@ def market_for(s: Setup) -> Any:
     from copyloop.envs.catalog import CatalogConfig
     from copyloop.envs.market import Market, MarketConfig
     from copyloop.envs.users import PopulationConfig
+    from copyloop.envs.world import WorldConfig
 
     cfg = MarketConfig(
         catalog=CatalogConfig(n_campaigns=s.campaigns),
         population=PopulationConfig(n_users=s.users),
+        world=WorldConfig(version=s.world),  # type: ignore[arg-type]
         seed=s.market_seed,
     )
     return Market.get(cfg)
@@ -206,6 +209,7 @@ def calibrate(args: argparse.Namespace, market: Any) -> Setup:
     interaction = rng.normal(0.0, 0.3 / math.sqrt(du * dv), size=(du, dv))
     logging_score: Array = rng.normal(size=(dv,))
     s = Setup(
+        world=args.world,
         campaigns=args.campaigns,
         users=args.users,
         market_seed=args.market_seed,
@@ -498,7 +502,9 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "## Setup",
         "",
         f"- **World**: `Market.get(MarketConfig(catalog=CatalogConfig(n_campaigns={s['campaigns']}"
-        f"), population=PopulationConfig(n_users={s['users']}), seed={s['market_seed']}))`, "
+        f"), population=PopulationConfig(n_users={s['users']}), "
+        f"world=WorldConfig(version={s.get('world', 'v1')!r}), seed={s['market_seed']}))` "
+        f"(click world {s.get('world', 'v1')}), "
         "no drift, `session_length=1` (a contextual bandit); true CTRs from the env's "
         '`info["true_ctr"]`.',
         f"- **Logging policy**: {s['logging']}"
@@ -628,6 +634,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--campaigns", type=int, default=24)
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--market-seed", type=int, default=0)
+    ap.add_argument(
+        "--world", choices=("v1", "v2"), default="v1", help="click-world version (v1 = as before)"
+    )
     ap.add_argument("--logging", choices=("uniform", "eps-greedy"), default="uniform")
     ap.add_argument("--epsilon", type=float, default=0.5)
     ap.add_argument("--ess-share", type=float, default=0.45)
@@ -669,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
             1.0,
             0,
             0,
+            world=args.world,
         )
     )
     setup = calibrate(args, market)
