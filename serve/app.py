@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
@@ -355,9 +355,9 @@ class HotRoute(APIRoute):
     validated by :func:`parse_body` against the same strict model; path parameters must be
     plain ``str``."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         assert self.body_field is not None, "a HotRoute takes a JSON body"
-        model = self.body_field.field_info.annotation
+        model = cast(type[BaseModel], self.body_field.field_info.annotation)
         endpoint = self.endpoint
 
         async def handler(request: Request) -> Response:
