@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> None:
         from copyloop.generator.propose import propose
 
         gen = CopyGenerator(load_model(args.generator), m)
-        for p in propose(gen, ids, args.good, seed=args.seed):
-            trial[p.variant_id] = (p.campaign_id, p.text)
-            kind_of[p.variant_id] = "generated"
+        for line in propose(gen, ids, args.good, seed=args.seed):
+            trial[line.variant_id] = (line.campaign_id, line.text)
+            kind_of[line.variant_id] = "generated"
     for n, (c, cid) in enumerate(zip(chosen.tolist(), ids, strict=True)):
         kinds = [("off_product", args.bad)]
         if args.proposer == "templates":

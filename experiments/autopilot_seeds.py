@@ -72,7 +72,7 @@ def build_service(m: Any, chosen: list[int], d: Path, seed: int) -> Any:
     camp_of = cat.variant_campaign.tolist()
     for c in chosen:
         cid = cat.campaign_ids[c]
-        cfg = CampaignConfig(
+        camp_cfg = CampaignConfig(
             campaign_id=cid,
             context_width=m.user_dim,
             agent="linear_ts",
@@ -83,7 +83,7 @@ def build_service(m: Any, chosen: list[int], d: Path, seed: int) -> Any:
         rows = [v for v in range(cat.n_variants) if camp_of[v] == c]
         recs = [VariantRecord(cat.variant_ids[v], cid, cat.variants.texts[v], cat.embeddings[v])
                 for v in rows]  # fmt: skip
-        st.create_campaign(cfg, recs, "experiment").result()
+        st.create_campaign(camp_cfg, recs, "experiment").result()
     st.close()
     cfg = ServiceConfig(
         store=f"sqlite:///{db}",
@@ -207,26 +207,26 @@ def one_run(m: Any, seed: int, args: argparse.Namespace, d: Path) -> dict[str, A
             served.append(ctr)
             svc.learner.step()
             for cid in ids:
-                for v in judge_campaign(svc, cid, settings):
-                    if v.action == "wait":
+                for vd in judge_campaign(svc, cid, settings):
+                    if vd.action == "wait":
                         continue
-                    rec = {
+                    rec: dict[str, Any] = {
                         "chunk": k,
-                        "variant": v.variant_id,
-                        "kind": kind_of[v.variant_id],
-                        "impressions": v.impressions,
-                        "reason": v.reason,
+                        "variant": vd.variant_id,
+                        "kind": kind_of[vd.variant_id],
+                        "impressions": vd.impressions,
+                        "reason": vd.reason,
                     }
-                    if v.action == "promote":
+                    if vd.action == "promote":
                         rec["truth"] = true_gain(
-                            svc, m, cid, v.variant_id, trial,
+                            svc, m, cid, vd.variant_id, trial,
                             seed=99_000 + 100 * seed + k, users=args.truth_users,
                         )  # fmt: skip
                         promotions.append(rec)
                     else:
                         rejections.append(rec)
                     svc.settle_candidate(
-                        cid, v.variant_id, v.action == "promote", "experiment", v.evidence()
+                        cid, vd.variant_id, vd.action == "promote", "experiment", vd.evidence()
                     )
         pending = sum(len(svc.runtime(c).cfg.candidates) for c in ids)
     finally:

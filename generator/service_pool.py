@@ -73,8 +73,14 @@ def pool_from_log(
             "as copyloop autopilot --propose adds them)"
         )
     seen = ~np.isnan(reward)
-    groups, camps, segs, prompts = [], [], [], []
-    out_text, out_group, imps, clicks = [], [], [], []
+    groups: list[int] = []
+    camps: list[int] = []
+    segs: list[int] = []
+    prompts: list[str] = []
+    out_text: list[str] = []
+    out_group: list[int] = []
+    imps: list[int] = []
+    clicks: list[int] = []
     for (c, s), items in sorted(lines.items()):
         scored = []
         for vid, text in items:
