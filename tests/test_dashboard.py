@@ -118,8 +118,9 @@ def test_dashboard_in_headless_chromium_matches_the_store(
         assert c.post("/v1/admin/campaigns/spring/candidates", json=trial).status_code == 200
         ctr = {"a": 0.05, "b": 0.08, "c": 0.04, "n1": 0.3}
         rng = np.random.default_rng(5)
-        for _ in range(400):
-            r = c.post("/v1/rank", json={"campaign_id": "spring", "context": [0.1, 0.2, 0.3]})
+        for i in range(400):  # event ids given: the decisions, and so the verdict, replay
+            body = {"campaign_id": "spring", "context": [0.1, 0.2, 0.3], "event_id": f"d{i}"}
+            r = c.post("/v1/rank", json=body)
             out = r.json()
             click = float(rng.random() < ctr[out["variant_id"]])
             c.post(f"/v1/events/{out['event_id']}/reward", json={"value": click})
