@@ -285,7 +285,11 @@ class Service:
 
     def start(self) -> None:
         """Start the background threads the role needs: the learner (``all``, ``learner``)
-        and the follower (``api``, ``learner``)."""
+        and the follower (``api``, ``learner``) — after the agents' compiled kernels are
+        loaded, so no request pays their start (~1 s)."""
+        from copyloop.agents.request import kernels
+
+        kernels()
         if self.config.role != "api":
             self.learner.start()
         if self.config.role != "all":
