@@ -118,9 +118,10 @@ def main() -> None:
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
+    share: dict[str, float] = out["flags"]  # type: ignore[assignment]
     print(
         f"{a.model}: kept {ev.valid:.0%} distinct-2 {ev.distinct2:.3f} flagged "
-        f"{out['flags']['any']:.1%} KL {kl} (monitor CTR {ev.ctr:.5f}) -> {a.out}"
+        f"{share['any']:.1%} KL {kl} (monitor CTR {ev.ctr:.5f}) -> {a.out}"
     )
 
 
