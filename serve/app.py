@@ -771,6 +771,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         st = svc.store.commit_stats
         svc.metrics.commits.set(st.commits)
         svc.metrics.commit_ops.set(st.ops)
+        svc.metrics.commit_retries.set(st.retries)
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

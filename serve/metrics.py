@@ -64,3 +64,8 @@ class Metrics:
         self.commit_ops = Gauge(
             "copyloop_store_commit_ops", "Writes carried by group commits", registry=r
         )
+        self.commit_retries = Gauge(
+            "copyloop_store_commit_retries",
+            "Group commits rerun after a transient failure (a deadlock between processes)",
+            registry=r,
+        )

@@ -252,11 +252,13 @@ class KeyRecord:
 
 @dataclass
 class GroupCommitStats:
-    """The writer's counters: transactions, operations, and how many operations each
-    transaction carried (``batch_sizes[n]`` = transactions of ``n`` operations)."""
+    """The writer's counters: transactions, operations, how many operations each
+    transaction carried (``batch_sizes[n]`` = transactions of ``n`` operations), and batches
+    rerun after a transient failure (a PostgreSQL deadlock or serialisation failure)."""
 
     commits: int = 0
     ops: int = 0
+    retries: int = 0
     commit_seconds: float = 0.0
     batch_sizes: dict[int, int] = field(default_factory=dict)
 
@@ -465,6 +467,9 @@ _DECISION_COLS = (
 _INSERT_DECISION = f"INSERT INTO decisions ({_DECISION_COLS}) VALUES ({','.join('?' * 20)})"
 
 _Op = Callable[[sqlite3.Connection], Any]
+_Item = tuple[_Op, "Future[Any]", tuple[str, ...]]
+"""A queued write: the operation, its future, and the decision event ids it writes or locks
+(empty for writes that touch no decision row)."""
 _STOP = object()
 
 
@@ -592,13 +597,36 @@ class SQLiteStore:
             self._readers.clear()
 
     # ---- group commit ---------------------------------------------------------------------------
-    def _submit(self, op: _Op) -> Future[Any]:
+    def _submit(self, op: _Op, keys: Sequence[str] = ()) -> Future[Any]:
         fut: Future[Any] = Future()
         if self._closed:
             fut.set_exception(RuntimeError("the store is closed"))
             return fut
-        self._queue.put((op, fut))
+        self._queue.put((op, fut, tuple(keys)))
         return fut
+
+    def _prelock(self, conn: Any, keys: list[str]) -> None:
+        """Lock the batch's existing decision rows up front, in one sorted order (SQLite: its
+        single writer already serialises; PostgreSQL overrides)."""
+
+    @staticmethod
+    def _order(batch: list[_Item]) -> list[int]:
+        """The order a batch's writes run in: by decision event id within each run of keyed
+        writes, so that two processes' batches take row and insert locks in one global order
+        (the usual cure for lock-order deadlocks); any other write (campaign, keys, a join of
+        many rows, whose rows :meth:`_prelock` has locked) stays where it was and bounds the
+        runs. Writes to the same event keep their submission order (the sort is stable)."""
+        order: list[int] = []
+        run: list[int] = []
+        for i, (_, _, keys) in enumerate(batch):
+            if len(keys) == 1:
+                run.append(i)
+                continue
+            order.extend(sorted(run, key=lambda j: batch[j][2][0]))
+            run.clear()
+            order.append(i)
+        order.extend(sorted(run, key=lambda j: batch[j][2][0]))
+        return order
 
     def _write_loop(self) -> None:
         name_os_thread("store-writer")
@@ -620,7 +648,7 @@ class SQLiteStore:
                 batch.append(nxt)
             self._run_batch(conn, batch)
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[tuple[_Op, Future[Any]]]) -> None:
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         t0 = time.perf_counter()
         results: list[tuple[bool, Any]] = []
         for attempt in range(self._RETRIES + 1):
@@ -636,9 +664,10 @@ class SQLiteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if attempt < self._RETRIES and self._transient(e):
+                    self._stats.retries += 1
                     time.sleep(random.uniform(0.0, 0.01 * 2**attempt))
                     continue
-                for _, fut in batch:
+                for _, fut, _ in batch:
                     fut.set_exception(e)
                 return
         st = self._stats
@@ -646,25 +675,32 @@ class SQLiteStore:
         st.ops += len(batch)
         st.commit_seconds += time.perf_counter() - t0
         st.batch_sizes[len(batch)] = st.batch_sizes.get(len(batch), 0) + 1
-        for (_, fut), (ok, value) in zip(batch, results, strict=True):
+        for (_, fut, _), (ok, value) in zip(batch, results, strict=True):
             if ok:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
 
     def _apply(
-        self, conn: sqlite3.Connection, batch: list[tuple[_Op, Future[Any]]], *, isolate: bool
+        self, conn: sqlite3.Connection, batch: list[_Item], *, isolate: bool
     ) -> list[tuple[bool, Any]] | None:
-        """Run the batch's writes in one open transaction. Without ``isolate`` (the common
-        case: no write fails) there is no per-write savepoint; the first failure rolls the
-        transaction back and returns None. With it, a savepoint per write keeps one failing
-        write from undoing its batch-mates."""
-        results: list[tuple[bool, Any]] = []
+        """Run the batch's writes in one open transaction, in :meth:`_order`, after locking the
+        decision rows they touch (:meth:`_prelock`); results come back in submission order.
+        Without ``isolate`` (the common case: no write fails) there is no per-write savepoint;
+        the first failure rolls the transaction back and returns None. With it, a savepoint per
+        write keeps one failing write from undoing its batch-mates."""
+        results: list[tuple[bool, Any]] = [(False, None)] * len(batch)
         conn.execute(self._BEGIN)
-        for op, _ in batch:
+        try:
+            self._prelock(conn, sorted({k for _, _, keys in batch for k in keys}))
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
+        for i in self._order(batch):
+            op = batch[i][0]
             if not isolate:
                 try:
-                    results.append((True, op(conn)))
+                    results[i] = (True, op(conn))
                 except Exception as e:
                     conn.execute("ROLLBACK")
                     if self._transient(e):
@@ -673,14 +709,14 @@ class SQLiteStore:
                 continue
             conn.execute("SAVEPOINT op")
             try:
-                results.append((True, op(conn)))
+                results[i] = (True, op(conn))
                 conn.execute("RELEASE op")
             except Exception as e:
                 if self._transient(e):  # the locks the batch holds are the problem: retry it
                     raise
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
-                results.append((False, e))
+                results[i] = (False, e)
         return results
 
     @property
@@ -715,7 +751,7 @@ class SQLiteStore:
         def op(c: sqlite3.Connection) -> None:
             c.execute(_INSERT_DECISION, row)
 
-        return self._submit(op)
+        return self._submit(op, (rec.event_id,))
 
     def record_reward(
         self, event_id: str, reward_id: str, value: float, received: float
@@ -744,7 +780,7 @@ class SQLiteStore:
                 c.execute("UPDATE decisions SET has_reward=1 WHERE event_id=?", (event_id,))
             return RewardOutcome("accepted", late)
 
-        return self._submit(op)
+        return self._submit(op, (event_id,))
 
     def activate(self, event_id: str) -> Future[Literal["ok", "unknown_event", "joined"]]:
         def op(c: sqlite3.Connection) -> Literal["ok", "unknown_event", "joined"]:
@@ -758,7 +794,7 @@ class SQLiteStore:
             c.execute("UPDATE decisions SET activated=1 WHERE event_id=?", (event_id,))
             return "ok"
 
-        return self._submit(op)
+        return self._submit(op, (event_id,))
 
     def create_campaign(
         self, cfg: CampaignConfig, variants: Sequence[VariantRecord], actor: str
@@ -899,7 +935,7 @@ class SQLiteStore:
             )
             return seq
 
-        return self._submit(op)
+        return self._submit(op, [j.event_id for j in joined])
 
     def _next_join_seq(self, c: Any) -> int:
         """The next join sequence number (SQLite: this process is the file's only writer)."""

@@ -17,6 +17,7 @@ from copyloop.serve.store import (
     DecisionRecord,
     JoinedRow,
     SnapshotRecord,
+    SQLiteStore,
     Store,
     VariantRecord,
     open_store,
@@ -244,9 +245,10 @@ def _writer(url: str, who: int, n: int, barrier: object, out: object) -> None:
             events.reverse()
         outs = [st.record_reward(e, "r", 1.0, NOW + 1) for e in events]
         status = [f.result().status for f in outs]
-        out.put((who, dup, dict(zip(events, status, strict=True))))  # type: ignore[attr-defined]
+        retries = st.commit_stats.retries
+        out.put((who, dup, dict(zip(events, status, strict=True)), retries))  # type: ignore[attr-defined]
     except BaseException as e:
-        out.put((who, -1, repr(e)))  # type: ignore[attr-defined]
+        out.put((who, -1, repr(e), -1))  # type: ignore[attr-defined]
         raise
     finally:
         st.close()
@@ -266,12 +268,15 @@ def test_two_processes_share_one_postgres_store(store_url: str) -> None:
         p.start()
     try:
         results = [q.get(timeout=120) for _ in procs]
-        assert all(dup >= 0 for _, dup, _ in results), results
+        assert all(dup >= 0 for _, dup, _, _ in results), results
+        # the writers lock decision rows in one sorted order (SQLiteStore._order, _prelock):
+        # reversed reward orders make them wait for each other, never deadlock and rerun
+        assert [r for *_, r in results] == [0, 0]
         for p in procs:
             p.join(timeout=60)
             assert p.exitcode == 0
-        assert sum(dup for _, dup, _ in results) == n  # each shared id stored exactly once
-        (_, _, a), (_, _, b) = results
+        assert sum(dup for _, dup, _, _ in results) == n  # each shared id stored exactly once
+        (_, _, a, _), (_, _, b, _) = results
         assert a.keys() == b.keys() and len(a) == 3 * n
         for e in a:  # exactly one process's reward accepted, the other's a duplicate
             assert sorted([a[e], b[e]]) == ["accepted", "duplicate"], e
@@ -288,3 +293,21 @@ def test_two_processes_share_one_postgres_store(store_url: str) -> None:
             if p.is_alive():
                 p.kill()
         st.close()
+
+
+@pytest.mark.parametrize(
+    ("keys", "order"),
+    [
+        ([("b",), ("a",), ("c",)], [1, 0, 2]),  # one run of single-event writes: sorted
+        ([("b",), ("a",), ("b",), ("a",)], [1, 3, 0, 2]),  # same event: submission order kept
+        ([("b",), (), ("a",), ("c",)], [0, 1, 2, 3]),  # a keyless write bounds the runs
+        ([("c",), ("b",), ("a", "z"), ("a",)], [1, 0, 2, 3]),  # so does a join of many rows
+        ([(), ()], [0, 1]),
+        ([], []),
+    ],
+)
+def test_writes_run_in_one_global_event_order(
+    keys: list[tuple[str, ...]], order: list[int]
+) -> None:
+    batch = [(lambda c: None, None, k) for k in keys]
+    assert SQLiteStore._order(batch) == order  # type: ignore[arg-type]
