@@ -214,9 +214,38 @@ def main(argv: list[str] | None = None) -> None:
                         f"{[(v.variant_id, v.action) for v in settled]}",
                         flush=True,
                     )
+                    if len(chunks) >= 4:  # a long run leaves its evidence so far behind it
+                        summarise(report, chunks, verdicts, t0, Path(args.out), complete=False)
         finally:
             for p in procs:
                 stop(p)
+    out = Path(args.out)
+    summarise(report, chunks, verdicts, t0, out, complete=True)
+    plot(report, out.with_suffix(".png"))
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in ("difference", "served_ctr", "promoted_by_kind", "rejected_by_kind")
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out}.json and .png in {report['seconds']:.0f} s")
+
+
+def summarise(
+    report: dict[str, Any],
+    chunks: list[dict[str, Any]],
+    verdicts: list[dict[str, Any]],
+    t0: float,
+    out: Path,
+    *,
+    complete: bool,
+) -> None:
+    """Fold the chunks so far into the report and write it: ``OUT.json`` when the run is
+    complete, ``OUT.partial.json`` after each chunk before that (atomically replaced, so a
+    stopped run leaves its evidence so far)."""
     diff = np.array([c["b"] - c["a"] for c in chunks])
     from scipy.stats import t as student
 
@@ -247,20 +276,14 @@ def main(argv: list[str] | None = None) -> None:
         },
         seconds=time.perf_counter() - t0,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, out.with_suffix(".png"))
-    print(
-        json.dumps(
-            {
-                k: report[k]
-                for k in ("difference", "served_ctr", "promoted_by_kind", "rejected_by_kind")
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {out}.json and .png in {report['seconds']:.0f} s")
+    report["complete"] = complete
+    path = out.with_suffix(".json") if complete else out.with_suffix(".partial.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+    if complete:
+        out.with_suffix(".partial.json").unlink(missing_ok=True)
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
