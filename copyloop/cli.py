@@ -624,6 +624,13 @@ def demo(
     generator_rounds: Annotated[
         int, typer.Option(help="Rounds of the closing generator loop (0 = skip).")
     ] = 2,
+    world: Annotated[
+        str,
+        typer.Option(
+            help="Click world: v2 (reads the copy against its product; copyloop/CopyMarket-v1) "
+            "or v1 (the earlier word-list world, gameable; copyloop/CopyMarket-v0)."
+        ),
+    ] = "v2",
 ) -> None:
     """The main job on the embedded defaults: build the market from the real ad corpus, simulate
     uniform traffic, write the DecisionLog, then compare agents and name the winner; ends with a
@@ -640,15 +647,18 @@ def demo(
         raise fail(f"--compare-rounds must be >= 500, got {compare_rounds}")
     if generator_rounds < 0:
         raise fail(f"--generator-rounds must be >= 0, got {generator_rounds}")
+    if world not in ("v1", "v2"):
+        raise fail(f"--world must be v1 or v2, got {world!r}")
     if out_dir.exists() and not out_dir.is_dir():
         raise fail(f"--out-dir {out_dir} is a file — the demo writes a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    m = market(None)
+    m = market(None, world=world)
     cat = m.catalog
     console.print(
         f"market: {cat.n_campaigns} campaigns from the gembench CA_Prod corpus, "
         f"{cat.n_variants} copy variants (MiniLM-embedded), "
-        f"{len(m.population.users):,} users in {m.population.n_segments} segments"
+        f"{len(m.population.users):,} users in {m.population.n_segments} segments; "
+        f"click world {world}"
     )
     log_path = out_dir / "logs.parquet"
     with progress(rounds, "uniform traffic") as tick:

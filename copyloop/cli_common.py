@@ -260,11 +260,18 @@ def _finite(x: Any) -> Any:
     return x
 
 
-def market(config: Path | None, session_length: int | None = None) -> Any:
-    """The market of a config file (or the defaults), built once and cached."""
+def market(
+    config: Path | None, session_length: int | None = None, *, world: str | None = None
+) -> Any:
+    """The market of a config file (or the defaults), built once and cached; ``world``
+    (``"v1"``/``"v2"``) overrides the click world's version."""
+    from dataclasses import replace
+
     from copyloop.envs import Market, MarketConfig
 
     cfg = MarketConfig.from_toml(config) if config is not None else MarketConfig()
+    if world is not None:
+        cfg = replace(cfg, world=replace(cfg.world, version=world))  # type: ignore[arg-type]
     with err.status("building the market (catalog from the real ad corpus, MiniLM embeddings)…"):
         m = Market.get(cfg)
     return m if session_length is None else m.with_session_length(session_length)

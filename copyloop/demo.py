@@ -22,6 +22,7 @@ def demo_experiment(market: Any, *, seed: int = 0, rounds: int = 30_000) -> Any:
             "rounds": rounds,
             "batch_size": 500,
             "eval_every": max(rounds // 20, 500),
+            "market": {"world": {"version": market.config.world.version}},
             "agents": [
                 {"name": "uniform", "policy": "uniform"},
                 {"name": "ucb1", "policy": "ucb1", "params": {"c": 0.2}},

@@ -664,15 +664,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.render_only:
-        report = json.loads(args.json.read_text())
-        report["notes"] = [
-            bootstrap_note(report["fixed"], report["mean_clicks"])
+        saved: dict[str, Any] = json.loads(args.json.read_text())
+        saved["notes"] = [
+            bootstrap_note(saved["fixed"], saved["mean_clicks"])
             if n.startswith(("- bootstrap-t is conservative", "- bootstrap-t covers"))
             else n
-            for n in report["notes"]
+            for n in saved["notes"]
         ]
-        args.json.write_text(json.dumps(report, indent=1))
-        write_markdown(args.out, report)
+        args.json.write_text(json.dumps(saved, indent=1))
+        write_markdown(args.out, saved)
         print(f"re-rendered {args.out} from {args.json}")
         return 0
     command = ".venv/bin/python experiments/ope_coverage.py " + " ".join(

@@ -80,6 +80,23 @@ def test_simulate_bad_input(tmp_path: Path, config_file: Path, args, match) -> N
     assert not out.exists() and not (tmp_path / "logs.variants.parquet").exists()
 
 
+BAD_DEMO = [
+    (["--world", "v3"], "--world must be v1 or v2"),
+    (["--rounds", "0"], "--rounds must be >= 1"),
+    (["--compare-rounds", "10"], "--compare-rounds must be >= 500"),
+    (["--generator-rounds", "-1"], "--generator-rounds must be >= 0"),
+]
+
+
+@pytest.mark.parametrize(("args", "match"), BAD_DEMO)
+def test_demo_bad_input(tmp_path: Path, args: list[str], match: str) -> None:
+    out = tmp_path / "demo"
+    res = runner.invoke(app, ["demo", "--out-dir", str(out), *args])
+    assert res.exit_code == 2, res.output
+    assert match in " ".join(res.output.split())
+    assert not out.exists()  # refused before anything was written
+
+
 def test_simulate_missing_folder(tmp_path: Path) -> None:
     res = runner.invoke(app, ["simulate", "--out", str(tmp_path / "nope" / "l.parquet")])
     assert res.exit_code == 2 and "does not exist" in res.output
