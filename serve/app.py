@@ -772,6 +772,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         svc.metrics.commits.set(st.commits)
         svc.metrics.commit_ops.set(st.ops)
         svc.metrics.commit_retries.set(st.retries)
+        svc.metrics.store_reconnects.set(st.reconnects)
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -69,3 +69,8 @@ class Metrics:
             "Group commits rerun after a transient failure (a deadlock between processes)",
             registry=r,
         )
+        self.store_reconnects = Gauge(
+            "copyloop_store_reconnects",
+            "Store writer connections replaced after the connection itself failed",
+            registry=r,
+        )

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -254,11 +255,13 @@ class KeyRecord:
 class GroupCommitStats:
     """The writer's counters: transactions, operations, how many operations each
     transaction carried (``batch_sizes[n]`` = transactions of ``n`` operations), and batches
-    rerun after a transient failure (a PostgreSQL deadlock or serialisation failure)."""
+    rerun after a transient failure (a PostgreSQL deadlock or serialisation failure), and
+    writer connections replaced after the connection itself failed."""
 
     commits: int = 0
     ops: int = 0
     retries: int = 0
+    reconnects: int = 0
     commit_seconds: float = 0.0
     batch_sizes: dict[int, int] = field(default_factory=dict)
 
@@ -590,7 +593,8 @@ class SQLiteStore:
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
-        self._writer_conn.close()
+        with contextlib.suppress(Exception):  # a connection that already failed may not close
+            self._writer_conn.close()
         with self._readers_lock:
             for c in self._readers:
                 c.close()
@@ -630,7 +634,6 @@ class SQLiteStore:
 
     def _write_loop(self) -> None:
         name_os_thread("store-writer")
-        conn = self._writer_conn
         stop = False
         while not stop:
             item = self._queue.get()
@@ -646,7 +649,28 @@ class SQLiteStore:
                     stop = True
                     break
                 batch.append(nxt)
-            self._run_batch(conn, batch)
+            try:
+                self._run_batch(self._writer_conn, batch)
+            except Exception as e:
+                # the connection itself failed (the database restarted, the network dropped)
+                # and even ROLLBACK raised: fail what is still waiting, never end the writer,
+                # and reconnect for the next batch
+                for _, fut, _ in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                self._reopen_writer()
+
+    def _reopen_writer(self) -> None:
+        """Replace a failed writer connection; if the database cannot be reached yet, keep the
+        old one, so the next batch fails fast and tries again."""
+        try:
+            conn = self._connect()
+        except Exception:
+            return
+        with contextlib.suppress(Exception):
+            self._writer_conn.close()
+        self._writer_conn = conn
+        self._stats.reconnects += 1
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         t0 = time.perf_counter()

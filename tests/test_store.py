@@ -4,6 +4,7 @@ PostgreSQL when ``COPYLOOP_TEST_PG_URL`` names a server — ``bash scripts/pg.sh
 from __future__ import annotations
 
 import multiprocessing as mp
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,32 @@ def test_group_commit_isolates_a_failing_write(st: Store) -> None:
             f.result()
     assert all(st.decision(f"g{i}") is not None for i in range(20))
     assert st.stats("c1")["decisions"] == 21
+
+
+class _BrokenConnection:
+    """A writer connection whose database went away: every statement fails, ROLLBACK too."""
+
+    in_transaction = True
+
+    def execute(self, *args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("the database went away (test)")
+
+    executemany = execute
+
+    def close(self) -> None:
+        raise sqlite3.OperationalError("already gone (test)")
+
+
+def test_writer_survives_a_failed_connection(st: Store) -> None:
+    _campaign(st)
+    st._writer_conn = _BrokenConnection()  # type: ignore[attr-defined]
+    lost = st.record_decision(_decision("lost"))
+    with pytest.raises(sqlite3.OperationalError, match="went away"):
+        lost.result(timeout=30)  # failed, not left waiting
+    # the writer is still there, on a new connection: the next write is durable
+    st.record_decision(_decision("kept")).result(timeout=30)
+    assert st.decision("kept") is not None and st.decision("lost") is None
+    assert st.commit_stats.reconnects == 1
 
 
 def test_activation_pending_join_and_learned_since(st: Store) -> None:
