@@ -609,9 +609,9 @@ class SQLiteStore:
         self._queue.put((op, fut, tuple(keys)))
         return fut
 
-    def _prelock(self, conn: Any, keys: list[str]) -> None:
+    def _prelock(self, conn: Any, batch: list[_Item]) -> None:
         """Lock the batch's existing decision rows up front, in one sorted order (SQLite: its
-        single writer already serialises; PostgreSQL overrides)."""
+        single writer already serialises, so nothing; PostgreSQL overrides)."""
 
     @staticmethod
     def _order(batch: list[_Item]) -> list[int]:
@@ -716,7 +716,7 @@ class SQLiteStore:
         results: list[tuple[bool, Any]] = [(False, None)] * len(batch)
         conn.execute(self._BEGIN)
         try:
-            self._prelock(conn, sorted({k for _, _, keys in batch for k in keys}))
+            self._prelock(conn, batch)
         except Exception:
             conn.execute("ROLLBACK")
             raise

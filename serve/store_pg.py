@@ -203,10 +203,11 @@ class PostgresStore(SQLiteStore):
         (seq,) = c.execute("SELECT nextval('join_seq')").fetchone()
         return int(seq)
 
-    def _prelock(self, conn: Any, keys: list[str]) -> None:
+    def _prelock(self, conn: Any, batch: list[Any]) -> None:
         # every existing decision row the batch will read FOR UPDATE or change, locked in one
         # statement in the database's own sort order: two processes' batches then wait for
         # each other instead of deadlocking (rows locked as the sorted scan returns them)
+        keys = sorted({k for _, _, ks in batch for k in ks})
         if keys:
             conn.execute(
                 "SELECT 1 FROM decisions WHERE event_id = ANY(?) ORDER BY event_id FOR UPDATE",
