@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, cast
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -478,6 +478,152 @@ def _variant_set_out(r: Any) -> VariantSetOut:
     )
 
 
+async def rank_json(svc: Service, body: RankRequest) -> bytes:
+    """Decide for ``body`` and wait until the decision is durable; the response's JSON."""
+    rec, agent = await svc.rank(
+        body.campaign_id,
+        body.context,
+        body.candidate_ids,
+        body.excluded_ids,
+        body.event_id,
+        body.defer_activation,
+        body.user_id,
+    )
+    out = {
+        "event_id": rec.event_id,
+        "variant_id": rec.action,
+        "probabilities": dict(zip(rec.candidates, rec.action_probs, strict=True)),
+        "model_version": rec.model_version,
+        "mode": rec.mode,
+        "agent": agent,
+    }
+    return _dumps(out).encode()
+
+
+async def reward_json(svc: Service, event_id: str, body: RewardRequest) -> bytes:
+    """Store ``body`` as a reward of ``event_id`` (durable before it returns); the response's
+    JSON."""
+    out = await svc.reward(event_id, body.reward_id, body.value)
+    status = "duplicate" if out.status == "duplicate" else "accepted"
+    return _dumps({"event_id": event_id, "status": status, "late": out.late}).encode()
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+_JSON_HEADERS = (b"content-type", b"application/json")
+
+
+def _error_json(exc: Exception) -> tuple[int, bytes]:
+    """The status and body the app's exception handlers give ``exc`` (a validation error or a
+    :class:`ServiceError`) — one wording for the fast path and the routes."""
+    if isinstance(exc, RequestValidationError):
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return 422, json.dumps({"detail": errors}).encode()
+    assert isinstance(exc, ServiceError)
+    if exc.status == 422:  # the declared 422 body: a list of errors with where and what
+        err = {"loc": ["body", *exc.loc], "msg": exc.message, "type": "value_error"}
+        return 422, json.dumps({"detail": [err]}).encode()
+    return exc.status, json.dumps({"detail": exc.message}).encode()
+
+
+class ServiceApp(FastAPI):
+    """The service's FastAPI app, with its two hot routes also served straight from ASGI.
+
+    ``POST /v1/rank`` and ``POST /v1/events/{event_id}/reward`` are most of the traffic; on
+    this 2-core machine FastAPI's and Starlette's per-request layers (middleware stack,
+    exception wrappers, routing, Request and Response objects) cost more event-loop CPU than
+    the rest of the request path besides the decision. So :meth:`__call__` answers those two
+    itself — the same key check, body limit, strict model validation, service calls, response
+    and error bodies and latency histogram as the routes, which stay registered: they are the
+    documented (OpenAPI) and fuzz-tested contract, and they serve what the fast path leaves
+    (another method, a ``root_path``, a trailing slash). Every other request goes to FastAPI.
+    """
+
+    max_body_bytes: int = 1 << 20
+    hot_paths: bool = True
+    """Serve rank and reward on the fast path (False: through FastAPI's routes — tests compare
+    the two)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            self.hot_paths
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+        ):
+            path: str = scope["path"]
+            if path == "/v1/rank":
+                await self._hot(scope, receive, send, "rank", None)
+                return
+            if path.startswith("/v1/events/") and path.endswith("/reward"):
+                event_id = path[11:-7]
+                if event_id and "/" not in event_id:
+                    await self._hot(scope, receive, send, "reward", event_id)
+                    return
+        await super().__call__(scope, receive, send)
+
+    async def _hot(
+        self, scope: Any, receive: Any, send: Any, endpoint: str, event_id: str | None
+    ) -> None:
+        t0 = time.perf_counter()
+        svc: Service | None = getattr(self.state, "service", None)
+        started = False
+
+        async def respond(status: int, body: bytes) -> None:
+            nonlocal started
+            started = True
+            headers = [_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        try:
+            if svc is None:  # not started (no lifespan): what FastAPI's dependency would raise
+                raise RuntimeError("the service is not started (the app's lifespan did not run)")
+            limit = self.max_body_bytes
+            key = ctype = None
+            for k, v in scope["headers"]:
+                if k == b"content-length" and v.isdigit() and int(v) > limit:
+                    raise ServiceError(413, f"request body above {limit} bytes")
+                if k == b"x-api-key":
+                    key = v.decode("latin-1")
+                elif k == b"content-type":
+                    ctype = v.decode("latin-1")
+            await authorize(svc, key, "client")
+            raw = b""
+            more = True
+            while more:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return
+                raw += msg.get("body", b"")
+                more = msg.get("more_body", False)
+                if len(raw) > limit:
+                    raise ServiceError(413, f"request body above {limit} bytes")
+            if event_id is None:
+                out = await rank_json(svc, parse_body(RankRequest, raw, ctype))
+            else:
+                out = await reward_json(svc, event_id, parse_body(RewardRequest, raw, ctype))
+            await respond(200, out)
+        except (ServiceError, RequestValidationError) as e:
+            await respond(*_error_json(e))
+        except Exception:
+            if not started:  # as Starlette's ServerErrorMiddleware: a bare 500, then re-raise
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b"Internal Server Error"})
+            raise
+        finally:
+            if svc is not None:
+                svc.metrics.latency_child(endpoint, "POST").observe(time.perf_counter() - t0)
+
+
 def create_app(config: ServiceConfig) -> FastAPI:
     """The service's FastAPI app; the store opens and the learner starts in its lifespan."""
 
@@ -491,7 +637,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         finally:
             svc.close()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="copyloop serve",
         version="1",
         summary="Rank copy variants for a request and learn from the rewards that follow.",
@@ -501,25 +647,21 @@ def create_app(config: ServiceConfig) -> FastAPI:
     def observe(endpoint: str, method: str, seconds: float) -> None:
         svc = getattr(app.state, "service", None)
         if svc is not None:
-            svc.metrics.latency.labels(endpoint, method).observe(seconds)
+            svc.metrics.latency_child(endpoint, method).observe(seconds)
 
+    app.max_body_bytes = config.max_body_bytes
     app.add_middleware(BodyLimitAndTiming, limit=config.max_body_bytes, observe=observe)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
         # The offending input is left out: it may not be JSON (NaN) and it echoes the caller.
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
-            for e in exc.errors()
-        ]
-        return JSONResponse({"detail": errors}, status_code=422)
+        status, body = _error_json(exc)
+        return Response(body, status_code=status, media_type="application/json")
 
     @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        if exc.status == 422:  # the declared 422 body: a list of errors with where and what
-            err = {"loc": ["body", *exc.loc], "msg": exc.message, "type": "value_error"}
-            return JSONResponse({"detail": [err]}, status_code=422)
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+    async def service_error(request: Request, exc: ServiceError) -> Response:
+        status, body = _error_json(exc)
+        return Response(body, status_code=status, media_type="application/json")
 
     # rank and reward write their JSON themselves: the models above stay the documented (and
     # fuzz-tested) contract, without re-validating every response on the hot path. They are
@@ -531,34 +673,15 @@ def create_app(config: ServiceConfig) -> FastAPI:
     @hot.post("/v1/rank", response_model=RankResponse, responses=ERRORS)
     async def rank(request: Request, body: RankRequest, x_api_key: ApiKey = None) -> Response:
         svc: Service = request.app.state.service
-        rec, agent = await svc.rank(
-            body.campaign_id,
-            body.context,
-            body.candidate_ids,
-            body.excluded_ids,
-            body.event_id,
-            body.defer_activation,
-            body.user_id,
-        )
-        out = {
-            "event_id": rec.event_id,
-            "variant_id": rec.action,
-            "probabilities": dict(zip(rec.candidates, rec.action_probs, strict=True)),
-            "model_version": rec.model_version,
-            "mode": rec.mode,
-            "agent": agent,
-        }
-        return Response(json.dumps(out), media_type="application/json")
+        return Response(await rank_json(svc, body), media_type="application/json")
 
     @hot.post("/v1/events/{event_id}/reward", response_model=RewardResponse, responses=ERRORS)
     async def reward(
         request: Request, body: RewardRequest, event_id: str, x_api_key: ApiKey = None
     ) -> Response:
         svc: Service = request.app.state.service
-        out = await svc.reward(event_id, body.reward_id, body.value)
-        status = "duplicate" if out.status == "duplicate" else "accepted"
-        body_ = {"event_id": event_id, "status": status, "late": out.late}
-        return Response(json.dumps(body_), media_type="application/json")
+        out = await reward_json(svc, event_id, body)
+        return Response(out, media_type="application/json")
 
     app.include_router(hot)
 

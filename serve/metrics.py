@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -74,3 +76,21 @@ class Metrics:
             "Store writer connections replaced after the connection itself failed",
             registry=r,
         )
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def latency_child(self, endpoint: str, method: str) -> Any:
+        """``latency.labels(endpoint, method)``, looked up once: prometheus-client's
+        ``labels()`` takes a lock and validates the labels on every call, a cost the request
+        path pays twice per rank+reward pair."""
+        return self._child(self.latency, "latency", endpoint, method)
+
+    def decision_child(self, campaign: str, mode: str) -> Any:
+        """``decisions.labels(campaign, mode)``, looked up once (see :meth:`latency_child`)."""
+        return self._child(self.decisions, "decisions", campaign, mode)
+
+    def _child(self, metric: Any, name: str, *labels: str) -> Any:
+        key = (name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child

@@ -539,16 +539,14 @@ class Service:
         """Decide, then wait until the decision is durable."""
         rec, agent = self.decide(*args, **kw)
         try:
-            await asyncio.wrap_future(self.store.record_decision(rec))
+            await self.store.arecord_decision(rec)
         except sqlite3.IntegrityError:
             raise ServiceError(409, f"event id {rec.event_id!r} was already used") from None
-        self.metrics.decisions.labels(rec.campaign_id, rec.mode).inc()
+        self.metrics.decision_child(rec.campaign_id, rec.mode).inc()
         return rec, agent
 
     async def reward(self, event_id: str, reward_id: str, value: float) -> RewardOutcome:
-        out = await asyncio.wrap_future(
-            self.store.record_reward(event_id, reward_id, value, self.clock())
-        )
+        out = await self.store.arecord_reward(event_id, reward_id, value, self.clock())
         if out.status == "unknown_event":
             raise ServiceError(404, f"event {event_id!r} has no decision")
         if out.status == "conflict":

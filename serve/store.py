@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -476,6 +477,55 @@ _Item = tuple[_Op, "Future[Any]", tuple[str, ...]]
 _STOP = object()
 
 
+class _LoopWaiter:
+    """A queued write's waiter for a caller on an event loop (:meth:`SQLiteStore._asubmit`).
+
+    The writer thread only records the outcome; after the batch, :func:`_wake` resolves every
+    such waiter of one loop in a single ``call_soon_threadsafe`` hop. A
+    ``concurrent.futures.Future`` wrapped by ``asyncio.wrap_future`` costs a lock and a
+    condition per write and one loop wake-up per write — on the service's request path, two
+    of each per rank+reward pair.
+    """
+
+    __slots__ = ("fut", "outcome")
+
+    def __init__(self, fut: asyncio.Future[Any]) -> None:
+        self.fut = fut
+        self.outcome: tuple[bool, Any] | None = None
+
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def set_result(self, value: Any) -> None:
+        self.outcome = (True, value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.outcome = (False, exc)
+
+
+def _resolve(waiters: list[_LoopWaiter]) -> None:
+    """On the waiters' loop: hand each its outcome (a cancelled caller has gone)."""
+    for w in waiters:
+        if w.fut.cancelled() or w.outcome is None:
+            continue
+        ok, value = w.outcome
+        if ok:
+            w.fut.set_result(value)
+        else:
+            w.fut.set_exception(value)
+
+
+def _wake(batch: Sequence[tuple[Any, Any, Any]]) -> None:
+    """Resolve the batch's :class:`_LoopWaiter` s that have an outcome, one hop per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_LoopWaiter]] = {}
+    for _, w, _ in batch:
+        if type(w) is _LoopWaiter and w.outcome is not None:
+            by_loop.setdefault(w.fut.get_loop(), []).append(w)
+    for loop, ws in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+            loop.call_soon_threadsafe(_resolve, ws)
+
+
 def parse_store_url(url: str) -> Path:
     """``sqlite:///path.db`` (or a bare path) -> the database path.
 
@@ -609,6 +659,14 @@ class SQLiteStore:
         self._queue.put((op, fut, tuple(keys)))
         return fut
 
+    async def _asubmit(self, op: _Op, keys: Sequence[str] = ()) -> Any:
+        """:meth:`_submit` for a caller on an event loop: the write's result, once durable."""
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put((op, _LoopWaiter(fut), tuple(keys)))
+        return await fut
+
     def _prelock(self, conn: Any, batch: list[_Item]) -> None:
         """Lock the batch's existing decision rows up front, in one sorted order (SQLite: its
         single writer already serialises, so nothing; PostgreSQL overrides)."""
@@ -659,6 +717,8 @@ class SQLiteStore:
                     if not fut.done():
                         fut.set_exception(e)
                 self._reopen_writer()
+            finally:
+                _wake(batch)
 
     def _reopen_writer(self) -> None:
         """Replace a failed writer connection; if the database cannot be reached yet, keep the
@@ -749,6 +809,15 @@ class SQLiteStore:
 
     # ---- writes ---------------------------------------------------------------------------------
     def record_decision(self, rec: DecisionRecord) -> Future[None]:
+        """Store ``rec``; the future is done once it is durable (an IntegrityError: the event
+        id was used)."""
+        return self._submit(*self._decision_write(rec))
+
+    async def arecord_decision(self, rec: DecisionRecord) -> None:
+        """:meth:`record_decision` for a caller on an event loop (returns once durable)."""
+        await self._asubmit(*self._decision_write(rec))
+
+    def _decision_write(self, rec: DecisionRecord) -> tuple[_Op, tuple[str]]:
         row = (
             rec.event_id,
             rec.ts,
@@ -775,11 +844,26 @@ class SQLiteStore:
         def op(c: sqlite3.Connection) -> None:
             c.execute(_INSERT_DECISION, row)
 
-        return self._submit(op, (rec.event_id,))
+        return op, (rec.event_id,)
 
     def record_reward(
         self, event_id: str, reward_id: str, value: float, received: float
     ) -> Future[RewardOutcome]:
+        """Store a reward of ``event_id`` (idempotent per reward id); done once durable."""
+        return self._submit(*self._reward_write(event_id, reward_id, value, received))
+
+    async def arecord_reward(
+        self, event_id: str, reward_id: str, value: float, received: float
+    ) -> RewardOutcome:
+        """:meth:`record_reward` for a caller on an event loop (returns once durable)."""
+        out: RewardOutcome = await self._asubmit(
+            *self._reward_write(event_id, reward_id, value, received)
+        )
+        return out
+
+    def _reward_write(
+        self, event_id: str, reward_id: str, value: float, received: float
+    ) -> tuple[_Op, tuple[str]]:
         def op(c: sqlite3.Connection) -> RewardOutcome:
             d = c.execute(
                 "SELECT closes_at, joined FROM decisions WHERE event_id=?" + self._LOCK,
@@ -804,7 +888,7 @@ class SQLiteStore:
                 c.execute("UPDATE decisions SET has_reward=1 WHERE event_id=?", (event_id,))
             return RewardOutcome("accepted", late)
 
-        return self._submit(op, (event_id,))
+        return op, (event_id,)
 
     def activate(self, event_id: str) -> Future[Literal["ok", "unknown_event", "joined"]]:
         def op(c: sqlite3.Connection) -> Literal["ok", "unknown_event", "joined"]:

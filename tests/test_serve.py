@@ -601,3 +601,90 @@ def test_traffic_replays_users_against_a_running_service(market, tmp_path: Path)
         assert n == 400 + 0 and len(st.campaigns()) == n_camps
     finally:
         st.close()
+
+
+# (name, path, body: JSON or raw bytes, headers: "key" | "none" | "bad" | "text", status)
+HOT_CASES: list[tuple[str, str, object, str, int]] = [
+    ("rank", "/v1/rank", {"campaign_id": "c1", "context": [1.0, 0.0, 0.5]}, "key", 200),
+    ("rank without key", "/v1/rank", {"campaign_id": "c1", "context": [1, 0, 0]}, "none", 401),
+    ("rank, unknown key", "/v1/rank", {"campaign_id": "c1", "context": [1, 0, 0]}, "bad", 401),
+    ("bool in context", "/v1/rank", {"campaign_id": "c1", "context": [True, 0, 0]}, "key", 422),
+    (
+        "empty candidates",
+        "/v1/rank",
+        {"campaign_id": "c1", "context": [1, 0, 0], "candidate_ids": []},
+        "key",
+        422,
+    ),
+    ("unknown campaign", "/v1/rank", {"campaign_id": "zz", "context": [1, 0, 0]}, "key", 404),
+    ("context width", "/v1/rank", {"campaign_id": "c1", "context": [1.0]}, "key", 422),
+    ("unknown field", "/v1/rank", {"campaign_id": "c1", "context": [1, 0, 0], "x": 1}, "key", 422),
+    ("not JSON", "/v1/rank", b'{"campaign_id": "c1", "context": [1, 0', "key", 422),
+    ("text content type", "/v1/rank", b'{"campaign_id":"c1","context":[1,0,0]}', "text", 422),
+    ("empty body", "/v1/rank", b"", "key", 422),
+    ("too large", "/v1/rank", b"[" + b"0," * 40_000 + b"0]", "key", 413),
+    ("reward", "/v1/events/{e}/reward", {"value": 1.0}, "key", 200),
+    ("duplicate reward", "/v1/events/{e}/reward", {"value": 1.0}, "key", 200),
+    ("conflicting reward", "/v1/events/{e}/reward", {"value": 0.5}, "key", 409),
+    ("bool reward", "/v1/events/{e}/reward", {"value": True}, "key", 422),
+    ("NaN reward", "/v1/events/{e}/reward", b'{"value": NaN}', "key", 422),
+    ("unknown event", "/v1/events/nope/reward", {"value": 1.0}, "key", 404),
+    ("reward without key", "/v1/events/{e}/reward", {"value": 1.0}, "none", 401),
+]
+
+
+def test_hot_paths_answer_as_the_routes(h: Harness) -> None:
+    """rank and reward on the app's fast path (ServiceApp.hot_paths) and through FastAPI's
+    routes: the same status and body for every case of the table (successes: the same fields;
+    their ids differ), and the same latency histogram counts."""
+    h.campaign()
+    app = h.client.app
+
+    def run(hot: bool) -> list[tuple[int, object]]:
+        app.hot_paths = hot  # type: ignore[attr-defined]
+        event = h.rank()["event_id"]
+        out = []
+        for name, path, body, who, status in HOT_CASES:
+            headers = {"none": {}, "bad": {"X-API-Key": "cl_nope_x"}, "key": h.key}.get(who, h.key)
+            if who == "text":
+                headers = {**h.key, "Content-Type": "text/plain"}
+            elif isinstance(body, bytes):
+                headers = {**headers, "Content-Type": "application/json"}
+            kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+            r = h.client.post(path.format(e=event), headers=headers, **kw)
+            assert r.status_code == status, (hot, name, r.text)
+            got = r.json()
+            if status == 200:  # ids and draws differ between the passes: the fields and kinds
+                got = {k: sorted(v) if k == "probabilities" else type(v).__name__
+                       for k, v in got.items()} | {"status": got.get("status")}  # fmt: skip
+            assert r.headers["content-type"] == "application/json", name
+            out.append((status, json.loads(json.dumps(got).replace(event, "<event>"))))
+        return out
+
+    count = h.svc.metrics.latency.labels("reward", "POST")._sum.get
+    fast, after_fast = run(True), count()
+    routed = run(False)
+    assert fast == routed
+    assert 0 < after_fast < count()  # both paths time their requests
+
+
+def test_hot_paths_skip_fastapi(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the fast path on, rank and reward never enter FastAPI's stack; anything else does
+    (and a trailing slash or another method is FastAPI's to answer)."""
+    import fastapi
+
+    h.campaign()
+    calls: list[str] = []
+    real = fastapi.FastAPI.__call__
+
+    async def spy(self: fastapi.FastAPI, scope: dict, receive: object, send: object) -> None:
+        calls.append(scope["path"])
+        await real(self, scope, receive, send)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fastapi.FastAPI, "__call__", spy)
+    e = h.rank()["event_id"]
+    h.reward(e, 1.0)
+    assert calls == []
+    assert h.client.get("/v1/rank", headers=h.key).status_code == 405
+    assert h.client.get("/healthz").status_code == 200
+    assert calls == ["/v1/rank", "/healthz"]
