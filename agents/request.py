@@ -281,6 +281,19 @@ def kernels() -> Any:
                     np.ones(1),
                     1.0,
                 )
+                one32 = np.ones((1, 2), np.float32)
+                frozen = one32.copy()
+                frozen.setflags(write=False)  # a request's [1, c] may be a cached read-only one
+                for c1 in (one32, frozen):
+                    _kernels.request_moments(
+                        np.eye(4, dtype=np.float32),
+                        np.zeros(4, np.float32),
+                        one32[0],
+                        c1,
+                        np.empty(1),
+                        np.empty((1, 1)),
+                    )
+                _kernels.spd_inverse(np.eye(2))
                 _KERNELS = _kernels
     return _KERNELS
 
