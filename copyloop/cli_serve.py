@@ -90,6 +90,13 @@ def serve(
     follow_interval: Annotated[
         float, typer.Option(help="Replicas: seconds between looks for a new snapshot.")
     ] = 0.2,
+    commit_linger_ms: Annotated[
+        float,
+        typer.Option(
+            help="Group commit: milliseconds the store's writer waits for more writes before "
+            "it commits (fewer commits, less CPU per request, that much latency)."
+        ),
+    ] = 0.0,
 ) -> None:
     """Serve POST /v1/rank and /v1/events/{id}/reward (OpenAPI at /openapi.json).
 
@@ -129,6 +136,7 @@ def serve(
         role=role,
         snapshot_dir=snapshot_dir,
         follow_interval_s=follow_interval,
+        commit_linger_s=commit_linger_ms / 1000,
     )
     err.print(f"serving on http://{host}:{port} (store {store}, role {role})")
     uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning", access_log=False)

@@ -140,6 +140,8 @@ def test_learner_role_keeps_a_bounded_set_of_snapshot_files(tmp_path: Path) -> N
     [
         ({"role": "replica"}, "`role` must be one of all, api, learner"),
         ({"follow_interval_s": 0.0}, "`follow_interval_s` must be > 0"),
+        ({"commit_linger_s": -0.001}, r"`commit_linger_s` must be in \[0, 0.1\]"),
+        ({"commit_linger_s": 0.5}, r"`commit_linger_s` must be in \[0, 0.1\]"),
     ],
 )
 def test_bad_roles_are_refused(tmp_path: Path, change: dict, match: str) -> None:

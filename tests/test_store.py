@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,48 @@ def test_writer_survives_a_failed_connection(st: Store) -> None:
     st.record_decision(_decision("kept")).result(timeout=30)
     assert st.decision("kept") is not None and st.decision("lost") is None
     assert st.commit_stats.reconnects == 1
+
+
+@pytest.mark.parametrize("linger", [0.0, 0.5])
+def test_commit_linger_packs_writes_into_one_commit(st: Store, linger: float) -> None:
+    """Five writes 20 ms apart: at once (no linger) each is its own commit; with a 0.5 s linger
+    the writer waits for the rest and commits the five together. Results and durability are
+    the same either way."""
+    _campaign(st)
+    st.linger_s = linger
+    before = st.commit_stats.commits
+    futs = []
+    for i in range(5):
+        futs.append(st.record_decision(_decision(f"l{i}")))
+        time.sleep(0.02)
+    for f in futs:
+        f.result(timeout=30)
+    commits = st.commit_stats.commits - before
+    assert commits == 1 if linger else commits >= 3
+    assert all(st.decision(f"l{i}") is not None for i in range(5))
+
+
+async def _durable_from_a_loop(st: Store) -> list[object]:
+    """Writes awaited on an event loop (the service's path), a duplicate event id among them."""
+    import asyncio
+
+    ok = [st.arecord_decision(_decision(f"a{i}")) for i in range(10)]
+    dup = st.arecord_decision(_decision("a3"))
+    out = await asyncio.gather(*ok, dup, return_exceptions=True)
+    out.append(await st.arecord_reward("a1", "r", 1.0, NOW + 1))
+    out.append(await st.arecord_reward("a1", "r", 1.0, NOW + 1))
+    return out
+
+
+def test_awaited_writes_resolve_on_the_loop(st: Store) -> None:
+    import asyncio
+
+    _campaign(st)
+    out = asyncio.run(_durable_from_a_loop(st))
+    assert out[:10] == [None] * 10
+    assert isinstance(out[10], Exception)  # the event id was used
+    assert [o.status for o in out[11:]] == ["accepted", "duplicate"]  # type: ignore[attr-defined]
+    assert all(st.decision(f"a{i}") is not None for i in range(10))
 
 
 def test_activation_pending_join_and_learned_since(st: Store) -> None:
