@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -632,6 +633,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
         svc = Service(config)
         app.state.service = svc
         svc.start()
+        # What startup built (market, models, variant stores) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it on the request
+        # path — measured under load (32 connections): max latency 160–220 → 55–59 ms.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
