@@ -94,9 +94,10 @@ def serve(
         float,
         typer.Option(
             help="Group commit: milliseconds the store's writer waits for more writes before "
-            "it commits (fewer commits, less CPU per request, that much latency)."
+            "it commits, when they come together (fewer commits, less CPU per request, that "
+            "much latency; 0: commit at once)."
         ),
-    ] = 0.0,
+    ] = 1.0,
 ) -> None:
     """Serve POST /v1/rank and /v1/events/{id}/reward (OpenAPI at /openapi.json).
 

@@ -140,22 +140,34 @@ def test_writer_survives_a_failed_connection(st: Store) -> None:
     assert st.commit_stats.reconnects == 1
 
 
-@pytest.mark.parametrize("linger", [0.0, 0.5])
-def test_commit_linger_packs_writes_into_one_commit(st: Store, linger: float) -> None:
-    """Five writes 20 ms apart: at once (no linger) each is its own commit; with a 0.5 s linger
-    the writer waits for the rest and commits the five together. Results and durability are
-    the same either way."""
+@pytest.mark.parametrize(
+    ("linger", "busy", "commits"),
+    [(0.0, True, "each"), (0.5, True, "one"), (0.5, False, "each")],
+)
+def test_commit_linger_packs_writes_into_one_commit(
+    st: Store, linger: float, busy: bool, commits: str
+) -> None:
+    """Five writes 20 ms apart: without a linger each is its own commit; with a 0.5 s linger
+    after a batch of several (``busy``) the writer waits for the rest and commits the five
+    together; after lone writes it does not wait (each commits at once, well within the
+    linger). Results and durability are the same either way."""
     _campaign(st)
     st.linger_s = linger
+    st._last_batch = 2 if busy else 1  # type: ignore[attr-defined]
     before = st.commit_stats.commits
-    futs = []
+    futs, waited = [], []
     for i in range(5):
+        t0 = time.perf_counter()
         futs.append(st.record_decision(_decision(f"l{i}")))
+        if not busy:
+            futs[-1].result(timeout=30)
+            waited.append(time.perf_counter() - t0)
         time.sleep(0.02)
     for f in futs:
         f.result(timeout=30)
-    commits = st.commit_stats.commits - before
-    assert commits == 1 if linger else commits >= 3
+    n = st.commit_stats.commits - before
+    assert n == 1 if commits == "one" else n >= 3
+    assert all(w < 0.25 for w in waited), waited
     assert all(st.decision(f"l{i}") is not None for i in range(5))
 
 
