@@ -715,19 +715,18 @@ class SQLiteStore:
             if item is _STOP:
                 break
             batch = [item]
-            deadline = 0.0
+            lingered = self.linger_s <= 0 or self._last_batch < 2  # a lone writer never waits
             while len(batch) < self.max_batch:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
-                    if self.linger_s <= 0 or self._last_batch < 2:  # a lone writer never waits
+                    if lingered:
                         break
-                    now = time.perf_counter()
-                    deadline = deadline or now + self.linger_s
-                    try:
-                        nxt = self._queue.get(timeout=max(deadline - now, 0.0))
-                    except queue.Empty:
-                        break
+                    # one sleep, not a wait per write: each wake-up of this thread costs
+                    # the event loop's thread a context switch on a busy box
+                    lingered = True
+                    time.sleep(self.linger_s)
+                    continue
                 if nxt is _STOP:
                     stop = True
                     break
