@@ -21,7 +21,7 @@ import threading
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -281,6 +281,13 @@ class Policy(ABC):
             probs = floor_probs(probs, self.exploration_floor)
         i = pick(probs, key)
         return Choice(event_id, ids[i], i, probs, version)
+
+    def project(self, candidate_lists: Iterable[Sequence[str]], store: Any = None) -> int:
+        """Precompute what :meth:`decide` needs for these candidate lists (a service calls it
+        with every campaign's active list when it hands over a model); returns how many
+        lists got something. This default: nothing to precompute (0). LinearTS overrides it
+        (:meth:`copyloop.agents.LinearTSPolicy.project`)."""
+        return 0
 
     def _decide_request(
         self,

@@ -34,13 +34,17 @@ if TYPE_CHECKING:
     from copyloop.serve.store import CampaignConfig
 
 
-def prepared(policy: Policy, m: ModelRuntime) -> Policy:
+def prepared(policy: Policy, m: ModelRuntime, svc: Service | None = None) -> Policy:
     """``policy`` after one throw-away decision, so the caches a decision needs (LinearTS's
     per-request posterior: a factorisation of a d×d matrix) are built here, in the learner's
-    thread, and not by the first request that meets the new model."""
+    thread, and not by the first request that meets the new model; with ``svc``, also what
+    it precomputes for the active list of every campaign on the model (LinearTS: the tables
+    of :meth:`~copyloop.agents.LinearTSPolicy.project`, ~0.3 ms per campaign)."""
     if len(m.variants):
         ctx = np.zeros(m.cfg.context_width, np.float32)
         policy.decide(ctx, [m.variants.ids[0]], event_id="warm-up", store=m.variants)
+        if svc is not None:
+            policy.project(svc.candidate_lists(m), m.variants)
     return policy
 
 
@@ -119,7 +123,7 @@ class Follower(_Ticker):
             except FileNotFoundError:  # pruned between the query and the read: a newer one is in
                 continue
             pol.exploration_floor = m.cfg.exploration_floor
-            pol = prepared(pol.attach(m.variants), m)
+            pol = prepared(pol.attach(m.variants), m, svc)
             with m.lock:
                 m.policy = m.learner_policy = pol  # the reference swap
                 m.snapshot_version = snap.version
@@ -223,7 +227,7 @@ class Learner(_Ticker):
         with m.lock:
             fresh = m.learner_policy.model_version != m.policy.model_version
             if fresh and mono - m.published_at >= cfg.publish_interval_s:
-                m.policy = prepared(m.learner_policy.trained_copy(), m)  # the reference swap
+                m.policy = prepared(m.learner_policy.trained_copy(), m, svc)  # the reference swap
                 m.published_at = mono
                 wall = svc.clock()
                 for t in m.unpublished:
@@ -313,7 +317,7 @@ class Learner(_Ticker):
             if cfg is not None:
                 m.cfg = cfg
             m.learner_policy = pol
-            m.policy = prepared(pol.trained_copy(), m)
+            m.policy = prepared(pol.trained_copy(), m, self.service)
             m.published_at = time.monotonic()
             m.unpublished.clear()
             m.rows_since_save = 0

@@ -293,6 +293,15 @@ class Service:
                 r.variant_id for r in records if r.campaign_id == cfg.campaign_id and r.active
             ]
             self.runtimes[cfg.campaign_id] = CampaignRuntime(cfg, active, self.models[cfg.model])
+        for m in self.models.values():  # as every hand-over does (learner.prepared)
+            m.policy.project(self.candidate_lists(m), m.variants)
+
+    def candidate_lists(self, m: ModelRuntime) -> list[list[str]]:
+        """The active variant list of every campaign on model ``m`` (what a request without
+        ``candidate_ids`` ranks)."""
+        return [
+            list(rt.active) for rt in list(self.runtimes.values()) if rt.model is m and rt.active
+        ]
 
     def start(self) -> None:
         """Start the background threads the role needs: the learner (``all``, ``learner``)

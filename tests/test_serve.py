@@ -688,3 +688,21 @@ def test_hot_paths_skip_fastapi(h: Harness, monkeypatch: pytest.MonkeyPatch) -> 
     assert h.client.get("/v1/rank", headers=h.key).status_code == 405
     assert h.client.get("/healthz").status_code == 200
     assert calls == ["/v1/rank", "/healthz"]
+
+
+def test_hand_over_projects_every_campaign(h: Harness) -> None:
+    """Each hand-over builds LinearTS's per-list tables for every campaign's active list
+    (LinearTSPolicy.project), so a request without candidate_ids never reads the d×d
+    posterior; a request with its own candidate list is still served (from the posterior)."""
+    h.campaign()
+    other = [{"text": f"{t}!", "variant_id": f"w{i}"} for i, t in enumerate(TEXTS)]
+    h.campaign("c2", model_id=h.svc.runtimes["c1"].model.model_id, variants=other)
+    for i in range(6):
+        d = h.rank(campaign_id="c1" if i % 2 else "c2")
+        h.reward(d["event_id"], 1.0)
+    h.svc.learner.step()
+    m = h.svc.runtimes["c1"].model
+    srv = m.policy._srv  # type: ignore[attr-defined]
+    lists = {tuple(rt.active) for rt in h.svc.runtimes.values()}
+    assert len(srv.projected) == len(lists) == 2
+    assert h.rank(candidate_ids=["v0", "v2"])["variant_id"] in ("v0", "v2")
