@@ -176,7 +176,7 @@ class Learner(_Ticker):
                 n, oldest = self._join(m, now)
                 total += n
                 lag = max(lag or 0.0, 0.0 if oldest is None else now - oldest)
-                self._publish(m)
+                self._publish(m, mono)
             if lag is not None:  # the models joined now (the others' lag is unchanged)
                 svc.metrics.learner_lag.set(lag)
             return total
@@ -218,9 +218,14 @@ class Learner(_Ticker):
         svc.metrics.learned.inc(len(teach))
         return len(joined), oldest
 
-    def _publish(self, m: ModelRuntime) -> None:
+    def _publish(self, m: ModelRuntime, due: float) -> None:
         """Hand the serving path a copy of the learner's model (at most every
-        ``publish_interval_s``) and save a snapshot (at most every ``snapshot_interval_s``)."""
+        ``publish_interval_s``) and save a snapshot (at most every ``snapshot_interval_s``).
+
+        ``due`` is when this step found the hand-over due (``time.monotonic()``, before the
+        join): the next one is due ``publish_interval_s`` after it, so the join's, the
+        learning's and the hand-over's own work do not stretch the interval — a reward waits
+        at most about one interval, one tick and one step's work to be served."""
         svc = self.service
         cfg = svc.config
         mono = time.monotonic()
@@ -228,7 +233,7 @@ class Learner(_Ticker):
             fresh = m.learner_policy.model_version != m.policy.model_version
             if fresh and mono - m.published_at >= cfg.publish_interval_s:
                 m.policy = prepared(m.learner_policy.trained_copy(), m, svc)  # the reference swap
-                m.published_at = mono
+                m.published_at = due
                 wall = svc.clock()
                 for t in m.unpublished:
                     svc.metrics.freshness.observe(max(wall - t, 0.0))
