@@ -17,7 +17,7 @@ number other jobs on the box do not inflate, and the capacity it implies for one
 measurement is repeated ``--repeats`` times, alternating floor and service; medians are
 reported.
 
-Run: ``.venv/bin/python bench/serve.py`` (about 2 minutes); writes bench/results/serve.{json,md}.
+Run: ``.venv/bin/python bench/serve.py`` (about 6 minutes); writes bench/results/serve.{json,md}.
 """
 
 from __future__ import annotations
@@ -60,6 +60,15 @@ app = FastAPI()
 @app.get("/hello")
 async def hello():
     return {"ok": True}
+
+async def bare(scope, receive, send):
+    # the stack the service's rank and reward run on: uvicorn and an ASGI callable
+    if scope["type"] != "http":
+        return
+    body = b'{"ok":true}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"11")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 """
 
 
@@ -94,11 +103,11 @@ async def hammer(url: str, path: str, requests: int, concurrency: int) -> dict[s
     }
 
 
-def run_floor(tmp: Path, requests: int, concurrency: int) -> dict[str, Any]:
+def run_floor(tmp: Path, requests: int, concurrency: int, app: str = "app") -> dict[str, Any]:
     (tmp / "floor_app.py").write_text(FLOOR_APP)
     port = free_port()
     cmd = [
-        sys.executable, "-m", "uvicorn", "floor_app:app", "--host", "127.0.0.1",
+        sys.executable, "-m", "uvicorn", f"floor_app:{app}", "--host", "127.0.0.1",
         "--port", str(port), "--loop", "uvloop", "--http", "httptools",
         "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
@@ -173,6 +182,7 @@ def median(runs: list[dict[str, Any]], key: str) -> float:
 
 def render(report: dict[str, Any]) -> str:
     h, fl, sv = report["host"], report["floor"], report["service"]
+    bare = report["by_concurrency"][str(report["headline_concurrency"])]["bare"]
     lines = [
         "# The live service under load",
         "",
@@ -205,13 +215,18 @@ def render(report: dict[str, Any]) -> str:
         f"| floor: FastAPI hello-world, same uvicorn settings | {fl['req_per_s']:,.0f} | "
         f"{fl['req_per_s'] / 2:,.0f} (as pairs) | {fl['p50_ms']:.1f} | {fl['p99_ms']:.1f} | "
         f"{fl['server_cpu_us_per_request']:.0f} |",
+        f"| floor: bare ASGI callable on the same uvicorn (rank and reward's stack) | "
+        f"{bare['req_per_s']:,.0f} | {bare['req_per_s'] / 2:,.0f} (as pairs) | "
+        f"{bare['p50_ms']:.1f} | {bare['p99_ms']:.1f} | {bare['server_cpu_us_per_request']:.0f} |",
         f"| copyloop serve --demo (LinearTS, SQLite FULL, learner on) | "
         f"{2 * sv['pairs_per_s']:,.0f} | {sv['pairs_per_s']:,.0f} | "
         f"rank {sv['rank_p50_ms']:.1f} / reward {sv['reward_p50_ms']:.1f} | "
         f"{sv['http_p99_ms']:.1f} | {sv['server_cpu_us_per_pair'] / 2:.0f} |",
         "",
         f"- Service / floor throughput: **{report['ratio_to_floor']:.2f}×** "
-        f"(pairs/s against the floor's requests/s ÷ 2).",
+        f"(pairs/s against the floor's requests/s ÷ 2); against the bare ASGI floor "
+        f"{sv['pairs_per_s'] / (bare['req_per_s'] / 2):.2f}×. Rank and reward skip FastAPI's "
+        "per-request layers (`ServiceApp.hot_paths`); the other routes run through FastAPI.",
         f"- Server CPU per rank+reward pair: {sv['server_cpu_us_per_pair']:.0f} µs, i.e. "
         f"{1e6 / sv['server_cpu_us_per_pair']:,.0f} pairs/s per fully used core "
         f"(the floor: {1e6 / fl['server_cpu_us_per_request'] / 2:,.0f}).",
@@ -273,7 +288,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=20_000, help="rank calls per service run")
     ap.add_argument("--floor-requests", type=int, default=40_000, help="GETs per floor run")
-    ap.add_argument("--concurrency", default="8,32", help="connections, comma-separated (a sweep)")
+    ap.add_argument(
+        "--concurrency", default="8,16,24,32", help="connections, comma-separated (a sweep)"
+    )
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     args = ap.parse_args()
@@ -290,16 +307,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="copyloop-bench-serve-") as d:
         tmp = Path(d)
         for c in levels:
-            floors, services = [], []
+            floors, bares, services = [], [], []
             for i in range(args.repeats):
                 floors.append(run_floor(tmp, args.floor_requests, c))
                 console.print(f"c={c} floor run {i + 1}: {floors[-1]['req_per_s']:,.0f} req/s")
+                bares.append(run_floor(tmp, args.floor_requests, c, "bare"))
+                console.print(f"c={c} bare ASGI run {i + 1}: {bares[-1]['req_per_s']:,.0f} req/s")
                 services.append(run_service(tmp, market, args.requests, c, len(by_c) * 10 + i))
                 console.print(
                     f"c={c} service run {i + 1}: {services[-1]['pairs_per_s']:,.0f} pairs/s, "
                     f"p99 {services[-1]['http_p99_ms']:.1f} ms"
                 )
             by_c[c] = summarise(floors, services)
+            by_c[c]["bare"] = {k: median(bares, k) for k in bares[0]}
     # the headline: the most pairs/s within the latency goal (else the most pairs/s)
     ok = [c for c in levels if by_c[c]["service"]["http_p99_ms"] <= GOALS["http_p99_ms"]]
     best = max(ok or levels, key=lambda c: by_c[c]["service"]["pairs_per_s"])
