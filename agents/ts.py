@@ -500,22 +500,38 @@ class LinearTSPolicy(_GaussianHeadTS):
         if known is None:
             return 0
         du1, dc1 = known["user"] + 1, known["candidate"] + 1
-        srv = self._serving(du1 * dc1)
-        n = 0
-        with srv.lock:
-            sigma = srv.cov.reshape(du1, dc1, du1 * dc1)
+        d = du1 * dc1
+        c1s = [_with_one(st.request(ids)[1]) for ids in candidate_lists]  # unknown ids: raise
+        cands = [st.request(ids)[1] for ids in candidate_lists]
+        srv = self._serving(d)
+        with srv.lock:  # Σ[(a, i), x] as (dc1, du1·d): C₁ Σ for many lists is one GEMM
+            sig = np.ascontiguousarray(srv.cov.reshape(du1, dc1, d).transpose(1, 0, 2))
             mu = srv.mean.reshape(du1, dc1).astype(np.float64)
-            tables = dict(srv.projected)
-            for ids in candidate_lists:
-                _, cand = st.request(ids)
-                c1 = _with_one(cand)  # (K, dc1)
+            stale = srv.projected
+        sig = sig.reshape(dc1, du1 * d)
+        tables = dict(stale)
+        start = 0
+        while start < len(c1s):  # chunks of ≤ 256 rows: the product stays ≤ ~30 MB
+            stop, rows = start, 0
+            while stop < len(c1s) and (rows == 0 or rows + c1s[stop].shape[0] <= 256):
+                rows += c1s[stop].shape[0]
+                stop += 1
+            t = np.concatenate(c1s[start:stop]) @ sig  # (rows, du1·d): [(list, k), a, c, j]
+            off = 0
+            for c1, cand in zip(c1s[start:stop], cands[start:stop], strict=True):
                 k = c1.shape[0]
-                t = np.matmul(c1, sigma)  # (du1, K, d): C₁ Σ_a·, one GEMM per user feature
-                w = np.matmul(t.reshape(du1, k, du1, dc1), c1.T)  # (du1, K, du1, K)
-                cm = mu @ c1.T.astype(np.float64)  # (du1, K)
-                tables[id(cand)] = _Projected(cand, w, cm)
-                n += 1
-            srv.projected = tables
+                w = t[off : off + k].reshape(k * du1 * du1, dc1) @ c1.T  # [k, a, c, l]
+                # laid out [a, c, k, l]: a request's blocks (a, c ≥ a) are runs of memory
+                w = np.ascontiguousarray(w.reshape(k, du1, du1, k).transpose(1, 2, 0, 3))
+                tables[id(cand)] = _Projected(cand, w, mu @ c1.T.astype(np.float64))
+                off += k
+            start = stop
+        n = len(c1s)
+        with srv.lock:
+            if srv.projected is stale:  # Σ did not move meanwhile (else the tables are stale)
+                srv.projected = tables
+            else:
+                n = 0
         z = np.zeros(1)  # compiled (or loaded from numba's cache) here, not by a request
         _projected_kernel()(np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1)),
                             np.ones(1, np.float32), z, np.zeros((1, 1)))  # fmt: skip
@@ -935,7 +951,7 @@ class _Serving:
 @dataclass(frozen=True)
 class _Projected:
     """One candidate list's view of a serving posterior (see :meth:`LinearTSPolicy.project`):
-    ``w[a, k, c, l] = c1_k Σ_ac c1_lᵀ`` (du1, K, du1, K) float32 and ``cm[a, k] = c1_k · μ_a``
+    ``w[a, c, k, l] = c1_k Σ_ac c1_lᵀ`` (du1, du1, K, K) float32 and ``cm[a, k] = c1_k · μ_a``
     (du1, K) float64, for the candidate array ``cand`` (kept: the table is found by its id)."""
 
     cand: npt.NDArray[np.float32]

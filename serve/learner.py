@@ -48,6 +48,9 @@ def prepared(policy: Policy, m: ModelRuntime, svc: Service | None = None) -> Pol
     return policy
 
 
+JOIN_CHUNK = 200
+"""Most decisions one join commits (a learner step joins ~1,000 under load)."""
+
 KEEP_HANDOVERS = 8
 """Newest hand-over snapshots the learner role keeps on disk (replicas load the newest)."""
 
@@ -204,10 +207,14 @@ class Learner(_Ticker):
                 log = to_log(teach, values, m.cfg.context_width, DecisionLog)
                 m.learner_policy.learn_log(log, m.variants)
             try:
-                seq = svc.store.commit_join(joined).result()
+                # in chunks, each its own join (sequence number) and its own commit: the
+                # store's one writer interleaves the service's writes between them instead
+                # of holding them behind one ~1,000-row update (5–10 ms under load)
+                for i in range(0, len(joined), JOIN_CHUNK):
+                    seq = svc.store.commit_join(joined[i : i + JOIN_CHUNK]).result()
             except Exception:
-                # The rows stay unjoined: forget what was learned from them, so the next step
-                # teaches them once, on top of the rows already joined.
+                # Rows not yet joined stay so: forget what was learned, so the next step
+                # teaches them once, on top of the rows joined (chunks committed included).
                 self.rebuild(m)
                 raise
             m.through_join = seq

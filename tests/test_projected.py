@@ -141,4 +141,4 @@ def test_project_refuses_unknown_ids(store, traffic) -> None:
     pol = _trained(traffic, store)
     with pytest.raises(ValueError, match="nope"):
         pol.project([["nope"]])
-    assert pol._srv.projected == {}
+    assert pol._srv is None or pol._srv.projected == {}

@@ -706,3 +706,50 @@ def test_hand_over_projects_every_campaign(h: Harness) -> None:
     lists = {tuple(rt.active) for rt in h.svc.runtimes.values()}
     assert len(srv.projected) == len(lists) == 2
     assert h.rank(candidate_ids=["v0", "v2"])["variant_id"] in ("v0", "v2")
+
+
+def test_a_join_commits_in_chunks_and_a_failed_chunk_is_learned_once(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A learner step joins in chunks of JOIN_CHUNK rows, each its own join number and commit
+    (the store's writer serves requests in between). If a chunk fails, the rows joined so far
+    stay joined, the learner's copy is rebuilt from the store, and the next step joins and
+    teaches the rest: every row is learned exactly once (the model matches one that never
+    failed)."""
+    from copyloop.serve import learner as learner_mod
+
+    monkeypatch.setattr(learner_mod, "JOIN_CHUNK", 4)
+    h.campaign()
+    for _ in range(10):
+        d = h.rank()
+        h.reward(d["event_id"], 1.0 if d["variant_id"] == "v2" else 0.0)
+    store = h.svc.store
+    real, calls = store.commit_join, []
+
+    def flaky(joined):  # type: ignore[no-untyped-def]
+        calls.append(len(joined))
+        if len(calls) == 2:
+            raise RuntimeError("the database went away (test)")
+        return real(joined)
+
+    monkeypatch.setattr(store, "commit_join", flaky)
+    with pytest.raises(RuntimeError, match="went away"):
+        h.svc.learner.step()
+    assert calls == [4, 4]
+    assert h.sql("SELECT count(*) FROM decisions WHERE joined=1") == [(4,)]
+    assert h.svc.learner.step() == 6  # the rest: chunks of 4 and 2
+    assert calls == [4, 4, 4, 2]
+    assert h.sql("SELECT count(DISTINCT join_seq) FROM decisions WHERE joined=1") == [(3,)]
+    m = h.svc.models["c1"]
+    assert m.through_join == h.sql("SELECT max(join_seq) FROM decisions")[0][0]
+    # the same rows, taught once each in one batch, make the same posterior
+    from copyloop.contract import DecisionLog
+    from copyloop.serve.service import new_policy
+    from copyloop.serve.store import to_log
+
+    got = h.sql("SELECT event_id, reward FROM decisions ORDER BY seq")
+    rows = [store.decision(e) for e, _ in got]
+    twin = new_policy(m.cfg).attach(m.variants)
+    log = to_log(rows, [v for _, v in got], m.cfg.context_width, DecisionLog)
+    twin.learn_log(log, m.variants)
+    np.testing.assert_allclose(m.learner_policy._A, twin._A)  # type: ignore[attr-defined]
