@@ -504,19 +504,25 @@ class LinearTSPolicy(_GaussianHeadTS):
         c1s = [_with_one(st.request(ids)[1]) for ids in candidate_lists]  # unknown ids: raise
         cands = [st.request(ids)[1] for ids in candidate_lists]
         srv = self._serving(d)
-        with srv.lock:  # Σ[(a, i), x] as (dc1, du1·d): C₁ Σ for many lists is one GEMM
+        with srv.lock:  # Σ[(a, i), x] as (dc1, du1, d): C₁ Σ_a· for many lists is one GEMM
             sig = np.ascontiguousarray(srv.cov.reshape(du1, dc1, d).transpose(1, 0, 2))
             mu = srv.mean.reshape(du1, dc1).astype(np.float64)
             stale = srv.projected
-        sig = sig.reshape(dc1, du1 * d)
         tables = dict(stale)
+        # [(list, k), a, (c, j)]: only c ≥ a is formed (the kernel reads the upper blocks),
+        # half the work; the rest stays 0. One buffer for every chunk of ≤ 256 rows (~30 MB).
+        most = min(max([256, *(c.shape[0] for c in c1s)]), sum(c.shape[0] for c in c1s))
+        buf = np.zeros((most, du1, d), np.float32)
         start = 0
-        while start < len(c1s):  # chunks of ≤ 256 rows: the product stays ≤ ~30 MB
+        while start < len(c1s):
             stop, rows = start, 0
             while stop < len(c1s) and (rows == 0 or rows + c1s[stop].shape[0] <= 256):
                 rows += c1s[stop].shape[0]
                 stop += 1
-            t = np.concatenate(c1s[start:stop]) @ sig  # (rows, du1·d): [(list, k), a, c, j]
+            chunk = np.concatenate(c1s[start:stop])
+            t = buf[:rows]
+            for a in range(du1):
+                np.matmul(chunk, sig[:, a, a * dc1 :], out=t[:, a, a * dc1 :])
             off = 0
             for c1, cand in zip(c1s[start:stop], cands[start:stop], strict=True):
                 k = c1.shape[0]
@@ -951,8 +957,9 @@ class _Serving:
 @dataclass(frozen=True)
 class _Projected:
     """One candidate list's view of a serving posterior (see :meth:`LinearTSPolicy.project`):
-    ``w[a, c, k, l] = c1_k Σ_ac c1_lᵀ`` (du1, du1, K, K) float32 and ``cm[a, k] = c1_k · μ_a``
-    (du1, K) float64, for the candidate array ``cand`` (kept: the table is found by its id)."""
+    ``w[a, c, k, l] = c1_k Σ_ac c1_lᵀ`` for c ≥ a, 0 below (du1, du1, K, K) float32, and
+    ``cm[a, k] = c1_k · μ_a`` (du1, K) float64, for the candidate array ``cand`` (kept: the
+    table is found by its id)."""
 
     cand: npt.NDArray[np.float32]
     w: npt.NDArray[np.float32]
