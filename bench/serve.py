@@ -17,7 +17,7 @@ number other jobs on the box do not inflate, and the capacity it implies for one
 measurement is repeated ``--repeats`` times, alternating floor and service; medians are
 reported.
 
-Run: ``.venv/bin/python bench/serve.py`` (about 6 minutes); writes bench/results/serve.{json,md}.
+Run: ``.venv/bin/python bench/serve.py`` (about 8 minutes); writes bench/results/serve.{json,md}.
 """
 
 from __future__ import annotations
@@ -289,7 +289,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20_000, help="rank calls per service run")
     ap.add_argument("--floor-requests", type=int, default=40_000, help="GETs per floor run")
     ap.add_argument(
-        "--concurrency", default="8,16,24,32", help="connections, comma-separated (a sweep)"
+        "--concurrency", default="8,16,20,24,32", help="connections, comma-separated (a sweep)"
     )
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
