@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from agent_helpers import moments_reference, uniform_traffic
 
 from copyloop.agents import BernoulliTSPolicy, LinearTSPolicy, LinUCBPolicy, LogisticTSPolicy
 from copyloop.agents.store import VariantStore
@@ -24,16 +25,7 @@ def store(market) -> VariantStore:
 @pytest.fixture(scope="module")
 def traffic(market):
     """Three batches of uniform traffic (obs, actions, rewards) and the next observation."""
-    env = CopyMarketVectorEnv(512, market=market)
-    obs, _ = env.reset(seed=0)
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(3):
-        a = np.array([rng.choice(np.flatnonzero(m)) for m in obs["action_mask"]])
-        nxt, r, _, _, _ = env.step(a)
-        out.append((obs, a, np.maximum(r, (rng.random(512) < 0.1).astype(float))))
-        obs = nxt
-    return out, obs
+    return uniform_traffic(market, 0, 3)
 
 
 def _trained(name: str, traffic, store: VariantStore, **kw):
@@ -465,19 +457,6 @@ def test_trained_copy_decides_alike_and_stays_put(name, market, store, traffic) 
     np.testing.assert_array_equal(twin.decide(u, ids, event_id="after").probs, before)
 
 
-def _moments_reference(srv, u: np.ndarray, cand: np.ndarray):
-    """The scores' mean and covariance from the float32 posterior, contracted in float64, and a
-    bound on float32 rounding: ε·(|C₁| |M| |C₁|ᵀ) with |M| the contraction of |Σ| by |u|."""
-    u1 = np.concatenate([[1.0], u.astype(np.float64)])
-    c1 = np.concatenate([np.ones((cand.shape[0], 1)), cand.astype(np.float64)], axis=1)
-    du1, dc1 = u1.size, c1.shape[1]
-    cov = srv.cov.astype(np.float64).reshape(du1, dc1, du1, dc1)
-    m = np.einsum("a,aicj,c->ij", u1, cov, u1)
-    scale = np.abs(c1) @ np.einsum("a,aicj,c->ij", abs(u1), abs(cov), abs(u1)) @ np.abs(c1).T
-    mean = (u1 @ srv.mean.astype(np.float64).reshape(du1, dc1)) @ c1.T
-    return mean, c1 @ m @ c1.T, float(np.finfo(np.float32).eps) * scale
-
-
 @pytest.mark.parametrize("density", [0.3, 0.6, 1.0])
 def test_sparse_user_moments_match_the_dense_contraction(market, store, traffic, density) -> None:
     """The compiled moments (only Σ's rows the user's nonzeros select) and the dense BLAS pass
@@ -494,7 +473,7 @@ def test_sparse_user_moments_match_the_dense_contraction(market, store, traffic,
     srv = pol._serving((du + 1) * (cand.shape[1] + 1))
     for _ in range(10):
         u = (rng.normal(size=du) * (rng.random(du) < density)).astype(np.float32)
-        want_mean, want_cov, tol = _moments_reference(srv, u, cand)
+        want_mean, want_cov, tol = moments_reference(srv, u, cand)
         for dense_user in ((0, 1), ts._DENSE_USER):  # forced dense BLAS, then the default
             ts._DENSE_USER, kept = dense_user, ts._DENSE_USER
             try:

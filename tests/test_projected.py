@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from agent_helpers import moments_reference, uniform_traffic
 
 from copyloop.agents import LinearTSPolicy, LogisticTSPolicy
 from copyloop.agents.store import VariantStore
-from copyloop.envs.vector import CopyMarketVectorEnv
 
 
 @pytest.fixture(scope="module")
@@ -20,16 +20,7 @@ def store(market) -> VariantStore:
 @pytest.fixture(scope="module")
 def traffic(market):
     """Two batches of uniform traffic (obs, actions, rewards) and the next observation."""
-    env = CopyMarketVectorEnv(512, market=market)
-    obs, _ = env.reset(seed=1)
-    rng = np.random.default_rng(1)
-    out = []
-    for _ in range(2):
-        a = np.array([rng.choice(np.flatnonzero(m)) for m in obs["action_mask"]])
-        nxt, r, _, _, _ = env.step(a)
-        out.append((obs, a, np.maximum(r, (rng.random(512) < 0.1).astype(float))))
-        obs = nxt
-    return out, obs
+    return uniform_traffic(market, 1, 2)
 
 
 def _trained(traffic, store: VariantStore, cls=LinearTSPolicy, **kw):
@@ -50,19 +41,6 @@ def _requests(market, obs, n: int) -> list[tuple[np.ndarray, list[str]]]:
     return out
 
 
-def _reference(srv, u: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and covariance contracted in float64 from the float32 posterior, and a float32
-    rounding bound ε·(|C₁| |M| |C₁|ᵀ)."""
-    u1 = np.concatenate([[1.0], u.astype(np.float64)])
-    c1 = np.concatenate([np.ones((cand.shape[0], 1)), cand.astype(np.float64)], axis=1)
-    du1, dc1 = u1.size, c1.shape[1]
-    cov = srv.cov.astype(np.float64).reshape(du1, dc1, du1, dc1)
-    m = np.einsum("a,aicj,c->ij", u1, cov, u1)
-    scale = np.abs(c1) @ np.einsum("a,aicj,c->ij", abs(u1), abs(cov), abs(u1)) @ np.abs(c1).T
-    mean = (u1 @ srv.mean.astype(np.float64).reshape(du1, dc1)) @ c1.T
-    return mean, c1 @ m @ c1.T, float(np.finfo(np.float32).eps) * scale
-
-
 def test_projected_moments_match_the_contraction(market, store, traffic) -> None:
     """With tables, a request's mean and covariance equal the float64 contraction of the
     float32 posterior to float32 rounding, exactly symmetric, for market users and for dense
@@ -80,7 +58,7 @@ def test_projected_moments_match_the_contraction(market, store, traffic) -> None
         srv = pol._srv
         assert id(cand) in srv.projected
         mean, cov = ts._request_moments(pol, pol._serving, u, cand)
-        want_mean, want_cov, tol = _reference(srv, u, cand)
+        want_mean, want_cov, tol = moments_reference(srv, u, cand)
         np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-6)
         assert np.all(np.abs(cov - want_cov) <= 16 * tol)
         np.testing.assert_array_equal(cov, cov.T)
