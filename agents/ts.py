@@ -501,8 +501,8 @@ class LinearTSPolicy(_GaussianHeadTS):
             return 0
         du1, dc1 = known["user"] + 1, known["candidate"] + 1
         d = du1 * dc1
-        c1s = [_with_one(st.request(ids)[1]) for ids in candidate_lists]  # unknown ids: raise
-        cands = [st.request(ids)[1] for ids in candidate_lists]
+        cands = [st.request(ids)[1] for ids in candidate_lists]  # unknown ids: raise
+        c1s = [_with_one(cand) for cand in cands]
         srv = self._serving(d)
         with srv.lock:  # Σ[(a, i), x] as (dc1, du1, d): C₁ Σ_a· for many lists is one GEMM
             sig = np.ascontiguousarray(srv.cov.reshape(du1, dc1, d).transpose(1, 0, 2))
